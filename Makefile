@@ -1,0 +1,41 @@
+# phigate: the two commands of the README are `make run` and `make test`.
+# Both install what is missing (scripts/install-deps.sh), then build with CMake.
+
+BUILD_DIR ?= build
+ASAN_DIR  ?= build-asan
+JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all deps build run test test-unit test-asan bench fuzz format clean
+
+all: build
+
+deps:
+	@sh scripts/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake --build $(BUILD_DIR) -j$(JOBS)
+
+run: build
+	./$(BUILD_DIR)/phigate demo
+
+# Unit tests, CLI tests and cross-checks, then the unit tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer.
+test: build
+	ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS)
+	@$(MAKE) --no-print-directory test-asan
+
+test-asan: deps
+	@cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DPHG_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_DIR) -j$(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    ctest --test-dir $(ASAN_DIR) --output-on-failure -j$(JOBS) -L unit
+
+bench: build
+	./$(BUILD_DIR)/phigate bench phi
+
+format:
+	clang-format -i include/*.h include/phigate/*.h src/*.c src/*.h src/cli/*.c src/cli/*.h tests/unit/*.c tests/unit/*.h
+
+clean:
+	rm -rf $(BUILD_DIR) $(ASAN_DIR)

@@ -1,0 +1,12 @@
+/*
+ * phigate.h: the umbrella header of libphigate. Including it gives every
+ * public module; each has its own header under phigate/ with its contract.
+ */
+#ifndef PHIGATE_H
+#define PHIGATE_H
+
+#include "phigate/error.h"
+#include "phigate/crypto.h"
+#include "phigate/phi.h"
+
+#endif /* PHIGATE_H */
