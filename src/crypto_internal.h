@@ -19,6 +19,10 @@ phg_status phg_internal_gcm_aad(EVP_CIPHER_CTX *ctx, const uint8_t *aad, size_t 
 phg_status phg_internal_gcm_update(EVP_CIPHER_CTX *ctx, const uint8_t *in, size_t len,
                                    uint8_t *out);
 
+/* n <= 64 fresh random bytes for a nonce, from a per-thread pool that is
+ * refilled from RAND_bytes and discarded in a forked child. Never repeats. */
+phg_status phg_internal_nonce(uint8_t *out, size_t n);
+
 /* phg_base64_encode without the terminating NUL: out needs exactly
  * phg_base64_encoded_len(n) bytes. Returns that length. */
 size_t phg_internal_base64_encode(const uint8_t *in, size_t n, char *out,

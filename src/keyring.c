@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,7 +159,8 @@ void phg_keyring_free(phg_keyring *kr)
         key_wipe(&kr->keys[i]);
     free(kr->keys);
     phg_internal_cache_free(kr->cache);
-    pthread_rwlock_destroy(&kr->lock);
+    for (i = 0; i < KR_LOCK_SLOTS; i++)
+        pthread_rwlock_destroy(&kr->slots[i].lock);
     phg_wipe(&kr->mk, sizeof kr->mk);
     free(kr);
 }
@@ -168,6 +170,7 @@ static phg_status keyring_alloc(const phg_masterkeys *mk, const phg_keyring_opti
 {
     phg_keyring_options defaults;
     phg_keyring *kr;
+    size_t i;
 
     if (mk == NULL || mk->n == 0)
         return PHG_ERR_MASTER_KEY;
@@ -175,10 +178,12 @@ static phg_status keyring_alloc(const phg_masterkeys *mk, const phg_keyring_opti
         phg_keyring_options_init(&defaults);
         opts = &defaults;
     }
-    kr = calloc(1, sizeof *kr);
+    kr = aligned_alloc(_Alignof(phg_keyring), (sizeof *kr + 63) / 64 * 64);
     if (kr == NULL)
         return PHG_ERR_NOMEM;
-    pthread_rwlock_init(&kr->lock, NULL);
+    memset(kr, 0, sizeof *kr);
+    for (i = 0; i < KR_LOCK_SLOTS; i++)
+        pthread_rwlock_init(&kr->slots[i].lock, NULL);
     kr->mk = *mk;
     if (opts->cache_entries > 0) {
         kr->cache = phg_internal_cache_new(opts->cache_entries);
@@ -218,6 +223,39 @@ static phg_status reserve(phg_keyring *kr, size_t want)
     kr->keys = grown;
     kr->cap = cap;
     return PHG_OK;
+}
+
+static atomic_uint next_reader_slot;
+static _Thread_local unsigned my_reader_slot = ~0u;
+
+unsigned phg_internal_read_lock(phg_keyring *kr)
+{
+    unsigned slot = my_reader_slot;
+    if (slot == ~0u) {
+        slot = atomic_fetch_add(&next_reader_slot, 1) % KR_LOCK_SLOTS;
+        my_reader_slot = slot;
+    }
+    pthread_rwlock_rdlock(&kr->slots[slot].lock);
+    return slot;
+}
+
+void phg_internal_read_unlock(phg_keyring *kr, unsigned slot)
+{
+    pthread_rwlock_unlock(&kr->slots[slot].lock);
+}
+
+void phg_internal_write_lock(phg_keyring *kr)
+{
+    size_t i;
+    for (i = 0; i < KR_LOCK_SLOTS; i++)
+        pthread_rwlock_wrlock(&kr->slots[i].lock);
+}
+
+void phg_internal_write_unlock(phg_keyring *kr)
+{
+    size_t i = KR_LOCK_SLOTS;
+    while (i-- > 0)
+        pthread_rwlock_unlock(&kr->slots[i].lock);
 }
 
 phi_key *phg_internal_find_key(phg_keyring *kr, const char *kid, size_t kid_len)
@@ -333,7 +371,7 @@ phg_status phg_keyring_rotate(phg_keyring *kr, char new_kid[PHG_PHI_KID_MAX + 1]
     size_t idx = 0;
 
     assert(kr != NULL);
-    pthread_rwlock_wrlock(&kr->lock);
+    phg_internal_write_lock(kr);
     rc = add_new_key(kr, &idx);
     if (rc == PHG_OK) {
         kr->keys[kr->primary].state = PHG_PHI_KEY_DECRYPT_ONLY;
@@ -341,7 +379,7 @@ phg_status phg_keyring_rotate(phg_keyring *kr, char new_kid[PHG_PHI_KID_MAX + 1]
         if (new_kid != NULL)
             memcpy(new_kid, kr->keys[idx].kid, kr->keys[idx].kid_len + 1);
     }
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_write_unlock(kr);
     return rc;
 }
 
@@ -351,7 +389,7 @@ phg_status phg_keyring_destroy(phg_keyring *kr, const char *kid)
     phg_status rc = PHG_OK;
 
     assert(kr != NULL && kid != NULL);
-    pthread_rwlock_wrlock(&kr->lock);
+    phg_internal_write_lock(kr);
     k = phg_internal_find_key(kr, kid, strlen(kid));
     if (k == NULL) {
         rc = PHG_ERR_NOT_FOUND;
@@ -362,7 +400,7 @@ phg_status phg_keyring_destroy(phg_keyring *kr, const char *kid)
         k->state = PHG_PHI_KEY_DESTROYED;
         phg_internal_cache_purge_kid(kr->cache, k->kid, k->kid_len);
     }
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_write_unlock(kr);
     return rc;
 }
 
@@ -375,7 +413,7 @@ phg_status phg_keyring_rewrap(phg_keyring *kr, const phg_masterkeys *mk)
     assert(kr != NULL);
     if (mk == NULL || mk->n == 0)
         return PHG_ERR_MASTER_KEY;
-    pthread_rwlock_wrlock(&kr->lock);
+    phg_internal_write_lock(kr);
     fresh = calloc(kr->n ? kr->n : 1, sizeof *fresh);
     if (fresh == NULL) {
         rc = PHG_ERR_NOMEM;
@@ -403,7 +441,7 @@ out:
             free(fresh[i]);
         free(fresh);
     }
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_write_unlock(kr);
     return rc;
 }
 
@@ -411,9 +449,9 @@ size_t phg_keyring_count(phg_keyring *kr)
 {
     size_t n;
     assert(kr != NULL);
-    pthread_rwlock_rdlock(&kr->lock);
+    unsigned slot = phg_internal_read_lock(kr);
     n = kr->n;
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_read_unlock(kr, slot);
     return n;
 }
 
@@ -421,7 +459,7 @@ phg_status phg_keyring_info(phg_keyring *kr, size_t i, phg_phi_key_info *info)
 {
     phg_status rc = PHG_OK;
     assert(kr != NULL && info != NULL);
-    pthread_rwlock_rdlock(&kr->lock);
+    unsigned slot = phg_internal_read_lock(kr);
     if (i >= kr->n) {
         rc = PHG_ERR_NOT_FOUND;
     } else {
@@ -431,16 +469,16 @@ phg_status phg_keyring_info(phg_keyring *kr, size_t i, phg_phi_key_info *info)
         info->created_s = kr->keys[i].created_s;
         info->is_primary = i == kr->primary;
     }
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_read_unlock(kr, slot);
     return rc;
 }
 
 phg_status phg_keyring_primary(phg_keyring *kr, char kid[PHG_PHI_KID_MAX + 1])
 {
     assert(kr != NULL && kid != NULL);
-    pthread_rwlock_rdlock(&kr->lock);
+    unsigned slot = phg_internal_read_lock(kr);
     memcpy(kid, kr->keys[kr->primary].kid, kr->keys[kr->primary].kid_len + 1);
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_read_unlock(kr, slot);
     return PHG_OK;
 }
 
@@ -691,7 +729,7 @@ phg_status phg_keyring_to_json(phg_keyring *kr, char **out, size_t *out_len)
 
     assert(kr != NULL && out != NULL);
     *out = NULL;
-    pthread_rwlock_rdlock(&kr->lock);
+    unsigned slot = phg_internal_read_lock(kr);
     root = json_object();
     keys = json_array();
     if (root == NULL || keys == NULL)
@@ -724,7 +762,7 @@ phg_status phg_keyring_to_json(phg_keyring *kr, char **out, size_t *out_len)
         *out_len = strlen(text);
     rc = PHG_OK;
 out:
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_read_unlock(kr, slot);
     json_decref(keys);
     json_decref(root);
     return rc;

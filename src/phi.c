@@ -84,7 +84,7 @@ typedef struct fk_entry {
 } fk_entry;
 
 typedef struct fk_shard {
-    pthread_mutex_t lock;
+    _Alignas(64) pthread_mutex_t lock; /* own cache line: no false sharing between shards */
     fk_entry **buckets;
     size_t nbuckets; /* power of two */
     fk_entry lru;    /* sentinel: lru.lru_next is the most recently used */
@@ -124,9 +124,10 @@ field_key_cache *phg_internal_cache_new(size_t capacity)
         return NULL;
     while (nshards * 2 <= CACHE_MAX_SHARDS && nshards * 2 <= capacity)
         nshards *= 2;
-    c = calloc(1, sizeof *c + nshards * sizeof(fk_shard));
+    c = aligned_alloc(64, (sizeof *c + nshards * sizeof(fk_shard) + 63) / 64 * 64);
     if (c == NULL)
         return NULL;
+    memset(c, 0, sizeof *c + nshards * sizeof(fk_shard));
     c->nshards = nshards;
     if (phg_random_bytes((uint8_t *)&c->seed, sizeof c->seed) != PHG_OK) {
         free(c);
@@ -492,7 +493,7 @@ static phg_status encrypt_locked(phg_keyring *kr, const char *context, size_t co
         if (raw == NULL)
             return PHG_ERR_NOMEM;
     }
-    rc = phg_random_bytes(raw, PHG_PHI_NONCE_SIZE);
+    rc = phg_internal_nonce(raw, PHG_PHI_NONCE_SIZE);
     if (rc != PHG_OK)
         goto out;
     rc = with_field_key(kr, key, context, context_len, OP_SEAL, raw, (const uint8_t *)aad,
@@ -572,9 +573,9 @@ phg_status phg_phi_encrypt(phg_keyring *kr, const char *context, size_t context_
 {
     phg_status rc;
     assert(kr != NULL && out != NULL && out_len != NULL);
-    pthread_rwlock_rdlock(&kr->lock);
+    unsigned slot = phg_internal_read_lock(kr);
     rc = encrypt_locked(kr, context, context_len, pt, pt_len, out, out_cap, out_len);
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_read_unlock(kr, slot);
     return rc;
 }
 
@@ -584,9 +585,9 @@ phg_status phg_phi_decrypt(phg_keyring *kr, const char *context, size_t context_
 {
     phg_status rc;
     assert(kr != NULL && out_len != NULL && (out != NULL || out_cap == 0));
-    pthread_rwlock_rdlock(&kr->lock);
+    unsigned slot = phg_internal_read_lock(kr);
     rc = decrypt_locked(kr, context, context_len, ct, ct_len, out, out_cap, out_len);
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_read_unlock(kr, slot);
     return rc;
 }
 
@@ -603,11 +604,11 @@ phg_status phg_phi_rewrap(phg_keyring *kr, const char *context, size_t context_l
     pt = malloc(pt_cap ? pt_cap : 1);
     if (pt == NULL)
         return PHG_ERR_NOMEM;
-    pthread_rwlock_rdlock(&kr->lock);
+    unsigned slot = phg_internal_read_lock(kr);
     rc = decrypt_locked(kr, context, context_len, ct, ct_len, pt, pt_cap, &pt_len);
     if (rc == PHG_OK)
         rc = encrypt_locked(kr, context, context_len, pt, pt_len, out, out_cap, out_len);
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_read_unlock(kr, slot);
     phg_wipe(pt, pt_cap);
     free(pt);
     return rc;
@@ -618,7 +619,7 @@ phg_status phg_phi_encrypt_batch(phg_keyring *kr, phg_phi_item *items, size_t n)
     phg_status rc = PHG_OK;
     size_t i;
     assert(kr != NULL && (items != NULL || n == 0));
-    pthread_rwlock_rdlock(&kr->lock);
+    unsigned slot = phg_internal_read_lock(kr);
     for (i = 0; i < n; i++) {
         phg_phi_item *it = &items[i];
         it->status = encrypt_locked(kr, it->context, it->context_len, it->in, it->in_len,
@@ -626,7 +627,7 @@ phg_status phg_phi_encrypt_batch(phg_keyring *kr, phg_phi_item *items, size_t n)
         if (it->status != PHG_OK)
             rc = PHG_ERR_BATCH;
     }
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_read_unlock(kr, slot);
     return rc;
 }
 
@@ -635,7 +636,7 @@ phg_status phg_phi_decrypt_batch(phg_keyring *kr, phg_phi_item *items, size_t n)
     phg_status rc = PHG_OK;
     size_t i;
     assert(kr != NULL && (items != NULL || n == 0));
-    pthread_rwlock_rdlock(&kr->lock);
+    unsigned slot = phg_internal_read_lock(kr);
     for (i = 0; i < n; i++) {
         phg_phi_item *it = &items[i];
         it->status = decrypt_locked(kr, it->context, it->context_len, (const char *)it->in,
@@ -643,6 +644,6 @@ phg_status phg_phi_decrypt_batch(phg_keyring *kr, phg_phi_item *items, size_t n)
         if (it->status != PHG_OK)
             rc = PHG_ERR_BATCH;
     }
-    pthread_rwlock_unlock(&kr->lock);
+    phg_internal_read_unlock(kr, slot);
     return rc;
 }

@@ -149,6 +149,7 @@ static int bench_phi(int argc, char **argv)
         goto out;
     phg_wipe(key, sizeof key);
     phg_keyring_options_init(&o);
+    o.cache_entries = JSONL_DEFAULT_CACHE; /* as encrypt-jsonl uses */
     if (phg_keyring_create(mk, &o, &warm) != PHG_OK)
         goto out;
     {
@@ -193,9 +194,9 @@ static int bench_phi(int argc, char **argv)
                               &c.ct_len);
         dw = measure(op_decrypt, &c, budget, 5000000);
         c.kr = cold;
+        dc = measure(op_decrypt, &c, budget, 2000000); /* before ct is overwritten below */
         c.cold = 1;
         ec = measure(op_encrypt, &c, budget, 2000000);
-        dc = measure(op_decrypt, &c, budget, 2000000);
         free(c.ct);
         free(c.back);
         if (ew < 0 || dw < 0 || ec < 0 || dc < 0) {

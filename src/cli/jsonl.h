@@ -22,6 +22,7 @@
 #define JSONL_MAX_DEPTH 64         /* nesting of arrays and objects */
 #define JSONL_DEFAULT_MAX_LINE (1u << 20)
 #define JSONL_MAX_TEMPLATE_PARTS 64
+#define JSONL_DEFAULT_CACHE 65536       /* derived field keys kept by the CLI */
 
 typedef enum { TPL_TEXT, TPL_FIELD, TPL_KEY } tpl_kind;
 
