@@ -34,8 +34,20 @@ test-asan: deps
 bench: build
 	./$(BUILD_DIR)/phigate bench phi
 
+# libFuzzer builds of the fuzz drivers (clang), then 60 s on each.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@dpkg-query -W -f='$${Status}' libclang-rt-14-dev 2>/dev/null | grep -q 'install ok installed' || \
+	    { apt-get update -qq && apt-get install -y -qq libclang-rt-14-dev clang >/dev/null; }
+	@CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DPHG_SANITIZE=ON -DPHG_LIBFUZZER=ON >/dev/null
+	@cmake --build build-fuzz -j$(JOBS)
+	@for f in phi_decrypt keyring jsonl base64 fernet; do \
+	    mkdir -p build-fuzz/corpus-$$f && \
+	    ./build-fuzz/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus-$$f fuzz/corpus/$$f || exit 1; \
+	done
+
 format:
 	clang-format -i include/*.h include/phigate/*.h src/*.c src/*.h src/cli/*.c src/cli/*.h tests/unit/*.c tests/unit/*.h
 
 clean:
-	rm -rf $(BUILD_DIR) $(ASAN_DIR)
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) build-fuzz

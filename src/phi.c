@@ -523,21 +523,34 @@ static phg_status decrypt_locked(phg_keyring *kr, const char *context, size_t co
     phg_status rc;
 
     *out_len = 0;
-    if (context == NULL || context_len < PHG_PHI_CONTEXT_MIN || context_len > PHG_PHI_CONTEXT_MAX)
+    if (context == NULL || context_len < PHG_PHI_CONTEXT_MIN || context_len > PHG_PHI_CONTEXT_MAX) {
+        if (out_cap > 0)
+            phg_wipe(out, out_cap);
         return PHG_ERR_CONTEXT;
+    }
     assert(ct != NULL || ct_len == 0);
     rc = split_ciphertext(ct, ct_len, &kid_len, &data, &data_len);
-    if (rc != PHG_OK)
+    if (rc != PHG_OK) {
+        /* Only a missing "phi1." says "not this format"; past the prefix,
+         * every fault is the one authentication failure. */
+        if (ct_len >= PHI_PREFIX_LEN && memcmp(ct, PHI_PREFIX, PHI_PREFIX_LEN) == 0)
+            rc = PHG_ERR_AUTH;
+        if (out_cap > 0)
+            phg_wipe(out, out_cap);
         return rc;
+    }
+    raw_cap = 0;
+    rc = PHG_ERR_AUTH;
     if (data_len > PHG_PHI_CIPHERTEXT_MAX_LEN(PHG_PHI_PLAINTEXT_MAX))
-        return PHG_ERR_AUTH;
+        goto out;
     raw_cap = data_len / 4 * 3 + 3;
     if (raw_cap > sizeof stack_raw) {
         raw = malloc(raw_cap);
-        if (raw == NULL)
-            return PHG_ERR_NOMEM;
+        if (raw == NULL) {
+            rc = PHG_ERR_NOMEM;
+            goto out;
+        }
     }
-    rc = PHG_ERR_AUTH;
     if (phg_base64_decode(data, data_len, raw, raw_cap, &raw_len, PHG_B64_URL_NOPAD) != PHG_OK ||
         raw_len < RAW_OVERHEAD)
         goto out;
