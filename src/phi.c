@@ -71,9 +71,14 @@ out:
     return rc;
 }
 
+/* LRU links; the first member of an entry, so a link is its entry. */
+typedef struct lru_link {
+    struct lru_link *prev, *next;
+} lru_link;
+
 typedef struct fk_entry {
+    lru_link lru; /* must stay first */
     struct fk_entry *bucket_next;
-    struct fk_entry *lru_prev, *lru_next;
     uint64_t hash;
     uint32_t refs; /* shard lock */
     int linked;    /* in the table; shard lock */
@@ -87,7 +92,7 @@ typedef struct fk_shard {
     _Alignas(64) pthread_mutex_t lock; /* own cache line: no false sharing between shards */
     fk_entry **buckets;
     size_t nbuckets; /* power of two */
-    fk_entry lru;    /* sentinel: lru.lru_next is the most recently used */
+    lru_link lru;    /* sentinel: lru.next is the most recently used */
     size_t count, capacity;
     uint64_t hits, misses, evictions;
 } fk_shard;
@@ -140,7 +145,7 @@ field_key_cache *phg_internal_cache_new(size_t capacity)
         while (s->nbuckets < s->capacity * 2)
             s->nbuckets *= 2;
         s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
-        s->lru.lru_next = s->lru.lru_prev = &s->lru;
+        s->lru.next = s->lru.prev = &s->lru;
         pthread_mutex_init(&s->lock, NULL);
         if (s->buckets == NULL) {
             c->nshards = i + 1;
@@ -167,8 +172,8 @@ static void entry_unlink(fk_shard *s, fk_entry *e)
     while (*pp != e)
         pp = &(*pp)->bucket_next;
     *pp = e->bucket_next;
-    e->lru_prev->lru_next = e->lru_next;
-    e->lru_next->lru_prev = e->lru_prev;
+    e->lru.prev->next = e->lru.next;
+    e->lru.next->prev = e->lru.prev;
     e->linked = 0;
     s->count--;
 }
@@ -180,11 +185,11 @@ void phg_internal_cache_free(field_key_cache *c)
         return;
     for (i = 0; i < c->nshards; i++) {
         fk_shard *s = &c->shards[i];
-        fk_entry *e = s->lru.lru_next;
-        while (e != NULL && e != &s->lru) {
-            fk_entry *next = e->lru_next;
-            entry_free(e);
-            e = next;
+        lru_link *l = s->lru.next;
+        while (l != NULL && l != &s->lru) {
+            lru_link *next = l->next;
+            entry_free((fk_entry *)l);
+            l = next;
         }
         free(s->buckets);
         pthread_mutex_destroy(&s->lock);
@@ -207,10 +212,10 @@ static fk_entry *shard_find(fk_shard *s, uint64_t h, const char *kid, size_t kid
 
 static void lru_push_front(fk_shard *s, fk_entry *e)
 {
-    e->lru_next = s->lru.lru_next;
-    e->lru_prev = &s->lru;
-    s->lru.lru_next->lru_prev = e;
-    s->lru.lru_next = e;
+    e->lru.next = s->lru.next;
+    e->lru.prev = &s->lru;
+    s->lru.next->prev = &e->lru;
+    s->lru.next = &e->lru;
 }
 
 /*
@@ -231,9 +236,9 @@ static phg_status cache_acquire(field_key_cache *c, const phi_key *key, const ch
     if (e != NULL) {
         e->refs++;
         s->hits++;
-        if (s->lru.lru_next != e) {
-            e->lru_prev->lru_next = e->lru_next;
-            e->lru_next->lru_prev = e->lru_prev;
+        if (s->lru.next != &e->lru) {
+            e->lru.prev->next = e->lru.next;
+            e->lru.next->prev = e->lru.prev;
             lru_push_front(s, e);
         }
         pthread_mutex_unlock(&s->lock);
@@ -277,8 +282,8 @@ static phg_status cache_acquire(field_key_cache *c, const phi_key *key, const ch
     lru_push_front(s, fresh);
     s->count++;
     while (s->count > s->capacity) {
-        fk_entry *victim = s->lru.lru_prev;
-        assert(victim != &s->lru && victim != fresh);
+        fk_entry *victim = (fk_entry *)s->lru.prev;
+        assert(&victim->lru != &s->lru && victim != fresh);
         entry_unlink(s, victim);
         s->evictions++;
         if (victim->refs == 0) {
@@ -319,9 +324,10 @@ void phg_internal_cache_purge_kid(field_key_cache *c, const char *kid, size_t ki
         fk_shard *s = &c->shards[i];
         fk_entry *e, *dead = NULL;
         pthread_mutex_lock(&s->lock);
-        e = s->lru.lru_next;
-        while (e != &s->lru) {
-            fk_entry *next = e->lru_next;
+        lru_link *l = s->lru.next;
+        while (l != &s->lru) {
+            lru_link *next = l->next;
+            e = (fk_entry *)l;
             if (e->kid_len == kid_len && memcmp(e->name, kid, kid_len) == 0) {
                 entry_unlink(s, e);
                 if (e->refs == 0) {
@@ -329,7 +335,7 @@ void phg_internal_cache_purge_kid(field_key_cache *c, const char *kid, size_t ki
                     dead = e;
                 }
             }
-            e = next;
+            l = next;
         }
         pthread_mutex_unlock(&s->lock);
         while (dead != NULL) {
