@@ -607,7 +607,9 @@ static int build_context(const jsonl_job *job, size_t f, const char *line, const
         const tpl_part *part = &job->parts[k];
         const char *text = part->text;
         size_t len = part->len;
-        char decoded[PHG_PHI_CONTEXT_MAX];
+        /* An escape takes at most 6 characters per decoded byte (\u0041), so
+         * a string whose text is over 6 * 512 decodes to over 512 bytes. */
+        char decoded[6 * PHG_PHI_CONTEXT_MAX];
         if (part->kind == TPL_FIELD) {
             text = job->fields[f];
             len = job->field_lens[f];

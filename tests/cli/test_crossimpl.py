@@ -338,3 +338,32 @@ def test_phigate_decrypt_jsonl_of_python_lines(phigate, mk, keyring):
                 input="\n".join(encrypted) + "\n", mk=mk)
     assert r.rc == 0, r
     assert r.stdout == "\n".join(originals) + "\n"
+
+
+def test_documented_jsonl_example_verbatim(phigate, tmp_path):
+    """7.7 as written in the docs: spacing of the other members is kept."""
+    path = tmp_path / "doc.json"
+    path.write_text(DOC_KEYRING)
+    enc_line = ('{"user_id": 42, "ts": "2026-11-27T18:50:00Z", "hrv": "%s", "notes": "%s"}\n'
+                % (DOC_CT_HRV, DOC_CT_NOTES))
+    expected = ('{"user_id": 42, "ts": "2026-11-27T18:50:00Z", "hrv": 58.0, '
+                '"notes": {"tags":["rest","caf\\u00e9"],"n":1E2}}\n')
+    r = phigate("phi", "decrypt-jsonl", *kr(path), "--fields", "hrv,notes",
+                "--context", "user={user_id};field={field}", "--no-progress",
+                input=enc_line, mk=DOC_MASTER_KEY)
+    assert r.rc == 0, r
+    assert r.stdout == expected
+    # and encrypt-jsonl of the documented input gives that shape, openable in Python
+    src = ('{"user_id": 42, "ts": "2026-11-27T18:50:00Z", "hrv": 58.0, '
+           '"notes": {"tags": ["rest", "caf\\u00e9"], "n": 1E2}}\n')
+    e = phigate("phi", "encrypt-jsonl", *kr(path), "--fields", "hrv,notes",
+                "--context", "user={user_id};field={field}", "--no-progress",
+                input=src, mk=DOC_MASTER_KEY)
+    assert e.rc == 0, e
+    rec = json.loads(e.stdout)
+    assert e.stdout == ('{"user_id": 42, "ts": "2026-11-27T18:50:00Z", "hrv": "%s", "notes": "%s"}\n'
+                        % (rec["hrv"], rec["notes"]))
+    deks = {"k7h2p9d4w6e": DOC_DEK_7}
+    assert phiref.phi1_decrypt(deks, b"user=42;field=hrv", rec["hrv"]) == b"58.0"
+    assert phiref.phi1_decrypt(deks, b"user=42;field=notes", rec["notes"]) == \
+        b'{"tags":["rest","caf\\u00e9"],"n":1E2}'

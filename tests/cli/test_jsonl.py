@@ -1,6 +1,5 @@
 """encrypt-jsonl / decrypt-jsonl."""
 import json
-import os
 
 import pytest
 
@@ -262,15 +261,21 @@ def test_context_512_bytes_ok(phigate, mk, keyring):
     assert phiref.phi1_decrypt(deks, ctx, json.loads(r.stdout)["hrv"]) == b"1"
 
 
-def test_context_512_bytes_from_escaped_string(phigate, mk, keyring):
-    """7.3: a string member gives its decoded content; the 1-512 limit is on those bytes."""
-    # 512 bytes after decoding the escapes: 256 x "\u00e9" (2 bytes each) written as escapes
-    esc = '{"user_id":"%s","hrv":2}' % ("\\u00e9" * 256)
+@pytest.mark.parametrize("count", [86, 256], ids=["172-bytes", "512-bytes"])
+def test_context_from_escaped_string_counts_decoded_bytes(phigate, mk, keyring, count):
+    """7.3: a string member gives its decoded content; the 1-512 limit is on those bytes.
+
+    count x "\\u00e9" is 6 x count characters of JSON text but 2 x count bytes of context.
+    """
+    esc = '{"user_id":"%s","hrv":2}' % ("\\u00e9" * count)
     r = jsonl(phigate, mk, keyring, fields="hrv", template="{user_id}", input=esc + "\n")
     assert r.rc == 0, r
     _, deks, _, _ = phiref.load_keyring(keyring.read_bytes(), [mk])
     ct = json.loads(r.stdout)["hrv"]
-    assert phiref.phi1_decrypt(deks, ("\u00e9" * 256).encode("utf-8"), ct) == b"2"
+    assert phiref.phi1_decrypt(deks, ("\u00e9" * count).encode("utf-8"), ct) == b"2"
+    dec = jsonl(phigate, mk, keyring, decrypt=True, fields="hrv", template="{user_id}",
+                input=r.out)
+    assert dec.rc == 0 and dec.stdout == esc + "\n"
 
 
 @pytest.mark.parametrize("line", [
@@ -279,12 +284,27 @@ def test_context_512_bytes_from_escaped_string(phigate, mk, keyring):
     '{"user_id":1,"hrv":1,"o":[{"b":{"a":1,"a":2}}]}',
     '{"user_id":1,"hrv":1,"\\u0078":1,"x":2}',
 ], ids=["top-level", "inside-field", "nested-elsewhere", "escaped-name"])
-def test_repeated_member_name_in_any_object_is_bad_line(phigate, mk, keyring, line):
-    """7.1: a repeated member name in any object of the line is a line error."""
+def test_repeated_names_outside_fields_and_template_pass_through(phigate, mk, keyring, line):
+    """7.1: only repeated --fields / template members are checked; the rest is copied."""
+    r = jsonl(phigate, mk, keyring, fields="hrv", input=line + "\n")
+    assert r.rc == 0, r
+    dec = jsonl(phigate, mk, keyring, decrypt=True, fields="hrv", input=r.out)
+    assert dec.rc == 0, dec
+    assert dec.stdout == line + "\n"
+
+
+@pytest.mark.parametrize("line", [
+    '{"user_id":1,"hrv":1,"hrv":2}',
+    '{"user_id":1,"hrv":1,"h\\u0072v":2}',
+    '{"user_id":1,"hrv":1,"user_id":2}',
+    '{"user_id":1,"hrv":1,"user\\u005fid":2}',
+], ids=["field", "field-escaped", "placeholder", "placeholder-escaped"])
+def test_repeated_field_or_placeholder_is_bad_line(phigate, mk, keyring, line):
     r = jsonl(phigate, mk, keyring, fields="hrv", input='{"user_id":0,"hrv":0}\n' + line + "\n")
     assert r.rc == 1, r
     assert len(lines(r.out)) == 1
-    assert r.stderr.startswith("phigate: line 2: ")
+    assert r.stderr.startswith("phigate: line 2: ") and "twice" in r.stderr
+    assert r.stderr.count("\n") == 1
 
 
 def test_context_over_512_bytes_from_template_text(phigate, mk, keyring):
@@ -430,3 +450,53 @@ def test_decrypt_jsonl_wrong_context(phigate, mk, keyring):
     r = jsonl(phigate, mk, keyring, decrypt=True, fields="hrv", template="u={user_id}",
               input=enc.out)
     assert_failed(r, 1, ["line 1: ", "decryption failed"])
+
+
+# ---- documented limits ---------------------------------------------------------------------
+
+def test_nesting_limit_64(phigate, mk, keyring):
+    """7.1: nesting at most 64 deep (the record object is level 1)."""
+    ok = '{"user_id":1,"hrv":%s%s}' % ("[" * 63, "]" * 63)
+    deep = '{"user_id":1,"hrv":%s%s}' % ("[" * 64, "]" * 64)
+    r = jsonl(phigate, mk, keyring, fields="hrv", input=ok + "\n")
+    assert r.rc == 0, r
+    dec = jsonl(phigate, mk, keyring, decrypt=True, fields="hrv", input=r.out)
+    assert dec.rc == 0 and dec.stdout == ok + "\n"
+    for where in (deep, '{"user_id":1,"hrv":1,"o":%s%s}' % ("{\"a\":" * 64, "}" * 64)):
+        r = jsonl(phigate, mk, keyring, fields="hrv", input=ok + "\n" + where + "\n")
+        assert r.rc == 1, r
+        assert len(lines(r.out)) == 1 and r.stderr.startswith("phigate: line 2: ")
+
+
+def test_top_level_member_limit_1024(phigate, mk, keyring):
+    def rec(n):
+        return '{"user_id":1,"hrv":2,' + ",".join('"m%d":%d' % (i, i) for i in range(n - 2)) + "}"
+    r = jsonl(phigate, mk, keyring, fields="hrv", input=rec(1024) + "\n")
+    assert r.rc == 0, r
+    assert json.loads(r.stdout)["hrv"].startswith("phi1.")
+    r = jsonl(phigate, mk, keyring, fields="hrv", input=rec(1025) + "\n")
+    assert_failed(r, 1, ["line 1: ", "1024"])
+
+
+def test_rejects_messages_bounded(phigate, mk, keyring, tmp_path):
+    """7.6: the first 100 bad lines are reported one by one, then a count."""
+    src = []
+    for i in range(400):
+        src.append('{"hrv":1}' if i % 2 else '{"user_id":%d,"hrv":1}' % i)
+    rej = tmp_path / "r.jsonl"
+    r = jsonl(phigate, mk, keyring, fields="hrv", extra=["--rejects", rej],
+              input="\n".join(src) + "\n")
+    assert r.rc == 0, r
+    assert len(lines(r.out)) == 200
+    assert rej.read_text() == '{"hrv":1}\n' * 200
+    msgs = [m for m in r.stderr.splitlines() if m.startswith("phigate: line ")]
+    assert len(msgs) == 100
+    assert msgs[0].startswith("phigate: line 2: ") and msgs[-1].startswith("phigate: line 200: ")
+    assert "100 more" in r.stderr
+
+
+def test_bad_option_values_before_input(phigate, mk, keyring):
+    for extra in (["--threads", "257"], ["--threads", "x"], ["--max-line", "1"],
+                  ["--max-line", "1T"]):
+        r = jsonl(phigate, mk, keyring, extra=extra, input='{"user_id":1,"hrv":1}\n')
+        assert_failed(r, 2)

@@ -526,6 +526,7 @@ typedef struct failures {
     char first[12][200];
 } failures;
 
+static void note_failure(failures *fl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void note_failure(failures *fl, const char *fmt, ...)
 {
     va_list ap;
@@ -868,7 +869,7 @@ static void test_unknown_kid(void **state)
         size_t len = (size_t)sprintf(copy, "phi1.zzzzzzzzzz9.%s", ct + data_off);
         expect_decrypt_fails(b.kr, CTX, CTX_LEN, copy, len, PHG_ERR_AUTH);
         len = (size_t)sprintf(copy, "phi1.%.*s%s.%s", (int)kid_len, ct + 5,
-                              "00000000000000000000000000000000" + kid_len, ct + data_off);
+                              &"00000000000000000000000000000000"[kid_len], ct + data_off);
         EXPECT(len == 6 + 32 + (ct_len - data_off), "test bug: kid length");
         expect_decrypt_fails(b.kr, CTX, CTX_LEN, copy, len, PHG_ERR_AUTH);
     }
