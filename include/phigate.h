@@ -8,5 +8,7 @@
 #include "phigate/error.h"
 #include "phigate/crypto.h"
 #include "phigate/phi.h"
+#include "phigate/store.h"
+#include "phigate/apikey.h"
 
 #endif /* PHIGATE_H */

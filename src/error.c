@@ -23,6 +23,8 @@ const char *phg_strerror(phg_status status)
     case PHG_ERR_STATE: return "operation not allowed in the current state";
     case PHG_ERR_BATCH: return "one or more batch items failed";
     case PHG_ERR_EXISTS: return "already exists";
+    case PHG_ERR_UNAVAILABLE: return "the store or a server is unavailable";
+    case PHG_ERR_SCHEMA: return "database schema is newer than this build, or inconsistent";
     }
     return "unknown status";
 }
@@ -46,6 +48,8 @@ const char *phg_status_name(phg_status status)
     case PHG_ERR_STATE: return "state";
     case PHG_ERR_BATCH: return "batch_failed";
     case PHG_ERR_EXISTS: return "exists";
+    case PHG_ERR_UNAVAILABLE: return "unavailable";
+    case PHG_ERR_SCHEMA: return "schema";
     }
     return "unknown";
 }

@@ -50,6 +50,8 @@ typedef enum phg_status {
     PHG_ERR_STATE = 13,           /* not allowed in the object's current state */
     PHG_ERR_BATCH = 14,           /* some items of a batch failed; see each item */
     PHG_ERR_EXISTS = 15,          /* the item exists already */
+    PHG_ERR_UNAVAILABLE = 16,     /* the store (or another server) cannot be reached */
+    PHG_ERR_SCHEMA = 17,          /* the database schema is newer than this build, or broken */
 } phg_status;
 
 /*

@@ -54,6 +54,14 @@ int cli_load_masterkeys(const char *file, phg_masterkeys **out);
 int cli_load_keyring(const char *path, const phg_masterkeys *mk, size_t cache_entries,
                      phg_keyring **out);
 
+/* A keyring lives in a file (--keyring) or in the store (--store): exactly
+ * one must be given (usage error otherwise). Load and save print why they
+ * fail. */
+int cli_keyring_where(const char *command, const char *file, const char *store_url);
+int cli_keyring_load(const char *file, const char *store_url, const phg_masterkeys *mk,
+                     size_t cache_entries, phg_keyring **out);
+int cli_keyring_save(phg_keyring *kr, const char *file, const char *store_url);
+
 /* Save atomically; prints the reason on failure. */
 int cli_save_keyring(phg_keyring *kr, const char *path);
 
@@ -88,5 +96,14 @@ int cmd_bench(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_phi_encrypt_jsonl(int argc, char **argv);
 int cmd_phi_decrypt_jsonl(int argc, char **argv);
+int cmd_migrate(int argc, char **argv);
+int cmd_keys(int argc, char **argv);
+
+/* The store URL from $PHIGATE_STORE, or PHG_STORE_DEFAULT_URL. */
+const char *cli_default_store(void);
+
+/* Open a store (creating the folder of a sqlite: path); with need_schema,
+ * refuse a database that is not at this build's schema version. Prints why. */
+int cli_open_store(const char *url, int need_schema, phg_store **out);
 
 #endif

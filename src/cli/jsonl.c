@@ -1272,7 +1272,7 @@ static int jsonl_command(int decrypt, int argc, char **argv)
         {"keyring", 1, NULL, 0}, {"fields", 1, NULL, 0},  {"context", 1, NULL, 0},
         {"rejects", 1, NULL, 0}, {"threads", 1, NULL, 0}, {"max-line", 1, NULL, 0},
         {"master-key-file", 1, NULL, 0}, {"json", 0, NULL, 0}, {"no-progress", 0, NULL, 0},
-        {"cache-entries", 1, NULL, 0}, {NULL, 0, NULL, 0},
+        {"cache-entries", 1, NULL, 0}, {"store", 1, NULL, 0}, {NULL, 0, NULL, 0},
     };
     phg_masterkeys *mk = NULL;
     phg_keyring *kr = NULL;
@@ -1313,8 +1313,8 @@ static int jsonl_command(int decrypt, int argc, char **argv)
     }
     if (cli_parse_opts(cmd, argc, argv, opts) != CLI_OK)
         return CLI_USAGE;
-    if (!opts[0].set)
-        return cli_usage(cmd, "--keyring FILE is required");
+    if (cli_keyring_where(cmd, opts[0].value, opts[10].value) != CLI_OK)
+        return CLI_USAGE;
     if (!opts[1].set)
         return cli_usage(cmd, "--fields F1,F2 is required");
     if (!opts[2].set)
@@ -1332,7 +1332,7 @@ static int jsonl_command(int decrypt, int argc, char **argv)
     rc = cli_load_masterkeys(opts[6].value, &mk);
     if (rc != CLI_OK)
         goto out;
-    rc = cli_load_keyring(opts[0].value, mk, cache, &kr);
+    rc = cli_keyring_load(opts[0].value, opts[10].value, mk, cache, &kr);
     if (rc != CLI_OK)
         goto out;
     job.kr = kr;

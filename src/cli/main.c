@@ -13,6 +13,8 @@ static const char main_help[] =
     "\n"
     "Commands:\n"
     "  phi       PHI field encryption: master keys, keyrings, encrypt, decrypt, JSONL migration\n"
+    "  keys      API keys: create, list, show, revoke, rotate, verify\n"
+    "  migrate   create or upgrade the store's schema (SQLite or PostgreSQL)\n"
     "  bench     benchmarks that print figures (phigate bench phi)\n"
     "  demo      a short demonstration of what is built (what 'make run' starts)\n"
     "  version   print the version\n"
@@ -43,6 +45,8 @@ static int cmd_version(int argc, char **argv)
 
 static const cli_command commands[] = {
     {"phi", "PHI field encryption", cmd_phi},
+    {"keys", "API keys", cmd_keys},
+    {"migrate", "store schema", cmd_migrate},
     {"bench", "benchmarks", cmd_bench},
     {"demo", "demonstration", cmd_demo},
     {"version", "print the version", cmd_version},

@@ -63,13 +63,14 @@ static int phi_keygen(int argc, char **argv)
 
 /* ---- keyring ---------------------------------------------------------------------- */
 
-enum { KR_KEYRING, KR_MKFILE, KR_JSON, KR_KID, KR_END };
+enum { KR_KEYRING, KR_MKFILE, KR_JSON, KR_KID, KR_STORE, KR_REPLACE, KR_END };
 
 static void keyring_opts(cli_opt opts[KR_END + 1])
 {
     cli_opt init[KR_END + 1] = {
         {"keyring", 1, NULL, 0}, {"master-key-file", 1, NULL, 0}, {"json", 0, NULL, 0},
-        {"kid", 1, NULL, 0},     {NULL, 0, NULL, 0},
+        {"kid", 1, NULL, 0},     {"store", 1, NULL, 0},     {"replace", 0, NULL, 0},
+        {NULL, 0, NULL, 0},
     };
     memcpy(opts, init, sizeof init);
 }
@@ -81,9 +82,34 @@ static int keyring_begin(const char *cmd, int argc, char **argv, cli_opt *opts,
     keyring_opts(opts);
     if (cli_parse_opts(cmd, argc, argv, opts) != CLI_OK)
         return CLI_USAGE;
-    if (!opts[KR_KEYRING].set || opts[KR_KEYRING].value[0] == '\0')
-        return cli_usage(cmd, "--keyring FILE is required");
+    if (cli_keyring_where(cmd, opts[KR_KEYRING].value, opts[KR_STORE].value) != CLI_OK)
+        return CLI_USAGE;
     return cli_load_masterkeys(opts[KR_MKFILE].value, mk);
+}
+
+static const char *where_name(const cli_opt *opts)
+{
+    return opts[KR_KEYRING].set ? opts[KR_KEYRING].value : "in the store";
+}
+
+/* 0 if the store holds no keyring yet; else prints why not and returns 1. */
+static int store_has_keyring(const char *url)
+{
+    phg_store *store = NULL;
+    char *json = NULL;
+    size_t len = 0;
+    phg_status st;
+    if (cli_open_store(url, 1, &store) != CLI_OK)
+        return 1;
+    st = phg_store_keyring_get(store, &json, &len);
+    free(json);
+    if (st == PHG_OK)
+        cli_error("store %s already holds a keyring; not overwriting it",
+                  phg_store_display_url(store));
+    else if (st != PHG_ERR_NOT_FOUND)
+        cli_error("store %s: %s", phg_store_display_url(store), phg_strerror(st));
+    phg_store_close(store);
+    return st == PHG_ERR_NOT_FOUND ? 0 : 1;
 }
 
 static const char *state_text(phg_phi_key_state s)
@@ -107,7 +133,7 @@ static int keyring_init(int argc, char **argv)
     int rc;
 
     if (cli_wants_help(argc, argv)) {
-        puts("Usage: phigate phi keyring init --keyring FILE [--json] [--master-key-file F]\n\n"
+        puts("Usage: phigate phi keyring init (--keyring FILE | --store URL) [--json] [--master-key-file F]\n\n"
              "Create a new keyring file with one data key (the primary), wrapped under the\n"
              "first master key. Refuses to overwrite an existing file: that would lose\n"
              "every key in it, and the data encrypted under them.");
@@ -121,23 +147,24 @@ static int keyring_init(int argc, char **argv)
         goto out;
     }
     rc = CLI_FAIL;
-    if (lstat(opts[KR_KEYRING].value, &st) == 0) {
+    if (opts[KR_KEYRING].set && lstat(opts[KR_KEYRING].value, &st) == 0) {
         cli_error("keyring %s already exists; not overwriting it", opts[KR_KEYRING].value);
         goto out;
     }
+    if (opts[KR_STORE].set && store_has_keyring(opts[KR_STORE].value) != 0)
+        goto out;
     st_rc = phg_keyring_create(mk, NULL, &kr);
     if (st_rc != PHG_OK) {
         cli_error("cannot create a keyring: %s", phg_strerror(st_rc));
         goto out;
     }
-    if (cli_save_keyring(kr, opts[KR_KEYRING].value) != CLI_OK)
+    if (cli_keyring_save(kr, opts[KR_KEYRING].value, opts[KR_STORE].value) != CLI_OK)
         goto out;
     (void)phg_keyring_primary(kr, kid);
     if (opts[KR_JSON].set)
-        rc = cli_print_json(
-            json_pack("{s:s,s:s}", "keyring", opts[KR_KEYRING].value, "primary", kid));
+        rc = cli_print_json(json_pack("{s:s,s:s}", "keyring", where_name(opts), "primary", kid));
     else
-        rc = printf("created keyring %s with primary key %s\n", opts[KR_KEYRING].value, kid) < 0
+        rc = printf("created keyring %s with primary key %s\n", where_name(opts), kid) < 0
                  ? CLI_FAIL
                  : CLI_OK;
 out:
@@ -156,7 +183,7 @@ static int keyring_rotate(int argc, char **argv)
     int rc;
 
     if (cli_wants_help(argc, argv)) {
-        puts("Usage: phigate phi keyring rotate --keyring FILE [--json] [--master-key-file F]\n\n"
+        puts("Usage: phigate phi keyring rotate (--keyring FILE | --store URL) [--json] [--master-key-file F]\n\n"
              "Add a new data key and make it the primary: new data is encrypted under it.\n"
              "The previous primary becomes decrypt-only and still opens old data.");
         return CLI_OK;
@@ -164,7 +191,7 @@ static int keyring_rotate(int argc, char **argv)
     rc = keyring_begin("phi keyring rotate", argc, argv, opts, &mk);
     if (rc != CLI_OK)
         return rc;
-    rc = cli_load_keyring(opts[KR_KEYRING].value, mk, 0, &kr);
+    rc = cli_keyring_load(opts[KR_KEYRING].value, opts[KR_STORE].value, mk, 0, &kr);
     if (rc != CLI_OK)
         goto out;
     rc = CLI_FAIL;
@@ -174,7 +201,7 @@ static int keyring_rotate(int argc, char **argv)
         cli_error("cannot rotate: %s", phg_strerror(st));
         goto out;
     }
-    if (cli_save_keyring(kr, opts[KR_KEYRING].value) != CLI_OK)
+    if (cli_keyring_save(kr, opts[KR_KEYRING].value, opts[KR_STORE].value) != CLI_OK)
         goto out;
     if (opts[KR_JSON].set)
         rc = cli_print_json(json_pack("{s:s,s:s}", "primary", new_kid, "previous", old_kid));
@@ -197,7 +224,7 @@ static int keyring_destroy(int argc, char **argv)
     int rc;
 
     if (cli_wants_help(argc, argv)) {
-        puts("Usage: phigate phi keyring destroy --keyring FILE --kid KID [--json]\n\n"
+        puts("Usage: phigate phi keyring destroy (--keyring FILE | --store URL) --kid KID [--json]\n\n"
              "Crypto-shred one data key: its wrapped value is removed from the keyring and\n"
              "every ciphertext made under it can never be decrypted again. The primary key\n"
              "cannot be destroyed (rotate first). Backups of the keyring still hold the key.");
@@ -210,13 +237,13 @@ static int keyring_destroy(int argc, char **argv)
         rc = cli_usage("phi keyring destroy", "--kid KID is required");
         goto out;
     }
-    rc = cli_load_keyring(opts[KR_KEYRING].value, mk, 0, &kr);
+    rc = cli_keyring_load(opts[KR_KEYRING].value, opts[KR_STORE].value, mk, 0, &kr);
     if (rc != CLI_OK)
         goto out;
     rc = CLI_FAIL;
     st = phg_keyring_destroy(kr, opts[KR_KID].value);
     if (st == PHG_ERR_NOT_FOUND) {
-        cli_error("keyring %s has no key with that kid", opts[KR_KEYRING].value);
+        cli_error("keyring %s has no key with that kid", where_name(opts));
         goto out;
     }
     if (st == PHG_ERR_STATE) {
@@ -227,7 +254,7 @@ static int keyring_destroy(int argc, char **argv)
         cli_error("cannot destroy: %s", phg_strerror(st));
         goto out;
     }
-    if (cli_save_keyring(kr, opts[KR_KEYRING].value) != CLI_OK)
+    if (cli_keyring_save(kr, opts[KR_KEYRING].value, opts[KR_STORE].value) != CLI_OK)
         goto out;
     if (opts[KR_JSON].set)
         rc = cli_print_json(json_pack("{s:s}", "destroyed", opts[KR_KID].value));
@@ -252,7 +279,7 @@ static int keyring_rewrap(int argc, char **argv)
     int rc;
 
     if (cli_wants_help(argc, argv)) {
-        puts("Usage: phigate phi keyring rewrap --keyring FILE [--json] [--master-key-file F]\n\n"
+        puts("Usage: phigate phi keyring rewrap (--keyring FILE | --store URL) [--json] [--master-key-file F]\n\n"
              "Re-wrap every data key under the first master key. To retire a master key,\n"
              "set PHI_MASTER_KEY=NEW,OLD, run rewrap, then drop OLD. Data keys and\n"
              "ciphertexts do not change.");
@@ -261,7 +288,7 @@ static int keyring_rewrap(int argc, char **argv)
     rc = keyring_begin("phi keyring rewrap", argc, argv, opts, &mk);
     if (rc != CLI_OK)
         return rc;
-    rc = cli_load_keyring(opts[KR_KEYRING].value, mk, 0, &kr);
+    rc = cli_keyring_load(opts[KR_KEYRING].value, opts[KR_STORE].value, mk, 0, &kr);
     if (rc != CLI_OK)
         goto out;
     rc = CLI_FAIL;
@@ -270,7 +297,7 @@ static int keyring_rewrap(int argc, char **argv)
         cli_error("cannot rewrap: %s", phg_strerror(st));
         goto out;
     }
-    if (cli_save_keyring(kr, opts[KR_KEYRING].value) != CLI_OK)
+    if (cli_keyring_save(kr, opts[KR_KEYRING].value, opts[KR_STORE].value) != CLI_OK)
         goto out;
     n = phg_keyring_count(kr);
     for (i = 0; i < n; i++) {
@@ -300,7 +327,7 @@ static int keyring_list(int argc, char **argv)
     int rc;
 
     if (cli_wants_help(argc, argv)) {
-        puts("Usage: phigate phi keyring list --keyring FILE [--json] [--master-key-file F]\n\n"
+        puts("Usage: phigate phi keyring list (--keyring FILE | --store URL) [--json] [--master-key-file F]\n\n"
              "List the data keys: kid, state, creation time, which is primary. No secret\n"
              "is shown. The master key is needed so that a keyring that does not open is\n"
              "reported as such.");
@@ -309,7 +336,7 @@ static int keyring_list(int argc, char **argv)
     rc = keyring_begin("phi keyring list", argc, argv, opts, &mk);
     if (rc != CLI_OK)
         return rc;
-    rc = cli_load_keyring(opts[KR_KEYRING].value, mk, 0, &kr);
+    rc = cli_keyring_load(opts[KR_KEYRING].value, opts[KR_STORE].value, mk, 0, &kr);
     if (rc != CLI_OK)
         goto out;
     n = phg_keyring_count(kr);
@@ -342,44 +369,121 @@ out:
     return rc;
 }
 
+/* export: store -> file; import: file -> store. Both open the keyring with
+ * the master keys first, so a copy that would not open is never made. */
+static int keyring_copy(int to_file, int argc, char **argv)
+{
+    const char *cmd = to_file ? "phi keyring export" : "phi keyring import";
+    cli_opt opts[KR_END + 1];
+    phg_masterkeys *mk = NULL;
+    phg_keyring *kr = NULL;
+    struct stat st;
+    int rc;
+
+    if (cli_wants_help(argc, argv)) {
+        if (to_file)
+            puts("Usage: phigate phi keyring export --store URL --keyring FILE [--json]\n\n"
+                 "Write the store's keyring to FILE (mode 0600, atomic; refuses to overwrite),\n"
+                 "for a backup or for the CLI. The master key must open it.");
+        else
+            puts("Usage: phigate phi keyring import --keyring FILE --store URL [--replace] "
+                 "[--json]\n\n"
+                 "Put the keyring of FILE into the store. Refuses if the store already holds\n"
+                 "one, unless --replace (the old one is then gone: export it first). The\n"
+                 "master key must open it.");
+        return CLI_OK;
+    }
+    keyring_opts(opts);
+    if (cli_parse_opts(cmd, argc, argv, opts) != CLI_OK)
+        return CLI_USAGE;
+    if (!opts[KR_KEYRING].set || !opts[KR_STORE].set)
+        return cli_usage(cmd, "both --keyring FILE and --store URL are required");
+    rc = cli_load_masterkeys(opts[KR_MKFILE].value, &mk);
+    if (rc != CLI_OK)
+        return rc;
+    rc = CLI_FAIL;
+    if (to_file) {
+        if (lstat(opts[KR_KEYRING].value, &st) == 0) {
+            cli_error("%s already exists; not overwriting it", opts[KR_KEYRING].value);
+            goto out;
+        }
+        if (cli_keyring_load(NULL, opts[KR_STORE].value, mk, 0, &kr) != CLI_OK ||
+            cli_keyring_save(kr, opts[KR_KEYRING].value, NULL) != CLI_OK)
+            goto out;
+    } else {
+        if (cli_keyring_load(opts[KR_KEYRING].value, NULL, mk, 0, &kr) != CLI_OK)
+            goto out;
+        if (!opts[KR_REPLACE].set && store_has_keyring(opts[KR_STORE].value) != 0)
+            goto out;
+        if (cli_keyring_save(kr, NULL, opts[KR_STORE].value) != CLI_OK)
+            goto out;
+    }
+    if (opts[KR_JSON].set)
+        rc = cli_print_json(json_pack("{s:s,s:s}", to_file ? "exported" : "imported",
+                                      opts[KR_KEYRING].value, "keys",
+                                      to_file ? "store -> file" : "file -> store"));
+    else
+        rc = printf("%s %s\n", to_file ? "exported the store's keyring to" : "imported into the store:",
+                    opts[KR_KEYRING].value) < 0
+                 ? CLI_FAIL
+                 : CLI_OK;
+out:
+    phg_keyring_free(kr);
+    phg_phi_masterkeys_free(mk);
+    return rc;
+}
+
+static int keyring_export(int argc, char **argv)
+{
+    return keyring_copy(1, argc, argv);
+}
+
+static int keyring_import(int argc, char **argv)
+{
+    return keyring_copy(0, argc, argv);
+}
+
 static const char keyring_help[] =
-    "Usage: phigate phi keyring <command> --keyring FILE [options]\n"
+    "Usage: phigate phi keyring <command> (--keyring FILE | --store URL) [options]\n"
     "\n"
     "Commands:\n"
     "  init      create a keyring file with one data key\n"
     "  rotate    new primary data key; the old one becomes decrypt-only\n"
     "  destroy   crypto-shred a data key (--kid KID)\n"
     "  rewrap    re-wrap every data key under the first master key\n"
-    "  list      list data keys (no secrets)\n";
+    "  list      list data keys (no secrets)\n"
+    "  export    copy the store's keyring to a file\n"
+    "  import    put a keyring file into the store\n";
 
 static int phi_keyring(int argc, char **argv)
 {
     static const cli_command table[] = {
         {"init", "", keyring_init},       {"rotate", "", keyring_rotate},
         {"destroy", "", keyring_destroy}, {"rewrap", "", keyring_rewrap},
-        {"list", "", keyring_list},       {NULL, NULL, NULL},
+        {"list", "", keyring_list},       {"export", "", keyring_export},
+        {"import", "", keyring_import},   {NULL, NULL, NULL},
     };
     return cli_dispatch("phi keyring", keyring_help, table, argc, argv);
 }
 
 /* ---- single fields --------------------------------------------------------------- */
 
-enum { F_KEYRING, F_CONTEXT, F_MKFILE, F_JSON, F_END };
+enum { F_KEYRING, F_CONTEXT, F_MKFILE, F_JSON, F_STORE, F_END };
 
 static int field_begin(const char *cmd, int argc, char **argv, cli_opt *opts,
                        phg_masterkeys **mk, phg_keyring **kr)
 {
     cli_opt init[F_END + 1] = {
         {"keyring", 1, NULL, 0}, {"context", 1, NULL, 0}, {"master-key-file", 1, NULL, 0},
-        {"json", 0, NULL, 0},    {NULL, 0, NULL, 0},
+        {"json", 0, NULL, 0},    {"store", 1, NULL, 0},    {NULL, 0, NULL, 0},
     };
     size_t clen;
     int rc;
     memcpy(opts, init, sizeof init);
     if (cli_parse_opts(cmd, argc, argv, opts) != CLI_OK)
         return CLI_USAGE;
-    if (!opts[F_KEYRING].set)
-        return cli_usage(cmd, "--keyring FILE is required");
+    if (cli_keyring_where(cmd, opts[F_KEYRING].value, opts[F_STORE].value) != CLI_OK)
+        return CLI_USAGE;
     if (!opts[F_CONTEXT].set)
         return cli_usage(cmd, "--context CTX is required");
     clen = strlen(opts[F_CONTEXT].value);
@@ -389,7 +493,7 @@ static int field_begin(const char *cmd, int argc, char **argv, cli_opt *opts,
     rc = cli_load_masterkeys(opts[F_MKFILE].value, mk);
     if (rc != CLI_OK)
         return rc;
-    return cli_load_keyring(opts[F_KEYRING].value, *mk, 0, kr);
+    return cli_keyring_load(opts[F_KEYRING].value, opts[F_STORE].value, *mk, 0, kr);
 }
 
 /* Strip one trailing "\n" or "\r\n" (and surrounding blanks) from a ciphertext. */
@@ -421,7 +525,7 @@ static int phi_encrypt(int argc, char **argv)
     int rc;
 
     if (cli_wants_help(argc, argv)) {
-        puts("Usage: phigate phi encrypt --keyring FILE --context CTX [--json]\n\n"
+        puts("Usage: phigate phi encrypt (--keyring FILE | --store URL) --context CTX [--json]\n\n"
              "Read the plaintext bytes from stdin (at most 16 MiB), encrypt them under the\n"
              "keyring's primary key and the context, and print one line:\n"
              "phi1.<kid>.<base64url>. The same context is needed to decrypt.");
@@ -473,7 +577,7 @@ static int phi_decrypt(int argc, char **argv)
     int rc;
 
     if (cli_wants_help(argc, argv)) {
-        puts("Usage: phigate phi decrypt --keyring FILE --context CTX [--json]\n\n"
+        puts("Usage: phigate phi decrypt (--keyring FILE | --store URL) --context CTX [--json]\n\n"
              "Read one ciphertext from stdin (a trailing newline is ignored) and write the\n"
              "plaintext bytes to stdout, with no newline added. With --json, print\n"
              "{\"plaintext\": TEXT} for UTF-8 plaintext or {\"plaintext_base64\": B64}.\n"
@@ -542,7 +646,7 @@ static int phi_rewrap(int argc, char **argv)
     int rc;
 
     if (cli_wants_help(argc, argv)) {
-        puts("Usage: phigate phi rewrap --keyring FILE --context CTX [--json]\n\n"
+        puts("Usage: phigate phi rewrap (--keyring FILE | --store URL) --context CTX [--json]\n\n"
              "Read one ciphertext from stdin and print it re-encrypted under the keyring's\n"
              "primary key (after a rotation, before destroying the old key).");
         return CLI_OK;

@@ -288,3 +288,85 @@ cli_opt *cli_opt_get(cli_opt *opts, const char *name)
     }
     abort(); /* a programming error: the command asked for an option it did not declare */
 }
+
+/* ---- keyrings in a file or in the store ------------------------------------------------ */
+
+int cli_keyring_where(const char *command, const char *file, const char *store_url)
+{
+    if ((file == NULL) == (store_url == NULL))
+        return cli_usage(command, "give exactly one of --keyring FILE and --store URL");
+    if (file != NULL && file[0] == '\0')
+        return cli_usage(command, "--keyring needs a file name");
+    return CLI_OK;
+}
+
+int cli_keyring_load(const char *file, const char *store_url, const phg_masterkeys *mk,
+                     size_t cache_entries, phg_keyring **out)
+{
+    phg_store *store = NULL;
+    phg_keyring_options opts;
+    char *json = NULL;
+    size_t len = 0;
+    const char *why = NULL;
+    phg_status st;
+    int rc;
+
+    if (file != NULL)
+        return cli_load_keyring(file, mk, cache_entries, out);
+    rc = cli_open_store(store_url, 1, &store);
+    if (rc != CLI_OK)
+        return rc;
+    rc = CLI_FAIL;
+    st = phg_store_keyring_get(store, &json, &len);
+    if (st == PHG_ERR_NOT_FOUND) {
+        cli_error("store %s holds no keyring (create one with 'phigate phi keyring init "
+                  "--store URL' or import one)",
+                  phg_store_display_url(store));
+        goto out;
+    }
+    if (st != PHG_OK) {
+        cli_error("store %s: %s", phg_store_display_url(store), phg_strerror(st));
+        goto out;
+    }
+    phg_keyring_options_init(&opts);
+    opts.cache_entries = cache_entries;
+    st = phg_keyring_from_json(json, len, mk, &opts, out, &why);
+    if (st == PHG_ERR_MASTER_KEY)
+        cli_error("the keyring in the store: a data key opens under none of the master keys "
+                  "given (wrong PHI_MASTER_KEY?)");
+    else if (st != PHG_OK)
+        cli_error("the keyring in the store is corrupt: %s", why ? why : phg_strerror(st));
+    else
+        rc = CLI_OK;
+out:
+    free(json);
+    phg_store_close(store);
+    return rc;
+}
+
+int cli_keyring_save(phg_keyring *kr, const char *file, const char *store_url)
+{
+    phg_store *store = NULL;
+    char *json = NULL;
+    size_t len = 0;
+    phg_status st;
+    int rc;
+
+    if (file != NULL)
+        return cli_save_keyring(kr, file);
+    rc = cli_open_store(store_url, 1, &store);
+    if (rc != CLI_OK)
+        return rc;
+    rc = CLI_FAIL;
+    st = phg_keyring_to_json(kr, &json, &len);
+    if (st == PHG_OK)
+        st = phg_store_keyring_put(store, json, len);
+    if (st != PHG_OK)
+        cli_error("store %s: cannot save the keyring: %s (the stored keyring is unchanged)",
+                  phg_store_display_url(store), phg_strerror(st));
+    else
+        rc = CLI_OK;
+    free(json);
+    phg_store_close(store);
+    return rc;
+}

@@ -1,0 +1,34 @@
+-- phigate schema 1 (SQLite): the PHI keyring and API keys.
+CREATE TABLE phi_keyring (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    body        TEXT    NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+
+-- One row: bumped by every change to api_keys, polled by every instance.
+CREATE TABLE phigate_changes (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    counter  INTEGER NOT NULL
+);
+INSERT INTO phigate_changes (id, counter) VALUES (1, 0);
+
+CREATE TABLE api_keys (
+    id            TEXT    PRIMARY KEY,
+    key_hash      BLOB    NOT NULL UNIQUE CHECK (length(key_hash) = 32),
+    key_index     INTEGER NOT NULL,
+    role          TEXT    NOT NULL CHECK (role IN ('user', 'admin')),
+    scopes        INTEGER NOT NULL,
+    user_id       TEXT    NOT NULL,
+    description   TEXT    NOT NULL DEFAULT '',
+    created_by    TEXT    NOT NULL,
+    rate_limit    TEXT    NOT NULL DEFAULT '',
+    replaced_by   TEXT    NOT NULL DEFAULT '',
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL DEFAULT 0,
+    revoked_at    INTEGER NOT NULL DEFAULT 0,
+    grace_until   INTEGER NOT NULL DEFAULT 0,
+    last_used_at  INTEGER NOT NULL DEFAULT 0,
+    version       INTEGER NOT NULL
+);
+CREATE INDEX api_keys_by_index ON api_keys (key_index);
+CREATE INDEX api_keys_by_version ON api_keys (version);

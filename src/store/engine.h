@@ -1,0 +1,79 @@
+/*
+ * store/engine.h: the table of functions every storage engine provides, in
+ * the manner of curl's lib/vtls: store.c owns the URL, the connection pool,
+ * the migration runner and the public API; an engine only speaks to its
+ * database. One engine connection is used by one thread at a time (store.c
+ * guarantees it), so engines need no locking of their own.
+ *
+ * Every statement is prepared with bound parameters. Every function returns
+ * PHG_OK or a phg_status: PHG_ERR_UNAVAILABLE when the server or file cannot
+ * be reached (the engine then tries to reconnect on its next call),
+ * PHG_ERR_NOT_FOUND, PHG_ERR_EXISTS (unique violation), PHG_ERR_IO for other
+ * database errors. `err` buffers (PHG_STORE_ERR_MAX bytes) get a message for
+ * operators that never contains a password.
+ */
+#ifndef PHG_STORE_ENGINE_H
+#define PHG_STORE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "phigate/apikey.h"
+#include "phigate/store.h"
+
+typedef phg_status (*phg_key_cb)(void *arg, const phg_apikey_record *rec);
+
+typedef struct phg_store_engine {
+    const char *name; /* "sqlite", "postgres" */
+
+    /* Connect. `target` is what follows "sqlite:" (a path), or the whole
+     * postgres:// URL. */
+    phg_status (*connect)(const char *target, const phg_store_options *opts, void **conn,
+                          char *err, size_t err_len);
+    void (*disconnect)(void *conn);
+
+    /* The highest version recorded in phigate_schema, 0 if the table does
+     * not exist. */
+    phg_status (*schema_version)(void *conn, int *version);
+
+    /* In one transaction: create phigate_schema if missing, run `sql`
+     * (several statements), insert (version, now). Roll back on any error. */
+    phg_status (*apply_migration)(void *conn, int version, const char *sql, char *err,
+                                  size_t err_len);
+
+    /* phi_keyring: the single row (id 1). */
+    phg_status (*keyring_get)(void *conn, char **json, size_t *len);
+    phg_status (*keyring_put)(void *conn, const char *json, size_t len);
+
+    /* api_keys. Every change bumps phigate_changes.counter in the same
+     * transaction and stores the new counter in the row's `version`. */
+    phg_status (*key_insert)(void *conn, const phg_apikey_record *rec);
+    phg_status (*key_get)(void *conn, const char *id, phg_apikey_record *rec);
+    /* Every key (any state) whose key_index is `index`; *out is malloc'd. */
+    phg_status (*key_by_index)(void *conn, int64_t index, phg_apikey_record **out, size_t *n);
+    /* Ordered by id, id > after (after may be ""), at most limit. */
+    phg_status (*key_list)(void *conn, const char *after, size_t limit, phg_apikey_record **out,
+                           size_t *n);
+    /* Set revoked_at if not yet set. PHG_ERR_NOT_FOUND for an unknown id. */
+    phg_status (*key_revoke)(void *conn, const char *id, int64_t at);
+    /* One transaction: old must exist (NOT_FOUND), not be revoked nor already
+     * rotated (PHG_ERR_STATE); set its grace_until and replaced_by; insert
+     * fresh. */
+    phg_status (*key_rotate)(void *conn, const char *old_id, int64_t grace_until,
+                             const phg_apikey_record *fresh);
+    /* last_used_at = max(last_used_at, ts[i]) for each id; no counter bump. */
+    phg_status (*key_touch)(void *conn, const char *const *ids, const int64_t *ts, size_t n);
+    phg_status (*change_counter)(void *conn, int64_t *counter);
+    /* Call cb for every key with version > since, in version order. A cb
+     * failure stops the walk and is returned. */
+    phg_status (*keys_since)(void *conn, int64_t since, phg_key_cb cb, void *arg);
+} phg_store_engine;
+
+extern const phg_store_engine phg_store_engine_sqlite;
+extern const phg_store_engine phg_store_engine_postgres;
+
+/* Shared by the engines: role and scope text of the api_keys columns. */
+const char *phg_internal_role_text(phg_role role);
+int phg_internal_role_from_text(const char *text, phg_role *role);
+
+#endif

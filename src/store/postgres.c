@@ -1,0 +1,1259 @@
+/*
+ * store/postgres.c: the PostgreSQL engine of the store (libpq), behind the
+ * table of store/engine.h. It speaks to one server over one connection per
+ * engine handle, with named prepared statements and bound parameters (binary
+ * format both ways), and reconnects by itself after the server went away.
+ *
+ * It does not pool, parse the store URL beyond handing it to libpq, pick
+ * migrations or lock: store.c does that, and gives a handle to one thread at
+ * a time. The tables are in migrations/postgres/; the design is in DESIGN.md
+ * ("Storage") and the contract of every function in store/engine.h.
+ *
+ * Reconnection: a call that finds its connection broken (the server restarted,
+ * the network dropped) resets it once (PQreset). A read is then run again,
+ * transparently. A write is retried only if it failed on its BEGIN, when
+ * nothing can have reached the server; after that it returns
+ * PHG_ERR_UNAVAILABLE, since the outcome of a COMMIT lost in flight is
+ * unknown, and the caller decides whether to retry.
+ */
+#include <assert.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+
+#include "store/engine.h"
+
+/* Type OIDs (catalog/pg_type_d.h is a server header). */
+#define OID_BYTEA 17
+#define OID_INT8 20
+#define OID_TEXT 25
+
+#define STATEMENT_TIMEOUT_MS 30000
+#define DEFAULT_CONNECT_TIMEOUT_S 5
+/* pg_advisory_xact_lock key that serializes migrators: "phigmigr". */
+#define MIGRATION_LOCK_KEY INT64_C(0x706869676d696772)
+#define MAX_PARAMS 16
+
+typedef struct pg_conn {
+    PGconn *pg;
+    uint64_t prepared; /* bit i: statement i is prepared on this session */
+    char last_error[PHG_STORE_ERR_MAX]; /* for a debugger; never a password */
+} pg_conn;
+
+/* ---- statements ------------------------------------------------------------ */
+
+/* The columns of a phg_apikey_record, in the order row_to_record reads them. */
+#define KEY_COLUMNS                                                                              \
+    "id, key_hash, key_index, role, scopes, user_id, description, created_by, rate_limit, "     \
+    "replaced_by, created_at, expires_at, revoked_at, grace_until, last_used_at, version"
+#define KEY_NCOLUMNS 16
+
+typedef enum stmt_id {
+    ST_SCHEMA_EXISTS,
+    ST_SCHEMA_MAX,
+    ST_KEYRING_GET,
+    ST_KEYRING_PUT,
+    ST_BUMP,
+    ST_KEY_INSERT,
+    ST_KEY_GET,
+    ST_KEY_BY_INDEX,
+    ST_KEY_LIST,
+    ST_KEY_LOCK,
+    ST_KEY_REVOKE,
+    ST_KEY_ROTATE_OLD,
+    ST_KEY_TOUCH,
+    ST_COUNTER,
+    ST_KEYS_SINCE,
+    ST_COUNT /* not a statement */
+} stmt_id;
+
+typedef struct stmt_def {
+    const char *name;
+    const char *sql;
+    int nparams;
+    Oid types[MAX_PARAMS];
+} stmt_def;
+
+static const stmt_def stmts[ST_COUNT] = {
+    [ST_SCHEMA_EXISTS] = {"phg_schema_exists",
+                          "SELECT to_regclass('phigate_schema') IS NOT NULL", 0, {0}},
+    [ST_SCHEMA_MAX] = {"phg_schema_max",
+                       "SELECT COALESCE(max(version), 0)::int8 FROM phigate_schema", 0, {0}},
+    [ST_KEYRING_GET] = {"phg_keyring_get", "SELECT body FROM phi_keyring WHERE id = 1", 0, {0}},
+    [ST_KEYRING_PUT] = {"phg_keyring_put",
+                        "INSERT INTO phi_keyring (id, body, updated_at) VALUES (1, $1, $2) "
+                        "ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body, "
+                        "updated_at = EXCLUDED.updated_at",
+                        2,
+                        {OID_TEXT, OID_INT8}},
+    [ST_BUMP] = {"phg_bump",
+                 "UPDATE phigate_changes SET counter = counter + 1 WHERE id = 1 "
+                 "RETURNING counter",
+                 0,
+                 {0}},
+    [ST_KEY_INSERT] = {"phg_key_insert",
+                       "INSERT INTO api_keys (" KEY_COLUMNS ") VALUES ($1, $2, $3, $4, $5, $6, "
+                       "$7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                       16,
+                       {OID_TEXT, OID_BYTEA, OID_INT8, OID_TEXT, OID_INT8, OID_TEXT, OID_TEXT,
+                        OID_TEXT, OID_TEXT, OID_TEXT, OID_INT8, OID_INT8, OID_INT8, OID_INT8,
+                        OID_INT8, OID_INT8}},
+    [ST_KEY_GET] = {"phg_key_get", "SELECT " KEY_COLUMNS " FROM api_keys WHERE id = $1", 1,
+                    {OID_TEXT}},
+    [ST_KEY_BY_INDEX] = {"phg_key_by_index",
+                         "SELECT " KEY_COLUMNS " FROM api_keys WHERE key_index = $1 ORDER BY id",
+                         1,
+                         {OID_INT8}},
+    [ST_KEY_LIST] = {"phg_key_list",
+                     "SELECT " KEY_COLUMNS " FROM api_keys WHERE id > $1 ORDER BY id LIMIT $2", 2,
+                     {OID_TEXT, OID_INT8}},
+    [ST_KEY_LOCK] = {"phg_key_lock",
+                     "SELECT revoked_at, replaced_by FROM api_keys WHERE id = $1 FOR UPDATE", 1,
+                     {OID_TEXT}},
+    [ST_KEY_REVOKE] = {"phg_key_revoke",
+                       "UPDATE api_keys SET revoked_at = $2, version = $3 WHERE id = $1", 3,
+                       {OID_TEXT, OID_INT8, OID_INT8}},
+    [ST_KEY_ROTATE_OLD] = {"phg_key_rotate_old",
+                           "UPDATE api_keys SET grace_until = $2, replaced_by = $3, version = $4 "
+                           "WHERE id = $1",
+                           4,
+                           {OID_TEXT, OID_INT8, OID_TEXT, OID_INT8}},
+    [ST_KEY_TOUCH] = {"phg_key_touch",
+                      "UPDATE api_keys SET last_used_at = GREATEST(last_used_at, $1) "
+                      "WHERE id = $2",
+                      2,
+                      {OID_INT8, OID_TEXT}},
+    [ST_COUNTER] = {"phg_counter", "SELECT counter FROM phigate_changes WHERE id = 1", 0, {0}},
+    [ST_KEYS_SINCE] = {"phg_keys_since",
+                       "SELECT " KEY_COLUMNS " FROM api_keys WHERE version > $1 "
+                       "ORDER BY version, id",
+                       1,
+                       {OID_INT8}},
+};
+
+/* Bound parameters, all in binary format: int8 as 8 big-endian bytes, text
+ * and bytea as their bytes. Nothing is ever spliced into SQL. */
+typedef struct params {
+    int n;
+    const char *values[MAX_PARAMS];
+    int lengths[MAX_PARAMS];
+    int formats[MAX_PARAMS];
+    char ints[MAX_PARAMS][8];
+} params;
+
+static void p_bytes(params *p, const void *bytes, size_t len)
+{
+    assert(p->n < MAX_PARAMS && len <= INT_MAX);
+    p->values[p->n] = bytes;
+    p->lengths[p->n] = (int)len;
+    p->formats[p->n] = 1;
+    p->n++;
+}
+
+static void p_text(params *p, const char *s)
+{
+    p_bytes(p, s, strlen(s));
+}
+
+static void p_int8(params *p, int64_t v)
+{
+    uint64_t u = (uint64_t)v;
+    int i;
+    assert(p->n < MAX_PARAMS);
+    for (i = 0; i < 8; i++)
+        p->ints[p->n][i] = (char)(unsigned char)(u >> (56 - 8 * i));
+    p_bytes(p, p->ints[p->n], 8);
+}
+
+/* ---- errors and the connection ------------------------------------------- */
+
+static void copy_message(char *dst, size_t dst_len, const char *msg)
+{
+    size_t i, o = 0;
+    int space = 0;
+    if (dst == NULL || dst_len == 0)
+        return;
+    /* One line: libpq's messages end in newlines and indent with tabs. */
+    for (i = 0; msg != NULL && msg[i] != '\0' && o + 1 < dst_len; i++) {
+        unsigned char ch = (unsigned char)msg[i];
+        if (ch == '\n' || ch == '\t' || ch == '\r' || ch == ' ') {
+            space = 1;
+            continue;
+        }
+        if (space && o > 0 && o + 2 < dst_len)
+            dst[o++] = ' ';
+        space = 0;
+        dst[o++] = (char)(ch < 0x20 || ch == 0x7f ? '?' : ch);
+    }
+    dst[o] = '\0';
+}
+
+static int lost(const pg_conn *c)
+{
+    return PQstatus(c->pg) == CONNECTION_BAD;
+}
+
+/* The status for a failed result (res may be NULL: libpq ran out of memory
+ * or the connection is gone). Keeps the server's message in last_error. */
+static phg_status classify(pg_conn *c, const PGresult *res)
+{
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *primary = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    char line[PHG_STORE_ERR_MAX];
+
+    /* The server's one-line message and its SQLSTATE, or libpq's own. */
+    if (primary != NULL) {
+        snprintf(line, sizeof line, "%s [%s]", primary, state != NULL ? state : "?????");
+        copy_message(c->last_error, sizeof c->last_error, line);
+    } else {
+        copy_message(c->last_error, sizeof c->last_error,
+                     res != NULL && PQresultErrorMessage(res)[0] != '\0'
+                         ? PQresultErrorMessage(res)
+                         : PQerrorMessage(c->pg));
+    }
+    if (lost(c))
+        return PHG_ERR_UNAVAILABLE;
+    if (state == NULL)
+        return PHG_ERR_IO;
+    if (strcmp(state, "23505") == 0)
+        return PHG_ERR_EXISTS;
+    /* Connection exceptions; shutting down, crash recovery, cannot connect
+     * now; statement timeout or cancel: the server is not there for us. */
+    if (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
+        strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
+        strcmp(state, "57014") == 0)
+        return PHG_ERR_UNAVAILABLE;
+    /* Undefined table or column: the schema is missing or broken. */
+    if (strcmp(state, "42P01") == 0 || strcmp(state, "42703") == 0)
+        return PHG_ERR_SCHEMA;
+    return PHG_ERR_IO;
+}
+
+static void quiet_notices(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+/* A statement without parameters or data (BEGIN, SET, ...). */
+static phg_status exec_fixed(pg_conn *c, const char *sql)
+{
+    phg_status rc = PHG_OK;
+    PGresult *res = PQexecParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    if (res == NULL || (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK))
+        rc = classify(c, res);
+    PQclear(res);
+    return rc;
+}
+
+/* What every session needs, after a connect and after a reset. */
+static phg_status setup_session(pg_conn *c)
+{
+    phg_status rc;
+    c->prepared = 0;
+    rc = exec_fixed(c, "SET synchronous_commit = on");
+    if (rc != PHG_OK)
+        return rc;
+    /* 30 s in milliseconds; a constant, not data. */
+    return exec_fixed(c, "SET statement_timeout = 30000");
+}
+
+/* Reconnect once. 1 if the connection is usable again. */
+static int try_reset(pg_conn *c)
+{
+    PQreset(c->pg);
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        copy_message(c->last_error, sizeof c->last_error, PQerrorMessage(c->pg));
+        return 0;
+    }
+    return setup_session(c) == PHG_OK;
+}
+
+/* At the start of every call: a connection left broken by an earlier call
+ * (whose reset failed) gets another chance now. */
+static phg_status ensure_connected(pg_conn *c)
+{
+    if (!lost(c))
+        return PHG_OK;
+    return try_reset(c) ? PHG_OK : PHG_ERR_UNAVAILABLE;
+}
+
+static phg_status prepare(pg_conn *c, stmt_id id)
+{
+    phg_status rc = PHG_OK;
+    PGresult *res;
+    const stmt_def *d = &stmts[id];
+
+    if (c->prepared & (UINT64_C(1) << id))
+        return PHG_OK;
+    res = PQprepare(c->pg, d->name, d->sql, d->nparams, d->nparams ? d->types : NULL);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = classify(c, res);
+    else
+        c->prepared |= UINT64_C(1) << id;
+    PQclear(res);
+    return rc;
+}
+
+/* Run a prepared statement; binary results. On PHG_OK, *out (if not NULL)
+ * is the result, which the caller PQclear()s. */
+static phg_status run(pg_conn *c, stmt_id id, const params *p, PGresult **out)
+{
+    phg_status rc;
+    PGresult *res;
+    ExecStatusType st;
+
+    if (out != NULL)
+        *out = NULL;
+    assert((p == NULL ? 0 : p->n) == stmts[id].nparams);
+    rc = prepare(c, id);
+    if (rc != PHG_OK)
+        return rc;
+    res = PQexecPrepared(c->pg, stmts[id].name, p ? p->n : 0, p ? p->values : NULL,
+                         p ? p->lengths : NULL, p ? p->formats : NULL, 1);
+    st = PQresultStatus(res);
+    if (res == NULL || (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)) {
+        rc = classify(c, res);
+        PQclear(res);
+        return rc;
+    }
+    if (out != NULL)
+        *out = res;
+    else
+        PQclear(res);
+    return PHG_OK;
+}
+
+/* BEGIN, retried once after a reset if the connection turns out broken:
+ * nothing of the write has reached the server yet, so that is safe. */
+static phg_status begin(pg_conn *c)
+{
+    phg_status rc = exec_fixed(c, "BEGIN");
+    if (rc != PHG_OK && lost(c) && try_reset(c))
+        rc = exec_fixed(c, "BEGIN");
+    return rc;
+}
+
+/* After a failed write: undo an open transaction, or note a lost server and
+ * reset now, so the next call starts on a working connection. */
+static phg_status end_failed_write(pg_conn *c, phg_status rc)
+{
+    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
+        /* The message that matters is the first failure's. */
+        char saved[sizeof c->last_error];
+        memcpy(saved, c->last_error, sizeof saved);
+        (void)exec_fixed(c, "ROLLBACK");
+        memcpy(c->last_error, saved, sizeof saved);
+    }
+    if (lost(c)) {
+        (void)try_reset(c);
+        return PHG_ERR_UNAVAILABLE;
+    }
+    return rc;
+}
+
+/* ---- reading results --------------------------------------------------------- */
+
+static phg_status get_int8(const PGresult *res, int row, int col, int64_t *v)
+{
+    const unsigned char *b;
+    uint64_t u = 0;
+    int i;
+    if (PQgetisnull(res, row, col) || PQgetlength(res, row, col) != 8)
+        return PHG_ERR_SCHEMA;
+    b = (const unsigned char *)PQgetvalue(res, row, col);
+    for (i = 0; i < 8; i++)
+        u = (u << 8) | b[i];
+    *v = (int64_t)u;
+    return PHG_OK;
+}
+
+/* A text column into a fixed buffer of cap bytes (NUL included). Too long
+ * is a broken schema, never a silent truncation. */
+static phg_status get_text(const PGresult *res, int row, int col, char *dst, size_t cap)
+{
+    int len;
+    if (PQgetisnull(res, row, col))
+        return PHG_ERR_SCHEMA;
+    len = PQgetlength(res, row, col);
+    if (len < 0 || (size_t)len >= cap)
+        return PHG_ERR_SCHEMA;
+    memcpy(dst, PQgetvalue(res, row, col), (size_t)len);
+    dst[len] = '\0';
+    return PHG_OK;
+}
+
+#define TRY(expr)                                                                                \
+    do {                                                                                         \
+        rc = (expr);                                                                             \
+        if (rc != PHG_OK)                                                                        \
+            goto out;                                                                            \
+    } while (0)
+
+static phg_status row_to_record(const PGresult *res, int row, phg_apikey_record *rec)
+{
+    phg_status rc = PHG_OK;
+    char role[8];
+    int64_t scopes;
+
+    memset(rec, 0, sizeof *rec);
+    if (PQnfields(res) != KEY_NCOLUMNS)
+        return PHG_ERR_SCHEMA;
+    TRY(get_text(res, row, 0, rec->id, sizeof rec->id));
+    if (PQgetisnull(res, row, 1) || PQgetlength(res, row, 1) != (int)sizeof rec->hash) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    memcpy(rec->hash, PQgetvalue(res, row, 1), sizeof rec->hash);
+    TRY(get_int8(res, row, 2, &rec->index));
+    TRY(get_text(res, row, 3, role, sizeof role));
+    if (!phg_internal_role_from_text(role, &rec->role)) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    TRY(get_int8(res, row, 4, &scopes));
+    if (scopes < 0 || scopes > (int64_t)UINT32_MAX) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    rec->scopes = (uint32_t)scopes;
+    TRY(get_text(res, row, 5, rec->user_id, sizeof rec->user_id));
+    TRY(get_text(res, row, 6, rec->description, sizeof rec->description));
+    TRY(get_text(res, row, 7, rec->created_by, sizeof rec->created_by));
+    TRY(get_text(res, row, 8, rec->rate_limit, sizeof rec->rate_limit));
+    TRY(get_text(res, row, 9, rec->replaced_by, sizeof rec->replaced_by));
+    TRY(get_int8(res, row, 10, &rec->created_at));
+    TRY(get_int8(res, row, 11, &rec->expires_at));
+    TRY(get_int8(res, row, 12, &rec->revoked_at));
+    TRY(get_int8(res, row, 13, &rec->grace_until));
+    TRY(get_int8(res, row, 14, &rec->last_used_at));
+    TRY(get_int8(res, row, 15, &rec->version));
+out:
+    return rc;
+}
+
+/* Every row of res into a malloc'd array (NULL when there are none). */
+static phg_status rows_to_records(const PGresult *res, phg_apikey_record **out, size_t *n)
+{
+    phg_status rc = PHG_OK;
+    int rows = PQntuples(res), i;
+    phg_apikey_record *recs = NULL;
+
+    *out = NULL;
+    *n = 0;
+    if (rows <= 0)
+        return PHG_OK;
+    recs = malloc((size_t)rows * sizeof *recs);
+    if (recs == NULL)
+        return PHG_ERR_NOMEM;
+    for (i = 0; i < rows; i++)
+        TRY(row_to_record(res, i, &recs[i]));
+    *out = recs;
+    *n = (size_t)rows;
+    recs = NULL;
+out:
+    free(recs);
+    return rc;
+}
+
+/* A record's text field as a parameter; it must be NUL-terminated inside its
+ * array (a caller's bug otherwise, reported rather than read past). */
+static int field_ok(const char *s, size_t cap)
+{
+    return memchr(s, '\0', cap) != NULL;
+}
+
+static phg_status record_params(const phg_apikey_record *rec, int64_t version, params *p)
+{
+    if (!field_ok(rec->id, sizeof rec->id) || rec->id[0] == '\0' ||
+        !field_ok(rec->user_id, sizeof rec->user_id) ||
+        !field_ok(rec->description, sizeof rec->description) ||
+        !field_ok(rec->created_by, sizeof rec->created_by) ||
+        !field_ok(rec->rate_limit, sizeof rec->rate_limit) ||
+        !field_ok(rec->replaced_by, sizeof rec->replaced_by) ||
+        (rec->role != PHG_ROLE_USER && rec->role != PHG_ROLE_ADMIN))
+        return PHG_ERR_INVALID;
+    memset(p, 0, sizeof *p);
+    p_text(p, rec->id);
+    p_bytes(p, rec->hash, sizeof rec->hash);
+    p_int8(p, rec->index);
+    p_text(p, phg_internal_role_text(rec->role));
+    p_int8(p, (int64_t)rec->scopes);
+    p_text(p, rec->user_id);
+    p_text(p, rec->description);
+    p_text(p, rec->created_by);
+    p_text(p, rec->rate_limit);
+    p_text(p, rec->replaced_by);
+    p_int8(p, rec->created_at);
+    p_int8(p, rec->expires_at);
+    p_int8(p, rec->revoked_at);
+    p_int8(p, rec->grace_until);
+    p_int8(p, rec->last_used_at);
+    p_int8(p, version);
+    return PHG_OK;
+}
+
+/* ---- reads, retried once after a reconnect --------------------------------- */
+
+typedef phg_status (*read_fn)(pg_conn *c, void *arg);
+
+static phg_status read_with_retry(pg_conn *c, read_fn fn, void *arg)
+{
+    phg_status rc = ensure_connected(c);
+    if (rc != PHG_OK)
+        return rc;
+    rc = fn(c, arg);
+    if (rc != PHG_OK && lost(c)) {
+        if (!try_reset(c))
+            return PHG_ERR_UNAVAILABLE;
+        rc = fn(c, arg);
+        if (rc != PHG_OK && lost(c))
+            (void)try_reset(c); /* for the next call; this one has failed */
+    }
+    return rc;
+}
+
+/* ---- connect ---------------------------------------------------------------------- */
+
+/* Replace every occurrence of secret in buf (NUL-terminated, cap bytes) by
+ * "***". If that cannot be done, the whole message goes. */
+static void scrub(char *buf, size_t cap, const char *secret)
+{
+    size_t slen, i = 0, o = 0;
+    char *out;
+    if (buf == NULL || cap == 0 || secret == NULL || secret[0] == '\0' ||
+        strstr(buf, secret) == NULL)
+        return;
+    slen = strlen(secret);
+    out = malloc(cap);
+    if (out == NULL) {
+        snprintf(buf, cap, "(message withheld)");
+        return;
+    }
+    while (buf[i] != '\0' && o + 1 < cap) {
+        if (strncmp(buf + i, secret, slen) == 0) {
+            size_t k;
+            for (k = 0; k < 3 && o + 1 < cap; k++)
+                out[o++] = '*';
+            i += slen;
+        } else {
+            out[o++] = buf[i++];
+        }
+    }
+    out[o] = '\0';
+    memcpy(buf, out, o + 1);
+    free(out);
+}
+
+static int has_password(const char *url)
+{
+    const char *rest = strstr(url, "://"), *at, *colon;
+    if (strstr(url, "password=") != NULL)
+        return 1;
+    if (rest == NULL)
+        return 0;
+    rest += 3;
+    at = strchr(rest, '@');
+    if (at == NULL)
+        return 0;
+    colon = memchr(rest, ':', (size_t)(at - rest));
+    return colon != NULL;
+}
+
+static phg_status pg_connect(const char *target, const phg_store_options *opts, void **out,
+                             char *err, size_t err_len)
+{
+    phg_status rc = PHG_OK;
+    pg_conn *c = NULL;
+    PQconninfoOption *info = NULL, *o;
+    char *parse_err = NULL;
+    const char *password = NULL, *host = NULL, *port = NULL;
+    char timeout[16], msg[PHG_STORE_ERR_MAX], detail[PHG_STORE_ERR_MAX];
+    const char *keywords[] = {"dbname", "connect_timeout", "client_encoding",
+                              "fallback_application_name", NULL};
+    const char *values[] = {target, timeout, "UTF8", "phigate", NULL};
+    int t = opts != NULL && opts->connect_timeout_s > 0 ? opts->connect_timeout_s
+                                                        : DEFAULT_CONNECT_TIMEOUT_S;
+
+    assert(target != NULL && out != NULL);
+    *out = NULL;
+    if (err != NULL && err_len > 0)
+        err[0] = '\0';
+    if (strncmp(target, "postgres://", 11) != 0 && strncmp(target, "postgresql://", 13) != 0) {
+        copy_message(err, err_len, "not a postgres:// or postgresql:// URL");
+        return PHG_ERR_INVALID;
+    }
+    /* Parse first: to find the password to keep out of messages, and to
+     * tell a malformed URL from an unreachable server. libpq's parse errors
+     * may quote a URL component verbatim, so they are shown only for a URL
+     * that holds no password. */
+    info = PQconninfoParse(target, &parse_err);
+    if (info == NULL) {
+        if (parse_err != NULL && !has_password(target)) {
+            snprintf(detail, sizeof detail, "%s", parse_err);
+            copy_message(msg, sizeof msg, detail);
+            if (err != NULL && err_len > 0)
+                snprintf(err, err_len, "invalid PostgreSQL URL: %s", msg);
+        } else {
+            copy_message(err, err_len, parse_err != NULL ? "invalid PostgreSQL URL"
+                                                         : "out of memory parsing the URL");
+        }
+        rc = parse_err != NULL ? PHG_ERR_INVALID : PHG_ERR_NOMEM;
+        goto out;
+    }
+    for (o = info; o->keyword != NULL; o++) {
+        if (strcmp(o->keyword, "password") == 0)
+            password = o->val;
+        else if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+        else if (strcmp(o->keyword, "port") == 0)
+            port = o->val;
+    }
+    snprintf(timeout, sizeof timeout, "%d", t);
+    c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        rc = PHG_ERR_NOMEM;
+        goto out;
+    }
+    c->pg = PQconnectdbParams(keywords, values, 1);
+    if (c->pg == NULL) {
+        rc = PHG_ERR_NOMEM;
+        goto out;
+    }
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        copy_message(msg, sizeof msg, PQerrorMessage(c->pg));
+        scrub(msg, sizeof msg, password);
+        if (err != NULL && err_len > 0) {
+            snprintf(err, err_len, "cannot connect to PostgreSQL at %s:%s: %s",
+                     host != NULL && host[0] != '\0' ? host : "(default)",
+                     port != NULL && port[0] != '\0' ? port : "5432", msg);
+            scrub(err, err_len, password);
+        }
+        rc = PHG_ERR_UNAVAILABLE;
+        goto out;
+    }
+    PQsetNoticeProcessor(c->pg, quiet_notices, NULL);
+    rc = setup_session(c);
+    if (rc != PHG_OK) {
+        copy_message(msg, sizeof msg, c->last_error);
+        scrub(msg, sizeof msg, password);
+        if (err != NULL && err_len > 0)
+            snprintf(err, err_len, "PostgreSQL session setup failed: %s", msg);
+        goto out;
+    }
+    *out = c;
+    c = NULL;
+out:
+    if (c != NULL) {
+        PQfinish(c->pg);
+        free(c);
+    }
+    PQconninfoFree(info); /* the password's copy goes with it */
+    PQfreemem(parse_err);
+    return rc;
+}
+
+static void pg_disconnect(void *conn)
+{
+    pg_conn *c = conn;
+    if (c == NULL)
+        return;
+    PQfinish(c->pg);
+    free(c);
+}
+
+/* ---- schema ------------------------------------------------------------------------ */
+
+static phg_status do_schema_version(pg_conn *c, void *arg)
+{
+    phg_status rc;
+    PGresult *res = NULL;
+    int64_t v = 0;
+    int *version = arg;
+
+    TRY(run(c, ST_SCHEMA_EXISTS, NULL, &res));
+    if (PQntuples(res) != 1 || PQgetlength(res, 0, 0) != 1) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    if (PQgetvalue(res, 0, 0)[0] == 0) {
+        *version = 0;
+        goto out;
+    }
+    PQclear(res);
+    res = NULL;
+    TRY(run(c, ST_SCHEMA_MAX, NULL, &res));
+    if (PQntuples(res) != 1) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    TRY(get_int8(res, 0, 0, &v));
+    if (v < 0 || v > INT_MAX) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    *version = (int)v;
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_schema_version(void *conn, int *version)
+{
+    assert(conn != NULL && version != NULL);
+    return read_with_retry(conn, do_schema_version, version);
+}
+
+static void set_err_from(char *err, size_t err_len, const char *what, const char *detail)
+{
+    char msg[PHG_STORE_ERR_MAX];
+    if (err == NULL || err_len == 0)
+        return;
+    copy_message(msg, sizeof msg, detail);
+    snprintf(err, err_len, "%s: %s", what, msg);
+}
+
+static phg_status pg_apply_migration(void *conn, int version, const char *sql, char *err,
+                                     size_t err_len)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+    ExecStatusType st;
+    const char *what = "migration";
+
+    assert(c != NULL && sql != NULL && version > 0);
+    if (err != NULL && err_len > 0)
+        err[0] = '\0';
+    rc = ensure_connected(c);
+    if (rc != PHG_OK) {
+        set_err_from(err, err_len, "cannot reach the server", c->last_error);
+        return rc;
+    }
+    what = "BEGIN";
+    TRY(begin(c));
+    /* Two processes migrating at once: the second waits here, then finds the
+     * version recorded and does nothing. */
+    what = "taking the migration lock";
+    memset(&p, 0, sizeof p);
+    p_int8(&p, MIGRATION_LOCK_KEY);
+    res = PQexecParams(c->pg, "SELECT pg_advisory_xact_lock($1)", 1, (const Oid[]){OID_INT8},
+                       p.values, p.lengths, p.formats, 1);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = classify(c, res);
+        goto out;
+    }
+    PQclear(res);
+    what = "creating phigate_schema";
+    TRY(exec_fixed(c, "CREATE TABLE IF NOT EXISTS phigate_schema (version INTEGER PRIMARY KEY, "
+                      "applied_at BIGINT NOT NULL)"));
+    what = "reading phigate_schema";
+    memset(&p, 0, sizeof p);
+    p_int8(&p, version);
+    res = PQexecParams(c->pg, "SELECT 1 FROM phigate_schema WHERE version = $1", 1,
+                       (const Oid[]){OID_INT8}, p.values, p.lengths, p.formats, 1);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = classify(c, res);
+        goto out;
+    }
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        /* The embedded, trusted migration text: several statements, so the
+         * simple protocol. */
+        what = "running the migration";
+        res = PQexec(c->pg, sql);
+        st = PQresultStatus(res);
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+            rc = classify(c, res);
+            goto out;
+        }
+        PQclear(res);
+        what = "recording the version";
+        p_int8(&p, (int64_t)time(NULL));
+        res = PQexecParams(c->pg,
+                           "INSERT INTO phigate_schema (version, applied_at) VALUES ($1, $2)", 2,
+                           (const Oid[]){OID_INT8, OID_INT8}, p.values, p.lengths, p.formats, 1);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            rc = classify(c, res);
+            goto out;
+        }
+    }
+    PQclear(res);
+    res = NULL;
+    what = "COMMIT";
+    TRY(exec_fixed(c, "COMMIT"));
+    /* Tables changed under any plan cached before: forget them. */
+    (void)exec_fixed(c, "DEALLOCATE ALL");
+    c->prepared = 0;
+out:
+    PQclear(res);
+    if (rc != PHG_OK) {
+        set_err_from(err, err_len, what, c->last_error);
+        rc = end_failed_write(c, rc);
+        /* A failing step is a database error whatever its SQLSTATE. */
+        if (rc == PHG_ERR_EXISTS || rc == PHG_ERR_SCHEMA)
+            rc = PHG_ERR_IO;
+    }
+    return rc;
+}
+
+/* ---- keyring ------------------------------------------------------------------------ */
+
+typedef struct keyring_get_args {
+    char **json;
+    size_t *len;
+} keyring_get_args;
+
+static phg_status do_keyring_get(pg_conn *c, void *arg)
+{
+    keyring_get_args *a = arg;
+    phg_status rc;
+    PGresult *res = NULL;
+    char *copy;
+    int len;
+
+    TRY(run(c, ST_KEYRING_GET, NULL, &res));
+    if (PQntuples(res) == 0) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    len = PQgetlength(res, 0, 0);
+    if (PQgetisnull(res, 0, 0) || len < 0) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    copy = malloc((size_t)len + 1);
+    if (copy == NULL) {
+        rc = PHG_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(copy, PQgetvalue(res, 0, 0), (size_t)len);
+    copy[len] = '\0';
+    *a->json = copy;
+    if (a->len != NULL)
+        *a->len = (size_t)len;
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_keyring_get(void *conn, char **json, size_t *len)
+{
+    keyring_get_args a = {json, len};
+    assert(conn != NULL && json != NULL);
+    *json = NULL;
+    if (len != NULL)
+        *len = 0;
+    return read_with_retry(conn, do_keyring_get, &a);
+}
+
+static phg_status pg_keyring_put(void *conn, const char *json, size_t len)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    params p;
+
+    assert(c != NULL && json != NULL);
+    /* TEXT cannot hold NUL bytes; the length must fit libpq's int. */
+    if (memchr(json, '\0', len) != NULL)
+        return PHG_ERR_INVALID;
+    if (len > (size_t)INT_MAX)
+        return PHG_ERR_TOO_LARGE;
+    memset(&p, 0, sizeof p);
+    p_bytes(&p, json, len);
+    p_int8(&p, (int64_t)time(NULL));
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(run(c, ST_KEYRING_PUT, &p, NULL));
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+/* ---- api_keys: writes ------------------------------------------------------------- */
+
+/* Inside a transaction: bump the change counter, give its new value. */
+static phg_status bump(pg_conn *c, int64_t *counter)
+{
+    phg_status rc;
+    PGresult *res = NULL;
+    TRY(run(c, ST_BUMP, NULL, &res));
+    if (PQntuples(res) != 1) {
+        rc = PHG_ERR_SCHEMA; /* the phigate_changes row is missing */
+        goto out;
+    }
+    TRY(get_int8(res, 0, 0, counter));
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_key_insert(void *conn, const phg_apikey_record *rec)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    params p;
+    int64_t counter = 0;
+
+    assert(c != NULL && rec != NULL);
+    TRY(record_params(rec, 0, &p)); /* validate before touching the server */
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(bump(c, &counter));
+    TRY(record_params(rec, counter, &p));
+    TRY(run(c, ST_KEY_INSERT, &p, NULL));
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+/* Inside a transaction: lock a key's row. NOT_FOUND if there is none. */
+static phg_status lock_key(pg_conn *c, const char *id, int64_t *revoked_at, int *replaced)
+{
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    memset(&p, 0, sizeof p);
+    p_text(&p, id);
+    TRY(run(c, ST_KEY_LOCK, &p, &res));
+    if (PQntuples(res) == 0) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    TRY(get_int8(res, 0, 0, revoked_at));
+    if (PQgetisnull(res, 0, 1)) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    *replaced = PQgetlength(res, 0, 1) > 0;
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_key_revoke(void *conn, const char *id, int64_t at)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    params p;
+    int64_t revoked_at = 0, counter = 0;
+    int replaced = 0;
+
+    assert(c != NULL && id != NULL);
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(lock_key(c, id, &revoked_at, &replaced));
+    if (revoked_at != 0) {
+        /* Revoked already: a success that changes nothing, no bump. */
+        TRY(exec_fixed(c, "COMMIT"));
+        goto out;
+    }
+    TRY(bump(c, &counter));
+    memset(&p, 0, sizeof p);
+    p_text(&p, id);
+    p_int8(&p, at);
+    p_int8(&p, counter);
+    TRY(run(c, ST_KEY_REVOKE, &p, NULL));
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+static phg_status pg_key_rotate(void *conn, const char *old_id, int64_t grace_until,
+                                const phg_apikey_record *fresh)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    params p, old;
+    int64_t revoked_at = 0, counter = 0;
+    int replaced = 0;
+
+    assert(c != NULL && old_id != NULL && fresh != NULL);
+    TRY(record_params(fresh, 0, &p));
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(lock_key(c, old_id, &revoked_at, &replaced));
+    if (revoked_at != 0 || replaced) {
+        rc = PHG_ERR_STATE;
+        goto out;
+    }
+    TRY(bump(c, &counter));
+    memset(&old, 0, sizeof old);
+    p_text(&old, old_id);
+    p_int8(&old, grace_until);
+    p_text(&old, fresh->id);
+    p_int8(&old, counter);
+    TRY(run(c, ST_KEY_ROTATE_OLD, &old, NULL));
+    TRY(record_params(fresh, counter, &p));
+    TRY(run(c, ST_KEY_INSERT, &p, NULL));
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+typedef struct touch_item {
+    const char *id;
+    int64_t ts;
+} touch_item;
+
+static int cmp_touch_item(const void *a, const void *b)
+{
+    return strcmp(((const touch_item *)a)->id, ((const touch_item *)b)->id);
+}
+
+static phg_status pg_key_touch(void *conn, const char *const *ids, const int64_t *ts, size_t n)
+{
+    pg_conn *c = conn;
+    phg_status rc = PHG_OK;
+    touch_item *items = NULL;
+    params p;
+    size_t i;
+
+    assert(c != NULL && (n == 0 || (ids != NULL && ts != NULL)));
+    if (n == 0)
+        return PHG_OK;
+    /* Rows are locked in id order, so that instances flushing overlapping
+     * batches at once cannot deadlock. */
+    items = malloc(n * sizeof *items);
+    if (items == NULL)
+        return PHG_ERR_NOMEM;
+    for (i = 0; i < n; i++) {
+        assert(ids[i] != NULL);
+        items[i].id = ids[i];
+        items[i].ts = ts[i];
+    }
+    qsort(items, n, sizeof *items, cmp_touch_item);
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    for (i = 0; i < n; i++) {
+        memset(&p, 0, sizeof p);
+        p_int8(&p, items[i].ts);
+        p_text(&p, items[i].id);
+        TRY(run(c, ST_KEY_TOUCH, &p, NULL));
+    }
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    free(items);
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+/* ---- api_keys: reads --------------------------------------------------------------- */
+
+typedef struct key_get_args {
+    const char *id;
+    phg_apikey_record *rec;
+} key_get_args;
+
+static phg_status do_key_get(pg_conn *c, void *arg)
+{
+    key_get_args *a = arg;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    memset(&p, 0, sizeof p);
+    p_text(&p, a->id);
+    TRY(run(c, ST_KEY_GET, &p, &res));
+    if (PQntuples(res) == 0) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    TRY(row_to_record(res, 0, a->rec));
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_key_get(void *conn, const char *id, phg_apikey_record *rec)
+{
+    key_get_args a = {id, rec};
+    assert(conn != NULL && id != NULL && rec != NULL);
+    return read_with_retry(conn, do_key_get, &a);
+}
+
+typedef struct key_many_args {
+    int64_t index;
+    const char *after;
+    size_t limit;
+    phg_apikey_record **out;
+    size_t *n;
+} key_many_args;
+
+static phg_status do_key_by_index(pg_conn *c, void *arg)
+{
+    key_many_args *a = arg;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    memset(&p, 0, sizeof p);
+    p_int8(&p, a->index);
+    TRY(run(c, ST_KEY_BY_INDEX, &p, &res));
+    TRY(rows_to_records(res, a->out, a->n));
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_key_by_index(void *conn, int64_t index, phg_apikey_record **out, size_t *n)
+{
+    key_many_args a = {index, NULL, 0, out, n};
+    assert(conn != NULL && out != NULL && n != NULL);
+    *out = NULL;
+    *n = 0;
+    return read_with_retry(conn, do_key_by_index, &a);
+}
+
+static phg_status do_key_list(pg_conn *c, void *arg)
+{
+    key_many_args *a = arg;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    memset(&p, 0, sizeof p);
+    p_text(&p, a->after);
+    p_int8(&p, a->limit > (size_t)INT64_MAX ? INT64_MAX : (int64_t)a->limit);
+    TRY(run(c, ST_KEY_LIST, &p, &res));
+    TRY(rows_to_records(res, a->out, a->n));
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_key_list(void *conn, const char *after, size_t limit,
+                              phg_apikey_record **out, size_t *n)
+{
+    key_many_args a = {0, after != NULL ? after : "", limit, out, n};
+    assert(conn != NULL && out != NULL && n != NULL);
+    *out = NULL;
+    *n = 0;
+    if (limit == 0)
+        return PHG_OK;
+    return read_with_retry(conn, do_key_list, &a);
+}
+
+static phg_status do_change_counter(pg_conn *c, void *arg)
+{
+    phg_status rc;
+    PGresult *res = NULL;
+
+    TRY(run(c, ST_COUNTER, NULL, &res));
+    if (PQntuples(res) != 1) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    TRY(get_int8(res, 0, 0, arg));
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_change_counter(void *conn, int64_t *counter)
+{
+    assert(conn != NULL && counter != NULL);
+    return read_with_retry(conn, do_change_counter, counter);
+}
+
+typedef struct since_args {
+    int64_t since;
+    phg_key_cb cb;
+    void *arg;
+    size_t delivered; /* rows handed to cb: a walk that delivered any is not re-run */
+} since_args;
+
+/* Stop a running query whose rows are no longer wanted, rather than read
+ * them all. PQcancel returns once the server has the request; the rest is
+ * drained by the caller, so a late cancel cannot hit a later statement. */
+static void cancel_query(pg_conn *c)
+{
+    char buf[256];
+    PGcancel *cancel = PQgetCancel(c->pg);
+    if (cancel == NULL)
+        return;
+    (void)PQcancel(cancel, buf, (int)sizeof buf);
+    PQfreeCancel(cancel);
+}
+
+/* Rows one at a time (single-row mode): memory stays at one row whatever
+ * the number of keys. */
+static phg_status do_keys_since(pg_conn *c, void *arg)
+{
+    since_args *a = arg;
+    phg_status rc = PHG_OK, cb_rc = PHG_OK;
+    PGresult *res;
+    params p;
+    phg_apikey_record rec;
+    int stopped = 0;
+
+    if (a->delivered > 0)
+        return PHG_ERR_UNAVAILABLE; /* a retry would repeat rows; the caller re-polls */
+    rc = prepare(c, ST_KEYS_SINCE);
+    if (rc != PHG_OK)
+        return rc;
+    memset(&p, 0, sizeof p);
+    p_int8(&p, a->since);
+    if (!PQsendQueryPrepared(c->pg, stmts[ST_KEYS_SINCE].name, p.n, p.values, p.lengths,
+                             p.formats, 1))
+        return classify(c, NULL);
+    if (!PQsetSingleRowMode(c->pg))
+        rc = PHG_ERR_INTERNAL; /* cannot happen right after a send; drain anyway */
+    while ((res = PQgetResult(c->pg)) != NULL) {
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_SINGLE_TUPLE) {
+            if (rc == PHG_OK && !stopped) {
+                rc = row_to_record(res, 0, &rec);
+                if (rc == PHG_OK) {
+                    a->delivered++;
+                    cb_rc = a->cb(a->arg, &rec);
+                    if (cb_rc != PHG_OK)
+                        rc = cb_rc;
+                }
+                if (rc != PHG_OK) {
+                    stopped = 1;
+                    cancel_query(c);
+                }
+            }
+        } else if (st != PGRES_TUPLES_OK && !stopped && rc == PHG_OK) {
+            rc = classify(c, res);
+        }
+        PQclear(res);
+    }
+    if (rc == PHG_OK && lost(c))
+        rc = PHG_ERR_UNAVAILABLE;
+    return rc;
+}
+
+static phg_status pg_keys_since(void *conn, int64_t since, phg_key_cb cb, void *arg)
+{
+    since_args a = {since, cb, arg, 0};
+    assert(conn != NULL && cb != NULL);
+    return read_with_retry(conn, do_keys_since, &a);
+}
+
+const phg_store_engine phg_store_engine_postgres = {
+    .name = "postgres",
+    .connect = pg_connect,
+    .disconnect = pg_disconnect,
+    .schema_version = pg_schema_version,
+    .apply_migration = pg_apply_migration,
+    .keyring_get = pg_keyring_get,
+    .keyring_put = pg_keyring_put,
+    .key_insert = pg_key_insert,
+    .key_get = pg_key_get,
+    .key_by_index = pg_key_by_index,
+    .key_list = pg_key_list,
+    .key_revoke = pg_key_revoke,
+    .key_rotate = pg_key_rotate,
+    .key_touch = pg_key_touch,
+    .change_counter = pg_change_counter,
+    .keys_since = pg_keys_since,
+};

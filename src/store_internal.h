@@ -1,0 +1,49 @@
+/*
+ * store_internal.h: what store.c offers the other library modules (API keys
+ * now; the audit log and the webhook inbox later) and not the public: the
+ * embedded migrations and typed operations on api_keys, each run on a pooled
+ * connection of the store's engine.
+ */
+#ifndef PHG_STORE_INTERNAL_H
+#define PHG_STORE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "phigate/apikey.h"
+#include "phigate/store.h"
+#include "store/engine.h"
+
+typedef struct phg_migration {
+    int version;
+    const char *name;
+    const char *sql;
+} phg_migration;
+
+/* Generated from migrations/ at build time (migrations_gen.c). */
+extern const phg_migration phg_migrations_sqlite[];
+extern const int phg_migrations_sqlite_count;
+extern const phg_migration phg_migrations_postgres[];
+extern const int phg_migrations_postgres_count;
+
+/* Apply an explicit list of steps (tests use this to inject a failing step). */
+phg_status phg_internal_store_migrate_steps(phg_store *store, const phg_migration *steps,
+                                            int count, int *from, int *to, char *err,
+                                            size_t err_len);
+
+phg_status phg_internal_store_key_insert(phg_store *store, const phg_apikey_record *rec);
+phg_status phg_internal_store_key_get(phg_store *store, const char *id, phg_apikey_record *rec);
+phg_status phg_internal_store_key_by_index(phg_store *store, int64_t index,
+                                           phg_apikey_record **out, size_t *n);
+phg_status phg_internal_store_key_list(phg_store *store, const char *after, size_t limit,
+                                       phg_apikey_record **out, size_t *n);
+phg_status phg_internal_store_key_revoke(phg_store *store, const char *id, int64_t at);
+phg_status phg_internal_store_key_rotate(phg_store *store, const char *old_id,
+                                         int64_t grace_until, const phg_apikey_record *fresh);
+phg_status phg_internal_store_key_touch(phg_store *store, const char *const *ids,
+                                        const int64_t *ts, size_t n);
+phg_status phg_internal_store_change_counter(phg_store *store, int64_t *counter);
+phg_status phg_internal_store_keys_since(phg_store *store, int64_t since, phg_key_cb cb,
+                                         void *arg);
+
+#endif
