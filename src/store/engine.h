@@ -7,7 +7,9 @@
  *
  * Every statement is prepared with bound parameters. Every function returns
  * PHG_OK or a phg_status: PHG_ERR_UNAVAILABLE when the server or file cannot
- * be reached (the engine then tries to reconnect on its next call),
+ * be reached (a client/server engine then reconnects on its next call; an
+ * embedded one keeps its handle, which stays valid), PHG_ERR_SCHEMA for a
+ * database that is not migrated, not a database, or corrupt,
  * PHG_ERR_NOT_FOUND, PHG_ERR_EXISTS (unique violation), PHG_ERR_IO for other
  * database errors. `err` buffers (PHG_STORE_ERR_MAX bytes) get a message for
  * operators that never contains a password.
@@ -64,15 +66,17 @@ typedef struct phg_store_engine {
     /* last_used_at = max(last_used_at, ts[i]) for each id; no counter bump. */
     phg_status (*key_touch)(void *conn, const char *const *ids, const int64_t *ts, size_t n);
     phg_status (*change_counter)(void *conn, int64_t *counter);
-    /* Call cb for every key with version > since, in version order. A cb
-     * failure stops the walk and is returned. */
+    /* Call cb for every key with version > since, in (version, id) order. A
+     * cb failure stops the walk and is returned. cb runs while the query is
+     * open: it must not use this connection (or the store). */
     phg_status (*keys_since)(void *conn, int64_t since, phg_key_cb cb, void *arg);
 } phg_store_engine;
 
 extern const phg_store_engine phg_store_engine_sqlite;
 extern const phg_store_engine phg_store_engine_postgres;
 
-/* Shared by the engines: role and scope text of the api_keys columns. */
+/* Shared by the engines: the role text of the api_keys column ("user",
+ * "admin"; NULL for a value that is not a role), and back (1 if known). */
 const char *phg_internal_role_text(phg_role role);
 int phg_internal_role_from_text(const char *text, phg_role *role);
 
