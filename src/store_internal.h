@@ -46,4 +46,9 @@ phg_status phg_internal_store_change_counter(phg_store *store, int64_t *counter)
 phg_status phg_internal_store_keys_since(phg_store *store, int64_t since, phg_key_cb cb,
                                          void *arg);
 
+/* apikey.c: put a record in the in-memory index only (benchmarks load a
+ * million keys this way), and the key hash through the per-thread context. */
+phg_status phg_internal_keys_index_add(phg_keys *keys, const phg_apikey_record *rec);
+phg_status phg_internal_apikey_hash(const char *key, size_t len, uint8_t out[32]);
+
 #endif

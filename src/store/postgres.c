@@ -40,15 +40,15 @@
 
 typedef struct pg_conn {
     PGconn *pg;
-    uint64_t prepared; /* bit i: statement i is prepared on this session */
+    uint64_t prepared;                  /* bit i: statement i is prepared on this session */
     char last_error[PHG_STORE_ERR_MAX]; /* for a debugger; never a password */
 } pg_conn;
 
 /* ---- statements ------------------------------------------------------------ */
 
 /* The columns of a phg_apikey_record, in the order row_to_record reads them. */
-#define KEY_COLUMNS                                                                              \
-    "id, key_hash, key_index, role, scopes, user_id, description, created_by, rate_limit, "     \
+#define KEY_COLUMNS                                                                                \
+    "id, key_hash, key_index, role, scopes, user_id, description, created_by, rate_limit, "        \
     "replaced_by, created_at, expires_at, revoked_at, grace_until, last_used_at, version"
 #define KEY_NCOLUMNS 16
 
@@ -80,9 +80,13 @@ typedef struct stmt_def {
 
 static const stmt_def stmts[ST_COUNT] = {
     [ST_SCHEMA_EXISTS] = {"phg_schema_exists",
-                          "SELECT to_regclass('phigate_schema') IS NOT NULL", 0, {0}},
+                          "SELECT to_regclass('phigate_schema') IS NOT NULL",
+                          0,
+                          {0}},
     [ST_SCHEMA_MAX] = {"phg_schema_max",
-                       "SELECT COALESCE(max(version), 0)::int8 FROM phigate_schema", 0, {0}},
+                       "SELECT COALESCE(max(version), 0)::int8 FROM phigate_schema",
+                       0,
+                       {0}},
     [ST_KEYRING_GET] = {"phg_keyring_get", "SELECT body FROM phi_keyring WHERE id = 1", 0, {0}},
     [ST_KEYRING_PUT] = {"phg_keyring_put",
                         "INSERT INTO phi_keyring (id, body, updated_at) VALUES (1, $1, $2) "
@@ -102,20 +106,25 @@ static const stmt_def stmts[ST_COUNT] = {
                        {OID_TEXT, OID_BYTEA, OID_INT8, OID_TEXT, OID_INT8, OID_TEXT, OID_TEXT,
                         OID_TEXT, OID_TEXT, OID_TEXT, OID_INT8, OID_INT8, OID_INT8, OID_INT8,
                         OID_INT8, OID_INT8}},
-    [ST_KEY_GET] = {"phg_key_get", "SELECT " KEY_COLUMNS " FROM api_keys WHERE id = $1", 1,
+    [ST_KEY_GET] = {"phg_key_get",
+                    "SELECT " KEY_COLUMNS " FROM api_keys WHERE id = $1",
+                    1,
                     {OID_TEXT}},
     [ST_KEY_BY_INDEX] = {"phg_key_by_index",
                          "SELECT " KEY_COLUMNS " FROM api_keys WHERE key_index = $1 ORDER BY id",
                          1,
                          {OID_INT8}},
     [ST_KEY_LIST] = {"phg_key_list",
-                     "SELECT " KEY_COLUMNS " FROM api_keys WHERE id > $1 ORDER BY id LIMIT $2", 2,
+                     "SELECT " KEY_COLUMNS " FROM api_keys WHERE id > $1 ORDER BY id LIMIT $2",
+                     2,
                      {OID_TEXT, OID_INT8}},
     [ST_KEY_LOCK] = {"phg_key_lock",
-                     "SELECT revoked_at, replaced_by FROM api_keys WHERE id = $1 FOR UPDATE", 1,
+                     "SELECT revoked_at, replaced_by FROM api_keys WHERE id = $1 FOR UPDATE",
+                     1,
                      {OID_TEXT}},
     [ST_KEY_REVOKE] = {"phg_key_revoke",
-                       "UPDATE api_keys SET revoked_at = $2, version = $3 WHERE id = $1", 3,
+                       "UPDATE api_keys SET revoked_at = $2, version = $3 WHERE id = $1",
+                       3,
                        {OID_TEXT, OID_INT8, OID_INT8}},
     [ST_KEY_ROTATE_OLD] = {"phg_key_rotate_old",
                            "UPDATE api_keys SET grace_until = $2, replaced_by = $3, version = $4 "
@@ -211,9 +220,8 @@ static phg_status classify(pg_conn *c, const PGresult *res)
         copy_message(c->last_error, sizeof c->last_error, line);
     } else {
         copy_message(c->last_error, sizeof c->last_error,
-                     res != NULL && PQresultErrorMessage(res)[0] != '\0'
-                         ? PQresultErrorMessage(res)
-                         : PQerrorMessage(c->pg));
+                     res != NULL && PQresultErrorMessage(res)[0] != '\0' ? PQresultErrorMessage(res)
+                                                                         : PQerrorMessage(c->pg));
     }
     if (lost(c))
         return PHG_ERR_UNAVAILABLE;
@@ -224,8 +232,7 @@ static phg_status classify(pg_conn *c, const PGresult *res)
     /* Connection exceptions; shutting down, crash recovery, cannot connect
      * now; statement timeout or cancel: the server is not there for us. */
     if (strncmp(state, "08", 2) == 0 || strcmp(state, "57P01") == 0 ||
-        strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 ||
-        strcmp(state, "57014") == 0)
+        strcmp(state, "57P02") == 0 || strcmp(state, "57P03") == 0 || strcmp(state, "57014") == 0)
         return PHG_ERR_UNAVAILABLE;
     /* Undefined table or column: the schema is missing or broken. */
     if (strcmp(state, "42P01") == 0 || strcmp(state, "42703") == 0)
@@ -389,11 +396,11 @@ static phg_status get_text(const PGresult *res, int row, int col, char *dst, siz
     return PHG_OK;
 }
 
-#define TRY(expr)                                                                                \
-    do {                                                                                         \
-        rc = (expr);                                                                             \
-        if (rc != PHG_OK)                                                                        \
-            goto out;                                                                            \
+#define TRY(expr)                                                                                  \
+    do {                                                                                           \
+        rc = (expr);                                                                               \
+        if (rc != PHG_OK)                                                                          \
+            goto out;                                                                              \
     } while (0)
 
 static phg_status row_to_record(const PGresult *res, int row, phg_apikey_record *rec)
@@ -575,9 +582,13 @@ static phg_status pg_connect(const char *target, const phg_store_options *opts, 
     char *parse_err = NULL;
     const char *password = NULL, *host = NULL, *port = NULL;
     char timeout[16], msg[PHG_STORE_ERR_MAX], detail[PHG_STORE_ERR_MAX];
-    const char *keywords[] = {"dbname", "connect_timeout", "client_encoding",
-                              "fallback_application_name", NULL};
-    const char *values[] = {target, timeout, "UTF8", "phigate", NULL};
+    /* Keywords before dbname are defaults the URL may override (keepalives:
+     * notice a dead peer in about a minute, not the OS's two hours); those
+     * after it are imposed. */
+    const char *keywords[] = {
+        "keepalives_idle", "keepalives_interval", "keepalives_count",          "dbname",
+        "connect_timeout", "client_encoding",     "fallback_application_name", NULL};
+    const char *values[] = {"30", "10", "3", target, timeout, "UTF8", "phigate", NULL};
     int t = opts != NULL && opts->connect_timeout_s > 0 ? opts->connect_timeout_s
                                                         : DEFAULT_CONNECT_TIMEOUT_S;
 
@@ -601,8 +612,9 @@ static phg_status pg_connect(const char *target, const phg_store_options *opts, 
             if (err != NULL && err_len > 0)
                 snprintf(err, err_len, "invalid PostgreSQL URL: %s", msg);
         } else {
-            copy_message(err, err_len, parse_err != NULL ? "invalid PostgreSQL URL"
-                                                         : "out of memory parsing the URL");
+            copy_message(err, err_len,
+                         parse_err != NULL ? "invalid PostgreSQL URL"
+                                           : "out of memory parsing the URL");
         }
         rc = parse_err != NULL ? PHG_ERR_INVALID : PHG_ERR_NOMEM;
         goto out;
@@ -739,6 +751,9 @@ static phg_status pg_apply_migration(void *conn, int version, const char *sql, c
     }
     what = "BEGIN";
     TRY(begin(c));
+    /* A migration may build indexes on big tables: no 30 s limit here. */
+    what = "SET LOCAL statement_timeout";
+    TRY(exec_fixed(c, "SET LOCAL statement_timeout = 0"));
     /* Two processes migrating at once: the second waits here, then finds the
      * version recorded and does nothing. */
     what = "taking the migration lock";
@@ -777,9 +792,9 @@ static phg_status pg_apply_migration(void *conn, int version, const char *sql, c
         PQclear(res);
         what = "recording the version";
         p_int8(&p, (int64_t)time(NULL));
-        res = PQexecParams(c->pg,
-                           "INSERT INTO phigate_schema (version, applied_at) VALUES ($1, $2)", 2,
-                           (const Oid[]){OID_INT8, OID_INT8}, p.values, p.lengths, p.formats, 1);
+        res =
+            PQexecParams(c->pg, "INSERT INTO phigate_schema (version, applied_at) VALUES ($1, $2)",
+                         2, (const Oid[]){OID_INT8, OID_INT8}, p.values, p.lengths, p.formats, 1);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             rc = classify(c, res);
             goto out;
@@ -947,7 +962,7 @@ static phg_status pg_key_revoke(void *conn, const char *id, int64_t at)
     int64_t revoked_at = 0, counter = 0;
     int replaced = 0;
 
-    assert(c != NULL && id != NULL);
+    assert(c != NULL && id != NULL && at > 0); /* 0 would read as "not revoked" */
     TRY(ensure_connected(c));
     TRY(begin(c));
     TRY(lock_key(c, id, &revoked_at, &replaced));
@@ -1129,8 +1144,8 @@ out:
     return rc;
 }
 
-static phg_status pg_key_list(void *conn, const char *after, size_t limit,
-                              phg_apikey_record **out, size_t *n)
+static phg_status pg_key_list(void *conn, const char *after, size_t limit, phg_apikey_record **out,
+                              size_t *n)
 {
     key_many_args a = {0, after != NULL ? after : "", limit, out, n};
     assert(conn != NULL && out != NULL && n != NULL);
@@ -1201,8 +1216,8 @@ static phg_status do_keys_since(pg_conn *c, void *arg)
         return rc;
     memset(&p, 0, sizeof p);
     p_int8(&p, a->since);
-    if (!PQsendQueryPrepared(c->pg, stmts[ST_KEYS_SINCE].name, p.n, p.values, p.lengths,
-                             p.formats, 1))
+    if (!PQsendQueryPrepared(c->pg, stmts[ST_KEYS_SINCE].name, p.n, p.values, p.lengths, p.formats,
+                             1))
         return classify(c, NULL);
     if (!PQsetSingleRowMode(c->pg))
         rc = PHG_ERR_INTERNAL; /* cannot happen right after a send; drain anyway */
