@@ -13,7 +13,7 @@ CREATE TABLE phigate_changes (
 INSERT INTO phigate_changes (id, counter) VALUES (1, 0);
 
 CREATE TABLE api_keys (
-    id            TEXT    PRIMARY KEY,
+    id            TEXT    COLLATE "C" PRIMARY KEY,  -- byte order, as SQLite: same pages
     key_hash      BYTEA   NOT NULL UNIQUE CHECK (length(key_hash) = 32),
     key_index     BIGINT  NOT NULL,
     role          TEXT    NOT NULL CHECK (role IN ('user', 'admin')),

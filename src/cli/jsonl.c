@@ -49,6 +49,8 @@ static int jbuf_reserve(jbuf *b, size_t extra)
 
 static int jbuf_put(jbuf *b, const void *data, size_t n)
 {
+    if (n == 0)
+        return 0; /* b->p may still be NULL */
     if (jbuf_reserve(b, n) != 0)
         return -1;
     memcpy(b->p + b->len, data, n);
@@ -829,7 +831,7 @@ int jsonl_transform(const jsonl_job *job, const char *line, size_t len, jbuf *ou
     }
     rc = 0;
 out:
-    if (rc != 0) { /* nothing of a bad record stays in the output */
+    if (rc != 0 && out->p != NULL) { /* nothing of a bad record stays in the output */
         phg_wipe(out->p + start, out->len - start);
         out->len = start;
     }
