@@ -33,6 +33,7 @@ test-asan: deps
 
 bench: build
 	./$(BUILD_DIR)/phigate bench phi
+	./$(BUILD_DIR)/phigate bench keys
 
 # libFuzzer builds of the fuzz drivers (clang), then 60 s on each.
 FUZZ_SECONDS ?= 60
