@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "phigate/store.h"
 #include "store_internal.h"
@@ -74,21 +75,48 @@ static void set_err(char *err, size_t len, const char *msg)
         snprintf(err, len, "%s", msg);
 }
 
-/* postgres://user:secret@host/db -> postgres://user:***@host/db */
+/*
+ * The URL for messages: the password of the user info and of any
+ * "password=" query parameter replaced by ***.
+ *   postgres://u:secret@host/db?sslmode=x&password=y -> postgres://u:***@host/db?sslmode=x&password=***
+ */
 static char *redact_url(const char *url)
 {
-    const char *scheme_end = strstr(url, "://"), *at, *colon;
-    char *out;
-    if (scheme_end == NULL)
-        return strdup(url);
-    at = strchr(scheme_end + 3, '@');
-    if (at == NULL)
-        return strdup(url);
-    colon = memchr(scheme_end + 3, ':', (size_t)(at - (scheme_end + 3)));
-    if (colon == NULL)
-        return strdup(url);
-    if (asprintf(&out, "%.*s:***%s", (int)(colon - url), url, at) < 0)
+    size_t n = strlen(url), i = 0, o = 0;
+    const char *scheme_end = strstr(url, "://"), *at = NULL, *colon = NULL, *query;
+    char *out = malloc(n + 4 * (n / 9 + 2) + 1);
+
+    if (out == NULL)
         return NULL;
+    if (scheme_end != NULL) {
+        const char *c, *slash = strchr(scheme_end + 3, '/');
+        for (c = scheme_end + 3; *c && (slash == NULL || c < slash); c++) {
+            if (*c == '@')
+                at = c; /* the last '@' before the path ends the user info */
+        }
+        if (at != NULL)
+            colon = memchr(scheme_end + 3, ':', (size_t)(at - (scheme_end + 3)));
+    }
+    query = strchr(url, '?');
+    while (i < n) {
+        if (colon != NULL && url + i == colon) {
+            memcpy(out + o, ":***", 4);
+            o += 4;
+            i = (size_t)(at - url);
+            continue;
+        }
+        if (query != NULL && url + i > query && (url[i - 1] == '?' || url[i - 1] == '&') &&
+            strncasecmp(url + i, "password=", 9) == 0) {
+            memcpy(out + o, "password=***", 12);
+            o += 12;
+            i += 9;
+            while (i < n && url[i] != '&')
+                i++;
+            continue;
+        }
+        out[o++] = url[i++];
+    }
+    out[o] = '\0';
     return out;
 }
 
@@ -307,7 +335,7 @@ phg_status phg_internal_store_migrate_steps(phg_store *st, const phg_migration *
 {
     pooled *p = NULL;
     phg_status rc;
-    int v = 0, i;
+    int v = 0, i, applied = 0, first_applied = 0;
     char step_err[PHG_STORE_ERR_MAX];
 
     assert(st != NULL && (steps != NULL || count == 0));
@@ -321,8 +349,6 @@ phg_status phg_internal_store_migrate_steps(phg_store *st, const phg_migration *
         set_err(err, err_len, "cannot read the schema version");
         goto out;
     }
-    if (from != NULL)
-        *from = v;
     if (v > count) {
         if (err != NULL && err_len > 0)
             snprintf(err, err_len,
@@ -336,18 +362,24 @@ phg_status phg_internal_store_migrate_steps(phg_store *st, const phg_migration *
     for (i = v; i < count; i++) {
         assert(steps[i].version == i + 1);
         step_err[0] = '\0';
-        rc = st->engine->apply_migration(p->conn, steps[i].version, steps[i].sql, step_err,
-                                         sizeof step_err);
+        rc = st->engine->apply_migration(p->conn, steps[i].version, steps[i].sql, &applied,
+                                         step_err, sizeof step_err);
         if (rc != PHG_OK) {
             if (err != NULL && err_len > 0)
                 snprintf(err, err_len, "migration %d (%s) failed and was rolled back: %s",
                          steps[i].version, steps[i].name, step_err);
             goto out;
         }
+        if (applied && first_applied == 0)
+            first_applied = steps[i].version;
         v = steps[i].version;
     }
     rc = PHG_OK;
 out:
+    /* Report what this call did: another process may have applied some or
+     * all of the steps while this one waited for the migration lock. */
+    if (from != NULL)
+        *from = first_applied ? first_applied - 1 : v;
     if (to != NULL)
         *to = v;
     release(st, p);

@@ -38,10 +38,13 @@ typedef struct phg_store_engine {
      * not exist. */
     phg_status (*schema_version)(void *conn, int *version);
 
-    /* In one transaction: create phigate_schema if missing, run `sql`
-     * (several statements), insert (version, now). Roll back on any error. */
-    phg_status (*apply_migration)(void *conn, int version, const char *sql, char *err,
-                                  size_t err_len);
+    /* In one transaction, serialised against other migrators: create
+     * phigate_schema if missing; unless `version` is recorded already (another
+     * process got there first), run `sql` (several statements, no BEGIN or
+     * COMMIT of its own) and insert (version, now). *applied tells which.
+     * Roll back on any error. */
+    phg_status (*apply_migration)(void *conn, int version, const char *sql, int *applied,
+                                  char *err, size_t err_len);
 
     /* phi_keyring: the single row (id 1). */
     phg_status (*keyring_get)(void *conn, char **json, size_t *len);

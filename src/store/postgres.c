@@ -731,8 +731,8 @@ static void set_err_from(char *err, size_t err_len, const char *what, const char
     snprintf(err, err_len, "%s: %s", what, msg);
 }
 
-static phg_status pg_apply_migration(void *conn, int version, const char *sql, char *err,
-                                     size_t err_len)
+static phg_status pg_apply_migration(void *conn, int version, const char *sql, int *applied,
+                                     char *err, size_t err_len)
 {
     pg_conn *c = conn;
     phg_status rc;
@@ -741,7 +741,10 @@ static phg_status pg_apply_migration(void *conn, int version, const char *sql, c
     ExecStatusType st;
     const char *what = "migration";
 
-    assert(c != NULL && sql != NULL && version > 0);
+    int ran = 0;
+
+    assert(c != NULL && sql != NULL && version > 0 && applied != NULL);
+    *applied = 0;
     if (err != NULL && err_len > 0)
         err[0] = '\0';
     rc = ensure_connected(c);
@@ -799,11 +802,13 @@ static phg_status pg_apply_migration(void *conn, int version, const char *sql, c
             rc = classify(c, res);
             goto out;
         }
+        ran = 1;
     }
     PQclear(res);
     res = NULL;
     what = "COMMIT";
     TRY(exec_fixed(c, "COMMIT"));
+    *applied = ran;
     /* Tables changed under any plan cached before: forget them. */
     (void)exec_fixed(c, "DEALLOCATE ALL");
     c->prepared = 0;

@@ -769,15 +769,16 @@ static phg_status exec_sql(sqlite_conn *c, const char *sql, char *err, size_t er
  * version that is already recorded (another instance migrated while this one
  * waited for the write lock) is not run again and is a success.
  */
-static phg_status sqlite_apply_migration(void *conn, int version, const char *sql, char *err,
-                                         size_t err_len)
+static phg_status sqlite_apply_migration(void *conn, int version, const char *sql, int *applied,
+                                         char *err, size_t err_len)
 {
     sqlite_conn *c = conn;
     sqlite3_stmt *st = NULL;
     int64_t have = 0;
     phg_status rc;
 
-    assert(c != NULL && sql != NULL);
+    assert(c != NULL && sql != NULL && applied != NULL);
+    *applied = 0;
     rc = exec_sql(c, "BEGIN IMMEDIATE", err, err_len);
     if (rc != PHG_OK)
         goto out;
@@ -816,6 +817,8 @@ static phg_status sqlite_apply_migration(void *conn, int version, const char *sq
         }
     }
     rc = exec_sql(c, "COMMIT", err, err_len);
+    if (rc == PHG_OK)
+        *applied = have == 0;
 out:
     if (rc != PHG_OK)
         txn_abort(c);
