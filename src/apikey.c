@@ -754,11 +754,21 @@ void phg_keys_close(phg_keys *k)
 
 static _Thread_local EVP_MD_CTX *sha_ctx;
 static EVP_MD *sha256_md;
+static pthread_key_t sha_ctx_key; /* frees a thread's context when it exits */
 static pthread_once_t sha_once = PTHREAD_ONCE_INIT;
+
+static void sha_ctx_free(void *ctx)
+{
+    EVP_MD_CTX_free(ctx);
+}
 
 static void sha_fetch(void)
 {
     sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (pthread_key_create(&sha_ctx_key, sha_ctx_free) != 0) {
+        EVP_MD_free(sha256_md);
+        sha256_md = NULL;
+    }
 }
 
 /* SHA-256 through a per-thread context: EVP_Digest would allocate and free
@@ -773,6 +783,7 @@ static phg_status hash_key(const char *key, size_t len, uint8_t out[32])
         sha_ctx = EVP_MD_CTX_new();
         if (sha_ctx == NULL)
             return PHG_ERR_NOMEM;
+        pthread_setspecific(sha_ctx_key, sha_ctx);
     }
     if (EVP_DigestInit_ex2(sha_ctx, sha256_md, NULL) != 1 ||
         EVP_DigestUpdate(sha_ctx, key, len) != 1 || EVP_DigestFinal_ex(sha_ctx, out, &n) != 1)
@@ -905,17 +916,41 @@ static int text_ok(const char *s, size_t min, size_t max)
     return 1;
 }
 
+/*
+ * A rate-limit override: "" or a comma-separated list of COUNT/WINDOW, where
+ * COUNT is 1..999999999 and WINDOW is 1..99999 followed by s, m, h or d
+ * ("100/1m,5000/1h"). The rate-limit module gives it meaning; here it is only
+ * kept well-formed.
+ */
 static int limit_ok(const char *s)
 {
-    if (s == NULL)
+    if (s == NULL || *s == '\0')
         return 1;
     if (strlen(s) > PHG_APIKEY_LIMIT_MAX)
         return 0;
-    for (; *s; s++) {
-        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'z') || *s == '/' || *s == ','))
+    for (;;) {
+        size_t digits = 0;
+        while (*s >= '0' && *s <= '9' && digits < 10) {
+            if (digits == 0 && *s == '0')
+                return 0;
+            s++, digits++;
+        }
+        if (digits == 0 || digits > 9 || *s++ != '/')
+            return 0;
+        digits = 0;
+        while (*s >= '0' && *s <= '9' && digits < 6) {
+            if (digits == 0 && *s == '0')
+                return 0;
+            s++, digits++;
+        }
+        if (digits == 0 || digits > 5 || (*s != 's' && *s != 'm' && *s != 'h' && *s != 'd'))
+            return 0;
+        s++;
+        if (*s == '\0')
+            return 1;
+        if (*s++ != ',')
             return 0;
     }
-    return 1;
 }
 
 static phg_status new_id(char id[PHG_APIKEY_ID_MAX + 1])

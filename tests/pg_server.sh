@@ -161,11 +161,13 @@ do_start() {
     fi
     # A stale pid file (killed machine) is handled by postgres itself.
 
-    if [ -f "$DIR/port" ]; then
-        # Same port as before, so that a URL already handed out stays valid.
+    if [ -f "$DIR/port" ] && [ "${KEEP_PORT:-0}" = 1 ]; then
+        # restart: the same port, so that a URL already handed out stays valid.
         port=$(cat "$DIR/port")
         start_on "$port" || die "cannot start on port $port; see $LOG"
     else
+        # A fresh start takes any free port: one saved by an earlier run may
+        # belong to another server by now.
         port=$PORT_FIRST
         while :; do
             [ "$port" -le "$PORT_LAST" ] || die "no free port in $PORT_FIRST..$PORT_LAST; see $LOG"
@@ -194,7 +196,7 @@ stop) do_stop immediate ;;
 restart)
     [ -f "$DIR/port" ] || die "nothing was started in $DIR"
     do_stop fast
-    do_start
+    KEEP_PORT=1 do_start
     ;;
 *) usage ;;
 esac

@@ -496,9 +496,12 @@ static void test_round_trip(void **state)
         assert_int_equal(len2, len);
         EXPECT(strcmp(tok, tok2) != 0, "round trip n %zu: two tokens are identical", n);
 
-        /* Another key does not open it. */
+        /* Another signing key does not open it. (A change of the encryption
+         * half alone is not detectable by design: Fernet's MAC covers the
+         * token, not the key; the padding check then fails only 255 times in
+         * 256. That made this test flaky when it flipped any byte.) */
         memcpy(other, key, sizeof other);
-        other[n % sizeof other] ^= 0x01;
+        other[n % 16] ^= 0x01;
         expect_auth_failure(other, tok, len, t0 + n, 60, "a wrong key");
         free(tok2);
         free(tok);
