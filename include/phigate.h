@@ -10,5 +10,7 @@
 #include "phigate/phi.h"
 #include "phigate/store.h"
 #include "phigate/apikey.h"
+#include "phigate/ulid.h"
+#include "phigate/audit.h"
 
 #endif /* PHIGATE_H */

@@ -6,7 +6,7 @@ set -eu
 
 PACKAGES="build-essential cmake pkg-config
 libssl-dev libevent-dev libsqlite3-dev libpq-dev libhiredis-dev libjansson-dev
-libinih-dev libcmocka-dev libsystemd-dev
+libinih-dev libcmocka-dev libsystemd-dev zlib1g-dev
 postgresql-15 redis-server
 python3 python3-pytest python3-cryptography"
 

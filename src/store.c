@@ -335,7 +335,7 @@ phg_status phg_internal_store_migrate_steps(phg_store *st, const phg_migration *
 {
     pooled *p = NULL;
     phg_status rc;
-    int v = 0, i, applied = 0, first_applied = 0;
+    int v = 0, i, applied = 0, first_applied = 0, last_applied = 0;
     char step_err[PHG_STORE_ERR_MAX];
 
     assert(st != NULL && (steps != NULL || count == 0));
@@ -372,16 +372,19 @@ phg_status phg_internal_store_migrate_steps(phg_store *st, const phg_migration *
         }
         if (applied && first_applied == 0)
             first_applied = steps[i].version;
+        if (applied)
+            last_applied = steps[i].version;
         v = steps[i].version;
     }
     rc = PHG_OK;
 out:
     /* Report what this call did: another process may have applied some or
-     * all of the steps while this one waited for the migration lock. */
+     * all of the steps while this one waited for the migration lock, so
+     * [from, to] is the range this call applied (from == to: none). */
     if (from != NULL)
         *from = first_applied ? first_applied - 1 : v;
     if (to != NULL)
-        *to = v;
+        *to = last_applied ? last_applied : v;
     release(st, p);
     return rc;
 }
@@ -477,5 +480,102 @@ phg_status phg_internal_store_keys_since(phg_store *st, int64_t since, phg_key_c
 {
     phg_status rc;
     ON_CONN(st, st->engine->keys_since(conn, since, cb, arg));
+    return rc;
+}
+
+/* ---- audit ------------------------------------------------------------------------ */
+
+phg_status phg_internal_store_audit_ensure_partition(phg_store *st, int year, int month)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_ensure_partition(conn, year, month));
+    return rc;
+}
+
+phg_status phg_internal_store_audit_append(phg_store *st, const phg_audit_store_row *rows,
+                                           size_t n, const char *chain, int64_t head_seq,
+                                           const char *head_hash)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_append(conn, rows, n, chain, head_seq, head_hash));
+    return rc;
+}
+
+phg_status phg_internal_store_audit_checkpoint_insert(phg_store *st,
+                                                      const phg_audit_checkpoint *cp)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_checkpoint_insert(conn, cp));
+    return rc;
+}
+
+phg_status phg_internal_store_audit_chain_head(phg_store *st, const char *chain, int64_t *seq,
+                                               char hash[65])
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_chain_head(conn, chain, seq, hash));
+    return rc;
+}
+
+phg_status phg_internal_store_audit_chains(phg_store *st, phg_audit_checkpoint_cb cb, void *arg)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_chains(conn, cb, arg));
+    return rc;
+}
+
+phg_status phg_internal_store_audit_walk(phg_store *st, const char *chain, int64_t from_us,
+                                         int64_t to_us, phg_audit_row_cb cb, void *arg)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_walk(conn, chain, from_us, to_us, cb, arg));
+    return rc;
+}
+
+phg_status phg_internal_store_audit_checkpoints(phg_store *st, const char *chain,
+                                                phg_audit_checkpoint_cb cb, void *arg)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_checkpoints(conn, chain, cb, arg));
+    return rc;
+}
+
+phg_status phg_internal_store_audit_query(phg_store *st, const phg_audit_store_filter *f,
+                                          phg_audit_store_row **rows, size_t *n)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_query(conn, f, rows, n));
+    return rc;
+}
+
+phg_status phg_internal_store_audit_partitions(phg_store *st, phg_audit_partition **parts,
+                                               size_t *n)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_partitions(conn, parts, n));
+    return rc;
+}
+
+phg_status phg_internal_store_audit_partition_rows(phg_store *st, int year, int month,
+                                                   phg_audit_row_cb cb, void *arg)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_partition_rows(conn, year, month, cb, arg));
+    return rc;
+}
+
+phg_status phg_internal_store_audit_mark_archived(phg_store *st, int year, int month,
+                                                  const char *sha256_hex, int64_t at)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_mark_archived(conn, year, month, sha256_hex, at));
+    return rc;
+}
+
+phg_status phg_internal_store_audit_drop_partition(phg_store *st, int year, int month,
+                                                   int64_t at)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->audit_drop_partition(conn, year, month, at));
     return rc;
 }

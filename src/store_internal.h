@@ -46,6 +46,32 @@ phg_status phg_internal_store_change_counter(phg_store *store, int64_t *counter)
 phg_status phg_internal_store_keys_since(phg_store *store, int64_t since, phg_key_cb cb,
                                          void *arg);
 
+/* The audit engine calls on a pooled connection (see engine.h). */
+phg_status phg_internal_store_audit_ensure_partition(phg_store *store, int year, int month);
+phg_status phg_internal_store_audit_append(phg_store *store, const phg_audit_store_row *rows,
+                                           size_t n, const char *chain, int64_t head_seq,
+                                           const char *head_hash);
+phg_status phg_internal_store_audit_checkpoint_insert(phg_store *store,
+                                                      const phg_audit_checkpoint *cp);
+phg_status phg_internal_store_audit_chain_head(phg_store *store, const char *chain,
+                                               int64_t *seq, char hash[65]);
+phg_status phg_internal_store_audit_chains(phg_store *store, phg_audit_checkpoint_cb cb,
+                                           void *arg);
+phg_status phg_internal_store_audit_walk(phg_store *store, const char *chain, int64_t from_us,
+                                         int64_t to_us, phg_audit_row_cb cb, void *arg);
+phg_status phg_internal_store_audit_checkpoints(phg_store *store, const char *chain,
+                                                phg_audit_checkpoint_cb cb, void *arg);
+phg_status phg_internal_store_audit_query(phg_store *store, const phg_audit_store_filter *f,
+                                          phg_audit_store_row **rows, size_t *n);
+phg_status phg_internal_store_audit_partitions(phg_store *store, phg_audit_partition **parts,
+                                               size_t *n);
+phg_status phg_internal_store_audit_partition_rows(phg_store *store, int year, int month,
+                                                   phg_audit_row_cb cb, void *arg);
+phg_status phg_internal_store_audit_mark_archived(phg_store *store, int year, int month,
+                                                  const char *sha256_hex, int64_t at);
+phg_status phg_internal_store_audit_drop_partition(phg_store *store, int year, int month,
+                                                   int64_t at);
+
 /* apikey.c: put a record in the in-memory index only (benchmarks load a
  * million keys this way), and the key hash through the per-thread context. */
 phg_status phg_internal_keys_index_add(phg_keys *keys, const phg_apikey_record *rec);

@@ -78,7 +78,9 @@ PHG_API phg_status phg_store_schema_version(phg_store *store, int *current, int 
  * also records its version. Idempotent. PHG_ERR_SCHEMA (and nothing changed)
  * if the database is newer than this build. On a failing step that step is
  * rolled back, the earlier ones stay, and err says which step failed.
- * *from and *to (may be NULL) receive the versions before and after.
+ * *from and *to (may be NULL) receive the range this call applied: steps
+ * from+1 .. to (from == to: nothing to do, both the current version). With
+ * several migrators at once each step is applied by exactly one of them.
  */
 PHG_API phg_status phg_store_migrate(phg_store *store, int *from, int *to, char *err,
                                      size_t err_len);

@@ -98,6 +98,16 @@ int cmd_phi_encrypt_jsonl(int argc, char **argv);
 int cmd_phi_decrypt_jsonl(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
 int cmd_keys(int argc, char **argv);
+int cmd_audit(int argc, char **argv);
+
+/* An RFC 3339 UTC time (or a date) as Unix microseconds. */
+int cli_parse_time_us(const char *s, int64_t *out);
+
+/* Record an administrative action of this CLI run in the store's audit log
+ * (actor cli:<os user>, its own chain, signed with the master key). Prints
+ * why it fails. */
+int cli_audit_admin(phg_store *store, const phg_masterkeys *mk, const char *action,
+                    const char *resource, const char *outcome, const char *details_json);
 
 /* The store URL from $PHIGATE_STORE, or PHG_STORE_DEFAULT_URL. */
 const char *cli_default_store(void);

@@ -15,6 +15,7 @@ static const char main_help[] =
     "  phi       PHI field encryption: master keys, keyrings, encrypt, decrypt, JSONL migration\n"
     "  keys      API keys: create, list, show, revoke, rotate, verify\n"
     "  migrate   create or upgrade the store's schema (SQLite or PostgreSQL)\n"
+    "  audit     the audit log: query, report, verify, archive, prune\n"
     "  bench     benchmarks that print figures (phigate bench phi)\n"
     "  demo      a short demonstration of what is built (what 'make run' starts)\n"
     "  version   print the version\n"
@@ -47,6 +48,7 @@ static const cli_command commands[] = {
     {"phi", "PHI field encryption", cmd_phi},
     {"keys", "API keys", cmd_keys},
     {"migrate", "store schema", cmd_migrate},
+    {"audit", "audit log", cmd_audit},
     {"bench", "benchmarks", cmd_bench},
     {"demo", "demonstration", cmd_demo},
     {"version", "print the version", cmd_version},

@@ -112,6 +112,30 @@ static int store_has_keyring(const char *url)
     return st == PHG_ERR_NOT_FOUND ? 0 : 1;
 }
 
+/*
+ * The audit record of a keyring change. It goes to the keyring's store, or,
+ * for a keyring file, to $PHIGATE_STORE; a file keyring with no store at all
+ * (offline use) cannot be audited, and says so.
+ */
+static int audit_keyring_action(const cli_opt *opts, const phg_masterkeys *mk, const char *action,
+                                const char *details)
+{
+    const char *url = opts[KR_STORE].set ? opts[KR_STORE].value : getenv("PHIGATE_STORE");
+    phg_store *store = NULL;
+    int rc;
+    if (url == NULL || url[0] == '\0') {
+        fprintf(stderr, "phigate: note: %s not audited: no store (give --store, or set "
+                        "PHIGATE_STORE to record keyring changes in its audit log)\n",
+                action);
+        return CLI_OK;
+    }
+    rc = cli_open_store(url, 1, &store);
+    if (rc == CLI_OK)
+        rc = cli_audit_admin(store, mk, action, "keyring", "success", details);
+    phg_store_close(store);
+    return rc;
+}
+
 static const char *state_text(phg_phi_key_state s)
 {
     switch (s) {
@@ -203,6 +227,13 @@ static int keyring_rotate(int argc, char **argv)
     }
     if (cli_keyring_save(kr, opts[KR_KEYRING].value, opts[KR_STORE].value) != CLI_OK)
         goto out;
+    {
+        char details[128];
+        snprintf(details, sizeof details, "{\"primary\":\"%s\",\"previous\":\"%s\"}", new_kid,
+                 old_kid);
+        if (audit_keyring_action(opts, mk, "keyring.rotate", details) != CLI_OK)
+            goto out;
+    }
     if (opts[KR_JSON].set)
         rc = cli_print_json(json_pack("{s:s,s:s}", "primary", new_kid, "previous", old_kid));
     else
@@ -256,6 +287,12 @@ static int keyring_destroy(int argc, char **argv)
     }
     if (cli_keyring_save(kr, opts[KR_KEYRING].value, opts[KR_STORE].value) != CLI_OK)
         goto out;
+    {
+        char details[128];
+        snprintf(details, sizeof details, "{\"kid\":\"%s\"}", opts[KR_KID].value);
+        if (audit_keyring_action(opts, mk, "keyring.destroy", details) != CLI_OK)
+            goto out;
+    }
     if (opts[KR_JSON].set)
         rc = cli_print_json(json_pack("{s:s}", "destroyed", opts[KR_KID].value));
     else
@@ -304,6 +341,12 @@ static int keyring_rewrap(int argc, char **argv)
         phg_phi_key_info info;
         if (phg_keyring_info(kr, i, &info) == PHG_OK && info.state != PHG_PHI_KEY_DESTROYED)
             wrapped++;
+    }
+    {
+        char details[64];
+        snprintf(details, sizeof details, "{\"rewrapped\":%zu}", wrapped);
+        if (audit_keyring_action(opts, mk, "keyring.rewrap", details) != CLI_OK)
+            goto out;
     }
     if (opts[KR_JSON].set)
         rc = cli_print_json(json_pack("{s:I}", "rewrapped", (json_int_t)wrapped));

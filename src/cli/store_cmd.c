@@ -298,6 +298,31 @@ static void keys_end(phg_store *store, phg_keys *keys)
     phg_store_close(store);
 }
 
+/* The audit record of a key action: who (cli:<os user>), what, on which key. */
+static int record_key_action(phg_store *store, const phg_masterkeys *mk, const char *action,
+                             const char *id, phg_status st, const phg_apikey_record *rec)
+{
+    char scopes[128], resource[PHG_APIKEY_ID_MAX + 8];
+    json_t *details;
+    char *text;
+    int rc;
+    snprintf(resource, sizeof resource, "key:%s", id);
+    if (rec != NULL) {
+        phg_apikey_scopes_format(rec->scopes, scopes, sizeof scopes);
+        details = json_pack("{s:s,s:s,s:s,s:s}", "key_id", rec->id, "role",
+                            phg_role_name(rec->role), "user_id", rec->user_id, "scopes", scopes);
+    } else if (st == PHG_OK) {
+        details = json_pack("{s:s}", "key_id", id);
+    } else {
+        details = json_pack("{s:s,s:s}", "key_id", id, "error", phg_status_name(st));
+    }
+    text = details ? json_dumps(details, JSON_COMPACT) : NULL;
+    json_decref(details);
+    rc = cli_audit_admin(store, mk, action, resource, st == PHG_OK ? "success" : "error", text);
+    free(text);
+    return rc;
+}
+
 static int id_error(phg_status st, const char *what)
 {
     if (st == PHG_ERR_NOT_FOUND)
@@ -316,6 +341,7 @@ static int keys_create(int argc, char **argv)
     phg_keys *keys = NULL;
     phg_apikey_spec spec;
     phg_apikey_record rec;
+    phg_masterkeys *mk = NULL;
     char key[PHG_APIKEY_LEN + 1], actor[PHG_APIKEY_ACTOR_MAX + 1], err[256];
     uint32_t scopes = 0;
     phg_role role;
@@ -347,8 +373,13 @@ static int keys_create(int argc, char **argv)
                                         "a time YYYY-MM-DDTHH:MM:SSZ");
     if (o[K_EXPIRES].set && expires <= (int64_t)time(NULL))
         return cli_usage("keys create", "--expires is in the past");
-    if (keys_begin("keys create", argc, argv, o, 0, NULL, &store, &keys) != CLI_OK)
+    /* The master key signs the audit record: without it, no admin action. */
+    if (cli_load_masterkeys(NULL, &mk) != CLI_OK)
         return CLI_FAIL;
+    if (keys_begin("keys create", argc, argv, o, 0, NULL, &store, &keys) != CLI_OK) {
+        phg_phi_masterkeys_free(mk);
+        return CLI_FAIL;
+    }
     os_actor(actor, sizeof actor);
     memset(&spec, 0, sizeof spec);
     spec.role = role;
@@ -360,6 +391,16 @@ static int keys_create(int argc, char **argv)
     spec.expires_at = expires;
     err[0] = '\0';
     st = phg_keys_create(keys, &spec, key, &rec, err, sizeof err);
+    if (st != PHG_ERR_INVALID &&
+        record_key_action(store, mk, "keys.create", st == PHG_OK ? rec.id : "-", st,
+                          st == PHG_OK ? &rec : NULL) != CLI_OK) {
+        if (st == PHG_OK)
+            cli_error("the key %s was created but its audit record failed: revoke it, or "
+                      "retry when the store is back",
+                      rec.id);
+        rc = CLI_FAIL;
+        goto out;
+    }
     if (st != PHG_OK) {
         cli_error("cannot create the key: %s", err[0] ? err : phg_strerror(st));
         rc = st == PHG_ERR_INVALID ? CLI_USAGE : CLI_FAIL;
@@ -379,6 +420,7 @@ static int keys_create(int argc, char **argv)
 out:
     phg_wipe(key, sizeof key);
     keys_end(store, keys);
+    phg_phi_masterkeys_free(mk);
     return rc;
 }
 
@@ -492,6 +534,7 @@ static int keys_revoke(int argc, char **argv)
     phg_store *store = NULL;
     phg_keys *keys = NULL;
     const char *id = NULL;
+    phg_masterkeys *mk = NULL;
     phg_status st;
     int rc;
 
@@ -500,17 +543,24 @@ static int keys_revoke(int argc, char **argv)
              "Revoke a key now. Every phigate instance stops accepting it within a second.");
         return CLI_OK;
     }
+    if (cli_load_masterkeys(NULL, &mk) != CLI_OK)
+        return CLI_FAIL;
     rc = keys_begin("keys revoke", argc, argv, o, 1, &id, &store, &keys);
-    if (rc != CLI_OK)
+    if (rc != CLI_OK) {
+        phg_phi_masterkeys_free(mk);
         return rc;
+    }
     st = phg_keys_revoke(keys, id);
-    if (st != PHG_OK)
+    if (record_key_action(store, mk, "keys.revoke", id, st, NULL) != CLI_OK)
+        rc = CLI_FAIL;
+    else if (st != PHG_OK)
         rc = id_error(st, "revoke");
     else if (o[K_JSON].set)
         rc = cli_print_json(json_pack("{s:s}", "revoked", id));
     else
         rc = printf("revoked %s\n", id) < 0 ? CLI_FAIL : CLI_OK;
     keys_end(store, keys);
+    phg_phi_masterkeys_free(mk);
     return rc;
 }
 
@@ -523,6 +573,7 @@ static int keys_rotate(int argc, char **argv)
     char key[PHG_APIKEY_LEN + 1];
     const char *id = NULL;
     int64_t grace = 0;
+    phg_masterkeys *mk = NULL;
     phg_status st;
     int rc;
 
@@ -534,15 +585,23 @@ static int keys_rotate(int argc, char **argv)
         return CLI_OK;
     }
     keys_opts(o);
+    if (cli_load_masterkeys(NULL, &mk) != CLI_OK)
+        return CLI_FAIL;
     rc = keys_begin("keys rotate", argc, argv, o, 1, &id, &store, &keys);
-    if (rc != CLI_OK)
+    if (rc != CLI_OK) {
+        phg_phi_masterkeys_free(mk);
         return rc;
+    }
     if (o[K_GRACE].set && !parse_duration(o[K_GRACE].value, &grace)) {
         keys_end(store, keys);
+        phg_phi_masterkeys_free(mk);
         return cli_usage("keys rotate", "--grace takes a duration: 90s, 15m, 24h, 7d");
     }
     st = phg_keys_rotate(keys, id, grace, key, &rec);
-    if (st != PHG_OK) {
+    if (record_key_action(store, mk, "keys.rotate", id, st, st == PHG_OK ? &rec : NULL) !=
+        CLI_OK) {
+        rc = CLI_FAIL;
+    } else if (st != PHG_OK) {
         rc = id_error(st, "rotate");
     } else if (o[K_JSON].set) {
         json_t *j = record_json(&rec);
@@ -559,6 +618,7 @@ static int keys_rotate(int argc, char **argv)
     }
     phg_wipe(key, sizeof key);
     keys_end(store, keys);
+    phg_phi_masterkeys_free(mk);
     return rc;
 }
 

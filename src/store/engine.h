@@ -25,6 +25,53 @@
 
 typedef phg_status (*phg_key_cb)(void *arg, const phg_apikey_record *rec);
 
+/*
+ * One audit record as the engines store it: indexed columns plus the
+ * canonical JSON text (docs/formats.md "Audit record"). In writes `json` is
+ * borrowed; in rows an engine returns, it is malloc'd and the caller frees
+ * it (for rows given to a callback, the engine frees it after the call).
+ */
+typedef struct phg_audit_store_row {
+    char id[27];          /* ULID */
+    int64_t ts_us;        /* Unix microseconds, the record's ts */
+    char chain[65];
+    int64_t seq;
+    char hash[65];        /* lowercase hex */
+    char request_id[257];
+    char key_id[257];
+    char user_id[257];
+    char action[257];
+    char outcome[17];
+    char subject[257];
+    char *json;           /* the canonical record, hash included */
+} phg_audit_store_row;
+
+typedef phg_status (*phg_audit_row_cb)(void *arg, const phg_audit_store_row *row);
+
+typedef struct phg_audit_checkpoint {
+    char chain[65];
+    int64_t seq;
+    char hash[65];        /* the chain's head hash at seq */
+    int64_t ts_us;
+    char mac[65];         /* hex HMAC-SHA256 (docs/formats.md "Checkpoint") */
+} phg_audit_checkpoint;
+
+typedef phg_status (*phg_audit_checkpoint_cb)(void *arg, const phg_audit_checkpoint *cp);
+
+typedef struct phg_audit_partition {
+    char month[8];        /* "YYYY-MM" */
+    int64_t created_at, archived_at, dropped_at; /* Unix s, 0: not */
+    char archive_sha256[65];
+} phg_audit_partition;
+
+/* The audit query an engine runs; audit.c has validated every field. */
+typedef struct phg_audit_store_filter {
+    int64_t from_us, to_us;          /* 0: open */
+    const char *user_id, *key_id, *action, *outcome, *request_id, *subject; /* NULL: any */
+    const char *before_id;           /* NULL: from the newest */
+    size_t limit;                    /* 1..1000 */
+} phg_audit_store_filter;
+
 typedef struct phg_store_engine {
     const char *name; /* "sqlite", "postgres" */
 
@@ -73,6 +120,48 @@ typedef struct phg_store_engine {
      * cb failure stops the walk and is returned. cb runs while the query is
      * open: it must not use this connection (or the store). */
     phg_status (*keys_since)(void *conn, int64_t since, phg_key_cb cb, void *arg);
+
+    /* ---- audit log (migration 2) ----
+     * Partitions are months, named by "YYYY-MM" of the record's ts (UTC).
+     * SQLite: a table audit_YYYY_MM per month; PostgreSQL: partition
+     * audit_log_YYYY_MM of the range-partitioned audit_log. Both have the
+     * columns of phg_audit_store_row and the indexes the queries need, and
+     * every partition is registered in audit_partitions. Names are built only
+     * from the validated year and month integers. */
+
+    /* Create the partition of (year, month) if missing and register it. */
+    phg_status (*audit_ensure_partition)(void *conn, int year, int month);
+    /* One transaction: insert the rows (creating a missing partition), and
+     * set audit_chains' head of `chain` to (head_seq, head_hash). Nothing is
+     * written on failure. Commit is durable (fsync) when this returns. */
+    phg_status (*audit_append)(void *conn, const phg_audit_store_row *rows, size_t n,
+                               const char *chain, int64_t head_seq, const char *head_hash);
+    phg_status (*audit_checkpoint_insert)(void *conn, const phg_audit_checkpoint *cp);
+    /* The stored head of a chain; PHG_ERR_NOT_FOUND for a new chain. */
+    phg_status (*audit_chain_head)(void *conn, const char *chain, int64_t *seq, char hash[65]);
+    /* Every chain with its head (cb gets a checkpoint-shaped value with mac ""). */
+    phg_status (*audit_chains)(void *conn, phg_audit_checkpoint_cb cb, void *arg);
+    /* The records of one chain with ts in [from_us, to_us) (0: open), by
+     * seq then id (so a repeated seq shows), across every partition. */
+    phg_status (*audit_walk)(void *conn, const char *chain, int64_t from_us, int64_t to_us,
+                             phg_audit_row_cb cb, void *arg);
+    /* The checkpoints of one chain, by seq. */
+    phg_status (*audit_checkpoints)(void *conn, const char *chain, phg_audit_checkpoint_cb cb,
+                                    void *arg);
+    /* Newest first (ts, then id, descending); *rows malloc'd, each json
+     * malloc'd. */
+    phg_status (*audit_query)(void *conn, const phg_audit_store_filter *f,
+                              phg_audit_store_row **rows, size_t *n);
+    /* Every registered partition, oldest first; *parts malloc'd. */
+    phg_status (*audit_partitions)(void *conn, phg_audit_partition **parts, size_t *n);
+    /* The rows of one month, oldest first (ts, id). */
+    phg_status (*audit_partition_rows)(void *conn, int year, int month, phg_audit_row_cb cb,
+                                       void *arg);
+    phg_status (*audit_mark_archived)(void *conn, int year, int month, const char *sha256_hex,
+                                      int64_t at);
+    /* Drop the partition's table and mark it dropped. Refuses (PHG_ERR_STATE)
+     * one that is not archived; the retention check is audit.c's. */
+    phg_status (*audit_drop_partition)(void *conn, int year, int month, int64_t at);
 } phg_store_engine;
 
 extern const phg_store_engine phg_store_engine_sqlite;

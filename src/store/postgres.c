@@ -15,6 +15,14 @@
  * nothing can have reached the server; after that it returns
  * PHG_ERR_UNAVAILABLE, since the outcome of a COMMIT lost in flight is
  * unknown, and the caller decides whether to retry.
+ *
+ * The audit log (migrations/postgres/0002_audit.sql): audit_log is range-
+ * partitioned on ts_us, one partition audit_log_YYYY_MM per month. Partition
+ * DDL is the only SQL formatted here (partition_sql), from checked integers;
+ * it runs under an advisory lock with a short lock timeout. audit_append
+ * writes a batch with one INSERT of array parameters (unnest), after making
+ * sure every month of the batch has its partition. Reads that can be long
+ * (a chain, a month, checkpoints) go through a cursor, FETCH by FETCH.
  */
 #include <assert.h>
 #include <limits.h>
@@ -31,6 +39,8 @@
 #define OID_BYTEA 17
 #define OID_INT8 20
 #define OID_TEXT 25
+#define OID_INT8_ARRAY 1016
+#define OID_TEXT_ARRAY 1009
 
 #define STATEMENT_TIMEOUT_MS 30000
 #define DEFAULT_CONNECT_TIMEOUT_S 5
@@ -38,10 +48,35 @@
 #define MIGRATION_LOCK_KEY INT64_C(0x706869676d696772)
 #define MAX_PARAMS 16
 
+/* pg_advisory_xact_lock key that serializes the audit log's DDL (creating
+ * and dropping partitions): "phigaudt". */
+#define AUDIT_DDL_LOCK_KEY INT64_C(0x7068696761756474)
+/* DDL on audit_log waits at most this long for its lock. A CREATE or DROP
+ * of a partition needs an exclusive lock on audit_log, and while it waits
+ * in the lock queue every append waits behind it: better to fail the DDL
+ * (it is retried: partitions are made a month ahead) than to stall writers
+ * behind a long audit walk. */
+#define AUDIT_DDL_LOCK_TIMEOUT "SET LOCAL lock_timeout = 2000"
+/* The longest stored record text (docs/formats.md "Audit record": 64 KiB of
+ * details, escaped, plus short fields); over it, a write is refused
+ * (PHG_ERR_TOO_LARGE) and a read is a broken row (PHG_ERR_SCHEMA). */
+#define AUDIT_RECORD_MAX ((size_t)1 << 20)
+/* One INSERT of audit_append carries at most this many rows and bytes of
+ * record text; a bigger batch takes several statements (same transaction). */
+#define AUDIT_INSERT_ROWS_MAX 4096
+#define AUDIT_INSERT_BYTES_MAX ((size_t)16 << 20)
+/* Months whose partition this connection knows to exist. */
+#define AUDIT_MONTH_CACHE 8
+
 typedef struct pg_conn {
     PGconn *pg;
     uint64_t prepared;                  /* bit i: statement i is prepared on this session */
     char last_error[PHG_STORE_ERR_MAX]; /* for a debugger; never a password */
+    char last_state[6];                 /* SQLSTATE of the last failure, "" if none */
+    /* year * 12 + month - 1 of months whose partition exists (ensured by this
+     * connection); 0 is an empty slot (year 0 is never valid). */
+    int known_months[AUDIT_MONTH_CACHE];
+    unsigned known_next; /* next slot to overwrite */
 } pg_conn;
 
 /* ---- statements ------------------------------------------------------------ */
@@ -51,6 +86,12 @@ typedef struct pg_conn {
     "id, key_hash, key_index, role, scopes, user_id, description, created_by, rate_limit, "        \
     "replaced_by, created_at, expires_at, revoked_at, grace_until, last_used_at, version"
 #define KEY_NCOLUMNS 16
+
+/* The columns of a phg_audit_store_row, in the order row_to_audit reads them
+ * and audit_append binds them. */
+#define AUDIT_COLUMNS                                                                              \
+    "id, ts_us, chain, seq, hash, request_id, key_id, user_id, action, outcome, subject, record"
+#define AUDIT_NCOLUMNS 12
 
 typedef enum stmt_id {
     ST_SCHEMA_EXISTS,
@@ -68,6 +109,18 @@ typedef enum stmt_id {
     ST_KEY_TOUCH,
     ST_COUNTER,
     ST_KEYS_SINCE,
+    ST_AUDIT_LOCK,
+    ST_AUDIT_TABLE_EXISTS,
+    ST_AUDIT_PART_GET,
+    ST_AUDIT_PART_LOCK,
+    ST_AUDIT_PART_REGISTER,
+    ST_AUDIT_PART_ARCHIVE,
+    ST_AUDIT_PART_DROPPED,
+    ST_AUDIT_PARTS,
+    ST_AUDIT_INSERT,
+    ST_AUDIT_HEAD_PUT,
+    ST_AUDIT_HEAD_GET,
+    ST_AUDIT_CP_INSERT,
     ST_COUNT /* not a statement */
 } stmt_id;
 
@@ -142,6 +195,65 @@ static const stmt_def stmts[ST_COUNT] = {
                        "ORDER BY version, id",
                        1,
                        {OID_INT8}},
+    [ST_AUDIT_LOCK] = {"phg_audit_lock", "SELECT pg_advisory_xact_lock($1)", 1, {OID_INT8}},
+    [ST_AUDIT_TABLE_EXISTS] = {"phg_audit_table_exists",
+                               "SELECT to_regclass($1) IS NOT NULL",
+                               1,
+                               {OID_TEXT}},
+    [ST_AUDIT_PART_GET] = {"phg_audit_part_get",
+                           "SELECT archived_at, dropped_at FROM audit_partitions WHERE month = $1",
+                           1,
+                           {OID_TEXT}},
+    [ST_AUDIT_PART_LOCK] = {"phg_audit_part_lock",
+                            "SELECT archived_at, dropped_at FROM audit_partitions "
+                            "WHERE month = $1 FOR UPDATE",
+                            1,
+                            {OID_TEXT}},
+    [ST_AUDIT_PART_REGISTER] = {"phg_audit_part_register",
+                                "INSERT INTO audit_partitions (month, created_at) VALUES ($1, $2) "
+                                "ON CONFLICT (month) DO NOTHING",
+                                2,
+                                {OID_TEXT, OID_INT8}},
+    [ST_AUDIT_PART_ARCHIVE] = {"phg_audit_part_archive",
+                               "UPDATE audit_partitions SET archived_at = $2, archive_sha256 = $3 "
+                               "WHERE month = $1",
+                               3,
+                               {OID_TEXT, OID_INT8, OID_TEXT}},
+    [ST_AUDIT_PART_DROPPED] = {"phg_audit_part_dropped",
+                               "UPDATE audit_partitions SET dropped_at = $2 WHERE month = $1",
+                               2,
+                               {OID_TEXT, OID_INT8}},
+    [ST_AUDIT_PARTS] = {"phg_audit_parts",
+                        "SELECT month, created_at, archived_at, dropped_at, archive_sha256 "
+                        "FROM audit_partitions ORDER BY month",
+                        0,
+                        {0}},
+    /* One statement for a whole batch: each column is one array parameter,
+     * and PostgreSQL routes every row to its month's partition. */
+    [ST_AUDIT_INSERT] = {"phg_audit_insert",
+                         "INSERT INTO audit_log (" AUDIT_COLUMNS ") SELECT * FROM unnest("
+                         "$1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[], "
+                         "$7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
+                         "$12::text[])",
+                         12,
+                         {OID_TEXT_ARRAY, OID_INT8_ARRAY, OID_TEXT_ARRAY, OID_INT8_ARRAY,
+                          OID_TEXT_ARRAY, OID_TEXT_ARRAY, OID_TEXT_ARRAY, OID_TEXT_ARRAY,
+                          OID_TEXT_ARRAY, OID_TEXT_ARRAY, OID_TEXT_ARRAY, OID_TEXT_ARRAY}},
+    [ST_AUDIT_HEAD_PUT] = {"phg_audit_head_put",
+                           "INSERT INTO audit_chains (chain, seq, hash) VALUES ($1, $2, $3) "
+                           "ON CONFLICT (chain) DO UPDATE SET seq = EXCLUDED.seq, "
+                           "hash = EXCLUDED.hash",
+                           3,
+                           {OID_TEXT, OID_INT8, OID_TEXT}},
+    [ST_AUDIT_HEAD_GET] = {"phg_audit_head_get",
+                           "SELECT seq, hash FROM audit_chains WHERE chain = $1",
+                           1,
+                           {OID_TEXT}},
+    [ST_AUDIT_CP_INSERT] = {"phg_audit_cp_insert",
+                            "INSERT INTO audit_checkpoints (chain, seq, hash, ts_us, mac) "
+                            "VALUES ($1, $2, $3, $4, $5)",
+                            5,
+                            {OID_TEXT, OID_INT8, OID_TEXT, OID_INT8, OID_TEXT}},
 };
 
 /* Bound parameters, all in binary format: int8 as 8 big-endian bytes, text
@@ -166,6 +278,16 @@ static void p_bytes(params *p, const void *bytes, size_t len)
 static void p_text(params *p, const char *s)
 {
     p_bytes(p, s, strlen(s));
+}
+
+/* SQL NULL (an absent filter). */
+static void p_null(params *p)
+{
+    assert(p->n < MAX_PARAMS);
+    p->values[p->n] = NULL;
+    p->lengths[p->n] = 0;
+    p->formats[p->n] = 1;
+    p->n++;
 }
 
 static void p_int8(params *p, int64_t v)
@@ -214,6 +336,7 @@ static phg_status classify(pg_conn *c, const PGresult *res)
     const char *primary = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     char line[PHG_STORE_ERR_MAX];
 
+    snprintf(c->last_state, sizeof c->last_state, "%s", state != NULL ? state : "");
     /* The server's one-line message and its SQLSTATE, or libpq's own. */
     if (primary != NULL) {
         snprintf(line, sizeof line, "%s [%s]", primary, state != NULL ? state : "?????");
@@ -1259,6 +1382,1001 @@ static phg_status pg_keys_since(void *conn, int64_t since, phg_key_cb cb, void *
     return read_with_retry(conn, do_keys_since, &a);
 }
 
+/* ---- audit log: months ------------------------------------------------------------- */
+
+_Static_assert(ST_COUNT <= 64, "the prepared-statement bitmask holds 64 statements");
+
+#define US_PER_DAY INT64_C(86400000000)
+#define AUDIT_QUERY_ROWS_MAX 1000 /* PHG_AUDIT_QUERY_MAX */
+#define AUDIT_TEXT_FIELD_MAX 64   /* chain and hash: bytes */
+
+/* Days from 1970-01-01 to y-m-d, proleptic Gregorian (H. Hinnant's
+ * days_from_civil); exact for every year phigate accepts, unlike timegm's
+ * dependence on time_t and the C library. */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+    int64_t era, yoe, doy, doe;
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = y - era * 400;
+    doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/* The inverse, for days >= 0. */
+static void civil_from_days(int64_t z, int *year, int *month)
+{
+    int64_t era, doe, yoe, doy, mp;
+    z += 719468;
+    era = z / 146097;
+    doe = z - era * 146097;
+    yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    mp = (5 * doy + 2) / 153;
+    *month = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *year = (int)(yoe + era * 400 + (*month <= 2));
+}
+
+static int month_valid(int year, int month)
+{
+    return year >= 1970 && year <= 9999 && month >= 1 && month <= 12;
+}
+
+/* [start, end) of a month in Unix microseconds. */
+static void month_bounds_us(int year, int month, int64_t *start_us, int64_t *end_us)
+{
+    assert(month_valid(year, month));
+    *start_us = days_from_civil(year, month, 1) * US_PER_DAY;
+    *end_us =
+        days_from_civil(month == 12 ? year + 1 : year, month == 12 ? 1 : month + 1, 1) * US_PER_DAY;
+}
+
+/* The month (UTC) of a record's ts; 0 if outside 1970..9999. */
+static int month_of_us(int64_t ts_us, int *year, int *month)
+{
+    if (ts_us < 0)
+        return 0;
+    civil_from_days(ts_us / US_PER_DAY, year, month);
+    return month_valid(*year, *month);
+}
+
+static int month_key(int year, int month)
+{
+    return year * 12 + month - 1;
+}
+
+/* "YYYY-MM", the key of audit_partitions, and "audit_log_YYYY_MM", the
+ * partition's table: both from validated integers only. */
+static void month_names(int year, int month, char text[8], char table[18])
+{
+    assert(month_valid(year, month));
+    snprintf(text, 8, "%04u-%02u", (unsigned)year % 10000u, (unsigned)month % 100u);
+    snprintf(table, 18, "audit_log_%04u_%02u", (unsigned)year % 10000u, (unsigned)month % 100u);
+}
+
+typedef enum partition_ddl {
+    DDL_CREATE,
+    DDL_DROP,
+} partition_ddl;
+
+/* The one place where SQL is formatted rather than bound (DDL takes no
+ * parameters): the table name and the bounds come from the year and month
+ * integers, checked here, never from text. */
+static phg_status partition_sql(partition_ddl kind, int year, int month, char *sql, size_t cap)
+{
+    int64_t start_us, end_us;
+    int len;
+
+    if (!month_valid(year, month))
+        return PHG_ERR_INVALID;
+    month_bounds_us(year, month, &start_us, &end_us);
+    if (kind == DDL_CREATE)
+        len = snprintf(sql, cap,
+                       "CREATE TABLE IF NOT EXISTS audit_log_%04d_%02d PARTITION OF audit_log "
+                       "FOR VALUES FROM (%lld) TO (%lld)",
+                       year, month, (long long)start_us, (long long)end_us);
+    else
+        len = snprintf(sql, cap, "DROP TABLE IF EXISTS audit_log_%04d_%02d", year, month);
+    return len > 0 && (size_t)len < cap ? PHG_OK : PHG_ERR_INTERNAL;
+}
+
+/* The per-connection cache of months whose partition exists, so that
+ * audit_append asks the server only for a month it has not seen. A month
+ * dropped by another process while cached makes the INSERT fail (no
+ * partition for the row); the cache is then cleared. */
+static int month_known(const pg_conn *c, int key)
+{
+    size_t i;
+    for (i = 0; i < AUDIT_MONTH_CACHE; i++)
+        if (c->known_months[i] == key)
+            return 1;
+    return 0;
+}
+
+static void month_remember(pg_conn *c, int key)
+{
+    if (month_known(c, key))
+        return;
+    c->known_months[c->known_next % AUDIT_MONTH_CACHE] = key;
+    c->known_next = (c->known_next + 1) % AUDIT_MONTH_CACHE;
+}
+
+static void months_forget(pg_conn *c)
+{
+    memset(c->known_months, 0, sizeof c->known_months);
+    c->known_next = 0;
+}
+
+/* Undo an open transaction after a failed read, keeping the first error's
+ * message. A lost connection is left for read_with_retry to reset. */
+static void rollback_open(pg_conn *c)
+{
+    PGTransactionStatusType ts = PQtransactionStatus(c->pg);
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) {
+        char saved[sizeof c->last_error];
+        memcpy(saved, c->last_error, sizeof saved);
+        (void)exec_fixed(c, "ROLLBACK");
+        memcpy(c->last_error, saved, sizeof saved);
+    }
+}
+
+/* ---- audit log: partitions ------------------------------------------------------- */
+
+/* What the server knows of a month: registered (and dropped_at, archived_at)
+ * in audit_partitions, and whether its table exists. */
+typedef struct partition_state {
+    int registered, table_exists;
+    int64_t archived_at, dropped_at;
+} partition_state;
+
+static phg_status read_partition_state(pg_conn *c, stmt_id get, const char *month_text,
+                                       const char *table, partition_state *ps)
+{
+    phg_status rc = PHG_OK;
+    PGresult *res = NULL;
+    params p;
+
+    memset(ps, 0, sizeof *ps);
+    memset(&p, 0, sizeof p);
+    p_text(&p, month_text);
+    TRY(run(c, get, &p, &res));
+    if (PQntuples(res) > 0) {
+        ps->registered = 1;
+        TRY(get_int8(res, 0, 0, &ps->archived_at));
+        TRY(get_int8(res, 0, 1, &ps->dropped_at));
+    }
+    PQclear(res);
+    res = NULL;
+    if (table == NULL)
+        goto out;
+    memset(&p, 0, sizeof p);
+    p_text(&p, table);
+    TRY(run(c, ST_AUDIT_TABLE_EXISTS, &p, &res));
+    if (PQntuples(res) != 1 || PQgetlength(res, 0, 0) != 1) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    ps->table_exists = PQgetvalue(res, 0, 0)[0] != 0;
+out:
+    PQclear(res);
+    return rc;
+}
+
+/* In an open transaction: take the lock that serializes the audit log's DDL
+ * across every process, with a short lock timeout for what follows. */
+static phg_status lock_audit_ddl(pg_conn *c)
+{
+    phg_status rc;
+    params p;
+    rc = exec_fixed(c, AUDIT_DDL_LOCK_TIMEOUT);
+    if (rc != PHG_OK)
+        return rc;
+    memset(&p, 0, sizeof p);
+    p_int8(&p, AUDIT_DDL_LOCK_KEY);
+    return run(c, ST_AUDIT_LOCK, &p, NULL);
+}
+
+typedef struct state_args {
+    const char *month_text, *table;
+    partition_state *ps;
+} state_args;
+
+static phg_status do_read_partition_state(pg_conn *c, void *arg)
+{
+    state_args *a = arg;
+    return read_partition_state(c, ST_AUDIT_PART_GET, a->month_text, a->table, a->ps);
+}
+
+static phg_status ensure_partition(pg_conn *c, int year, int month)
+{
+    phg_status rc = PHG_OK;
+    partition_state ps;
+    params p;
+    char month_s[8], table[18], ddl[192];
+
+    TRY(partition_sql(DDL_CREATE, year, month, ddl, sizeof ddl));
+    month_names(year, month, month_s, table);
+    /* The common case, a read without the DDL lock: there and registered
+     * already (made ahead, maybe by another instance). */
+    {
+        state_args a = {month_s, table, &ps};
+        TRY(read_with_retry(c, do_read_partition_state, &a));
+    }
+    if (ps.registered && ps.dropped_at != 0) {
+        rc = PHG_ERR_STATE; /* dropped after its retention: never recreated */
+        goto out;
+    }
+    if (!ps.registered || !ps.table_exists) {
+        /* Under the lock, look again: another process may be half-way. */
+        TRY(begin(c));
+        TRY(lock_audit_ddl(c));
+        TRY(read_partition_state(c, ST_AUDIT_PART_GET, month_s, table, &ps));
+        if (ps.registered && ps.dropped_at != 0) {
+            rc = PHG_ERR_STATE;
+            goto out;
+        }
+        if (!ps.table_exists)
+            TRY(exec_fixed(c, ddl));
+        if (!ps.registered) {
+            memset(&p, 0, sizeof p);
+            p_text(&p, month_s);
+            p_int8(&p, (int64_t)time(NULL));
+            TRY(run(c, ST_AUDIT_PART_REGISTER, &p, NULL));
+        }
+        TRY(exec_fixed(c, "COMMIT"));
+    }
+    month_remember(c, month_key(year, month));
+out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+static phg_status pg_audit_ensure_partition(void *conn, int year, int month)
+{
+    assert(conn != NULL);
+    if (!month_valid(year, month))
+        return PHG_ERR_INVALID;
+    return ensure_partition(conn, year, month);
+}
+
+typedef struct partitions_args {
+    phg_audit_partition **parts;
+    size_t *n;
+} partitions_args;
+
+static phg_status do_audit_partitions(pg_conn *c, void *arg)
+{
+    partitions_args *a = arg;
+    phg_status rc = PHG_OK;
+    PGresult *res = NULL;
+    phg_audit_partition *parts = NULL;
+    int rows, i;
+
+    TRY(run(c, ST_AUDIT_PARTS, NULL, &res));
+    rows = PQntuples(res);
+    if (rows > 0) {
+        parts = calloc((size_t)rows, sizeof *parts);
+        if (parts == NULL) {
+            rc = PHG_ERR_NOMEM;
+            goto out;
+        }
+    }
+    for (i = 0; i < rows; i++) {
+        TRY(get_text(res, i, 0, parts[i].month, sizeof parts[i].month));
+        if (strlen(parts[i].month) != 7) {
+            rc = PHG_ERR_SCHEMA;
+            goto out;
+        }
+        TRY(get_int8(res, i, 1, &parts[i].created_at));
+        TRY(get_int8(res, i, 2, &parts[i].archived_at));
+        TRY(get_int8(res, i, 3, &parts[i].dropped_at));
+        TRY(get_text(res, i, 4, parts[i].archive_sha256, sizeof parts[i].archive_sha256));
+    }
+    *a->parts = parts;
+    *a->n = (size_t)(rows > 0 ? rows : 0);
+    parts = NULL;
+out:
+    free(parts);
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_audit_partitions(void *conn, phg_audit_partition **parts, size_t *n)
+{
+    partitions_args a = {parts, n};
+    assert(conn != NULL && parts != NULL && n != NULL);
+    *parts = NULL;
+    *n = 0;
+    return read_with_retry(conn, do_audit_partitions, &a);
+}
+
+static int is_sha256_hex(const char *s)
+{
+    size_t i;
+    for (i = 0; i < 64; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    return s[64] == '\0';
+}
+
+static phg_status pg_audit_mark_archived(void *conn, int year, int month, const char *sha256_hex,
+                                         int64_t at)
+{
+    pg_conn *c = conn;
+    phg_status rc = PHG_OK;
+    partition_state ps;
+    params p;
+    char month_s[8], table[18];
+
+    assert(c != NULL && sha256_hex != NULL && at > 0); /* 0 would read as "not archived" */
+    if (!month_valid(year, month) || !is_sha256_hex(sha256_hex))
+        return PHG_ERR_INVALID;
+    month_names(year, month, month_s, table);
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(read_partition_state(c, ST_AUDIT_PART_LOCK, month_s, NULL, &ps));
+    if (!ps.registered) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    if (ps.dropped_at != 0) {
+        rc = PHG_ERR_STATE; /* its rows are gone: nothing to vouch for */
+        goto out;
+    }
+    memset(&p, 0, sizeof p);
+    p_text(&p, month_s);
+    p_int8(&p, at);
+    p_text(&p, sha256_hex);
+    TRY(run(c, ST_AUDIT_PART_ARCHIVE, &p, NULL));
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+/* Drop one month's table and mark it dropped, in one transaction under the
+ * DDL lock. Dropped already: a success that changes nothing. */
+static phg_status pg_audit_drop_partition(void *conn, int year, int month, int64_t at)
+{
+    pg_conn *c = conn;
+    phg_status rc = PHG_OK;
+    partition_state ps;
+    params p;
+    char month_s[8], table[18], ddl[192];
+
+    assert(c != NULL && at > 0); /* 0 would read as "not dropped" */
+    TRY(partition_sql(DDL_DROP, year, month, ddl, sizeof ddl));
+    month_names(year, month, month_s, table);
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(lock_audit_ddl(c));
+    TRY(read_partition_state(c, ST_AUDIT_PART_LOCK, month_s, NULL, &ps));
+    if (!ps.registered) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    if (ps.dropped_at == 0) {
+        if (ps.archived_at == 0) {
+            rc = PHG_ERR_STATE; /* never dropped unarchived */
+            goto out;
+        }
+        TRY(exec_fixed(c, ddl));
+        memset(&p, 0, sizeof p);
+        p_text(&p, month_s);
+        p_int8(&p, at);
+        TRY(run(c, ST_AUDIT_PART_DROPPED, &p, NULL));
+    }
+    TRY(exec_fixed(c, "COMMIT"));
+    months_forget(c);
+out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+/* ---- audit log: append -------------------------------------------------------------- */
+
+/* A row to write: every text NUL-terminated inside its array, a ts in a
+ * month phigate can name, a record of bounded size. */
+static phg_status check_audit_row(const phg_audit_store_row *r)
+{
+    int year, month;
+    assert(r->json != NULL);
+    if (!field_ok(r->id, sizeof r->id) || r->id[0] == '\0' ||
+        !field_ok(r->chain, sizeof r->chain) || r->chain[0] == '\0' ||
+        !field_ok(r->hash, sizeof r->hash) || !field_ok(r->request_id, sizeof r->request_id) ||
+        !field_ok(r->key_id, sizeof r->key_id) || !field_ok(r->user_id, sizeof r->user_id) ||
+        !field_ok(r->action, sizeof r->action) || !field_ok(r->outcome, sizeof r->outcome) ||
+        !field_ok(r->subject, sizeof r->subject) || !month_of_us(r->ts_us, &year, &month))
+        return PHG_ERR_INVALID;
+    /* memchr stops at the first NUL (C11 7.24.5.1): never reads past it. */
+    if (memchr(r->json, '\0', AUDIT_RECORD_MAX + 1) == NULL)
+        return PHG_ERR_TOO_LARGE;
+    return PHG_OK;
+}
+
+/* Column col of AUDIT_COLUMNS for a text column; NULL for the two int8 ones
+ * (ts_us, seq). */
+static const char *audit_text(const phg_audit_store_row *r, int col)
+{
+    switch (col) {
+    case 0:
+        return r->id;
+    case 2:
+        return r->chain;
+    case 4:
+        return r->hash;
+    case 5:
+        return r->request_id;
+    case 6:
+        return r->key_id;
+    case 7:
+        return r->user_id;
+    case 8:
+        return r->action;
+    case 9:
+        return r->outcome;
+    case 10:
+        return r->subject;
+    case 11:
+        return r->json;
+    default:
+        return NULL;
+    }
+}
+
+static char *put_be32(char *b, uint32_t v)
+{
+    b[0] = (char)(unsigned char)(v >> 24);
+    b[1] = (char)(unsigned char)(v >> 16);
+    b[2] = (char)(unsigned char)(v >> 8);
+    b[3] = (char)(unsigned char)v;
+    return b + 4;
+}
+
+static char *put_be64(char *b, int64_t v)
+{
+    uint64_t u = (uint64_t)v;
+    b = put_be32(b, (uint32_t)(u >> 32));
+    return put_be32(b, (uint32_t)u);
+}
+
+/* The array header of the binary format (array_send): one dimension of
+ * `count` elements from index 1, no NULLs. */
+#define ARRAY_HEADER_LEN 20
+static char *put_array_header(char *b, Oid elem, size_t count)
+{
+    b = put_be32(b, 1);
+    b = put_be32(b, 0);
+    b = put_be32(b, (uint32_t)elem);
+    b = put_be32(b, (uint32_t)count);
+    return put_be32(b, 1);
+}
+
+/* Insert rows[from..) in one statement, as many as fit the chunk limits
+ * (at least one); *next is where the next chunk starts. Each column is a
+ * binary array parameter, all in one buffer sized exactly beforehand. */
+static phg_status insert_chunk(pg_conn *c, const phg_audit_store_row *rows, size_t from, size_t n,
+                               size_t *next)
+{
+    phg_status rc = PHG_OK;
+    size_t to, col, i, json_bytes = 0, total = 0, col_len[AUDIT_NCOLUMNS];
+    char *buf = NULL, *w;
+    params p;
+
+    for (to = from; to < n && to - from < AUDIT_INSERT_ROWS_MAX; to++) {
+        size_t len = strlen(rows[to].json);
+        if (to > from && json_bytes + len > AUDIT_INSERT_BYTES_MAX)
+            break;
+        json_bytes += len;
+    }
+    for (col = 0; col < AUDIT_NCOLUMNS; col++) {
+        col_len[col] = ARRAY_HEADER_LEN;
+        for (i = from; i < to; i++) {
+            const char *t = audit_text(&rows[i], (int)col);
+            col_len[col] += 4 + (t != NULL ? strlen(t) : 8);
+        }
+        if (col_len[col] > INT_MAX)
+            return PHG_ERR_TOO_LARGE; /* cannot happen with the limits above */
+        total += col_len[col];
+    }
+    buf = malloc(total);
+    if (buf == NULL)
+        return PHG_ERR_NOMEM;
+    memset(&p, 0, sizeof p);
+    w = buf;
+    for (col = 0; col < AUDIT_NCOLUMNS; col++) {
+        char *start = w;
+        int is_text = audit_text(&rows[from], (int)col) != NULL;
+        w = put_array_header(w, is_text ? OID_TEXT : OID_INT8, to - from);
+        for (i = from; i < to; i++) {
+            if (is_text) {
+                const char *t = audit_text(&rows[i], (int)col);
+                size_t len = strlen(t);
+                w = put_be32(w, (uint32_t)len);
+                memcpy(w, t, len);
+                w += len;
+            } else {
+                w = put_be32(w, 8);
+                w = put_be64(w, col == 1 ? rows[i].ts_us : rows[i].seq);
+            }
+        }
+        assert((size_t)(w - start) == col_len[col]);
+        p_bytes(&p, start, col_len[col]);
+    }
+    TRY(run(c, ST_AUDIT_INSERT, &p, NULL));
+    *next = to;
+out:
+    free(buf);
+    return rc;
+}
+
+static phg_status pg_audit_append(void *conn, const phg_audit_store_row *rows, size_t n,
+                                  const char *chain, int64_t head_seq, const char *head_hash)
+{
+    pg_conn *c = conn;
+    phg_status rc = PHG_OK;
+    params p;
+    size_t i, next;
+    int year, month, last_key = 0, inserting = 0;
+
+    assert(c != NULL && (n == 0 || rows != NULL) && chain != NULL && head_hash != NULL);
+    if (chain[0] == '\0' || memchr(chain, '\0', AUDIT_TEXT_FIELD_MAX + 1) == NULL ||
+        memchr(head_hash, '\0', AUDIT_TEXT_FIELD_MAX + 1) == NULL)
+        return PHG_ERR_INVALID;
+    for (i = 0; i < n; i++) {
+        rc = check_audit_row(&rows[i]);
+        if (rc != PHG_OK)
+            return rc;
+    }
+    /* Every month of the batch must have its partition before the INSERT,
+     * which cannot create one; each in a short transaction of its own, so
+     * that the exclusive lock the DDL takes is not held through the batch.
+     * A batch spans one month, two at a month's turn. */
+    for (i = 0; i < n; i++) {
+        int key;
+        (void)month_of_us(rows[i].ts_us, &year, &month);
+        key = month_key(year, month);
+        if (key == last_key || month_known(c, key))
+            continue;
+        rc = ensure_partition(c, year, month);
+        if (rc != PHG_OK)
+            return rc; /* ensure_partition has cleaned up */
+        last_key = key;
+    }
+    c->last_state[0] = '\0';
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    inserting = 1;
+    for (i = 0; i < n; i = next)
+        TRY(insert_chunk(c, rows, i, n, &next));
+    inserting = 0;
+    memset(&p, 0, sizeof p);
+    p_text(&p, chain);
+    p_int8(&p, head_seq);
+    p_text(&p, head_hash);
+    TRY(run(c, ST_AUDIT_HEAD_PUT, &p, NULL));
+    /* synchronous_commit is on for the session: durable when COMMIT returns. */
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    if (rc != PHG_OK && inserting && strcmp(c->last_state, "23514") == 0) {
+        /* "no partition of relation audit_log found for row": a month this
+         * connection had seen was dropped since. */
+        months_forget(c);
+        rc = PHG_ERR_STATE;
+    }
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+/* ---- audit log: heads and checkpoints ------------------------------------------------ */
+
+static phg_status pg_audit_checkpoint_insert(void *conn, const phg_audit_checkpoint *cp)
+{
+    pg_conn *c = conn;
+    phg_status rc = PHG_OK;
+    params p;
+
+    assert(c != NULL && cp != NULL);
+    if (!field_ok(cp->chain, sizeof cp->chain) || cp->chain[0] == '\0' ||
+        !field_ok(cp->hash, sizeof cp->hash) || !field_ok(cp->mac, sizeof cp->mac))
+        return PHG_ERR_INVALID;
+    memset(&p, 0, sizeof p);
+    p_text(&p, cp->chain);
+    p_int8(&p, cp->seq);
+    p_text(&p, cp->hash);
+    p_int8(&p, cp->ts_us);
+    p_text(&p, cp->mac);
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(run(c, ST_AUDIT_CP_INSERT, &p, NULL));
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+typedef struct head_args {
+    const char *chain;
+    int64_t *seq;
+    char *hash;
+} head_args;
+
+static phg_status do_audit_chain_head(pg_conn *c, void *arg)
+{
+    head_args *a = arg;
+    phg_status rc = PHG_OK;
+    PGresult *res = NULL;
+    params p;
+
+    memset(&p, 0, sizeof p);
+    p_text(&p, a->chain);
+    TRY(run(c, ST_AUDIT_HEAD_GET, &p, &res));
+    if (PQntuples(res) == 0) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    TRY(get_int8(res, 0, 0, a->seq));
+    TRY(get_text(res, 0, 1, a->hash, 65));
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_audit_chain_head(void *conn, const char *chain, int64_t *seq, char hash[65])
+{
+    head_args a = {chain, seq, hash};
+    assert(conn != NULL && chain != NULL && seq != NULL && hash != NULL);
+    *seq = 0;
+    hash[0] = '\0';
+    return read_with_retry(conn, do_audit_chain_head, &a);
+}
+
+/* ---- audit log: streamed reads ------------------------------------------------------ */
+
+/* A read that may return more rows than memory should hold (a chain, a
+ * month, every checkpoint) goes through a cursor in a read-only
+ * transaction, FETCH by FETCH: memory stays at one FETCH, and each FETCH is
+ * a statement of its own under statement_timeout, however long the callbacks
+ * take over the whole walk. The callback runs between FETCHes, while the
+ * transaction is open: it must not use this connection (or the store). */
+#define DECLARE_STREAM "DECLARE phg_stream NO SCROLL CURSOR FOR "
+#define STREAM_FETCH_ROWS 64
+#define STREAM_FETCH_SQL_(n) "FETCH FORWARD " #n " FROM phg_stream"
+#define STREAM_FETCH_SQL(n) STREAM_FETCH_SQL_(n)
+
+typedef phg_status (*stream_row_fn)(void *arg, const PGresult *res, int row);
+
+typedef struct stream_args {
+    const char *declare_sql; /* DECLARE_STREAM "SELECT ..." */
+    params p;
+    Oid types[MAX_PARAMS];
+    stream_row_fn fn;
+    void *arg;
+    size_t delivered; /* rows handed on: a stream that delivered any is not re-run */
+    /* For audit_partition_rows: the month must be registered and not
+     * dropped (NULL: no check). */
+    const char *month_text;
+} stream_args;
+
+static phg_status do_stream(pg_conn *c, void *arg)
+{
+    stream_args *s = arg;
+    phg_status rc = PHG_OK;
+    PGresult *res = NULL;
+    int rows, i;
+
+    if (s->delivered > 0)
+        return PHG_ERR_UNAVAILABLE; /* a retry would repeat rows; the caller decides */
+    if (s->month_text != NULL) {
+        partition_state ps;
+        TRY(read_partition_state(c, ST_AUDIT_PART_GET, s->month_text, NULL, &ps));
+        if (!ps.registered) {
+            rc = PHG_ERR_NOT_FOUND;
+            goto out;
+        }
+        if (ps.dropped_at != 0) {
+            rc = PHG_ERR_STATE;
+            goto out;
+        }
+    }
+    TRY(exec_fixed(c, "BEGIN READ ONLY"));
+    res = PQexecParams(c->pg, s->declare_sql, s->p.n, s->types, s->p.values, s->p.lengths,
+                       s->p.formats, 1);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        rc = classify(c, res);
+        goto out;
+    }
+    do {
+        PQclear(res);
+        res =
+            PQexecParams(c->pg, STREAM_FETCH_SQL(STREAM_FETCH_ROWS), 0, NULL, NULL, NULL, NULL, 1);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            rc = classify(c, res);
+            goto out;
+        }
+        rows = PQntuples(res);
+        for (i = 0; i < rows; i++) {
+            s->delivered++;
+            TRY(s->fn(s->arg, res, i));
+        }
+    } while (rows == STREAM_FETCH_ROWS);
+    PQclear(res);
+    res = NULL;
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    PQclear(res);
+    if (rc != PHG_OK)
+        rollback_open(c);
+    return rc;
+}
+
+/* A row of AUDIT_COLUMNS into *row. The record text is borrowed from res:
+ * valid while res is. Every text checked against its field's size. */
+static phg_status row_to_audit(const PGresult *res, int i, phg_audit_store_row *row)
+{
+    phg_status rc = PHG_OK;
+    int len;
+
+    memset(row, 0, sizeof *row);
+    if (PQnfields(res) != AUDIT_NCOLUMNS)
+        return PHG_ERR_SCHEMA;
+    TRY(get_text(res, i, 0, row->id, sizeof row->id));
+    TRY(get_int8(res, i, 1, &row->ts_us));
+    TRY(get_text(res, i, 2, row->chain, sizeof row->chain));
+    TRY(get_int8(res, i, 3, &row->seq));
+    TRY(get_text(res, i, 4, row->hash, sizeof row->hash));
+    TRY(get_text(res, i, 5, row->request_id, sizeof row->request_id));
+    TRY(get_text(res, i, 6, row->key_id, sizeof row->key_id));
+    TRY(get_text(res, i, 7, row->user_id, sizeof row->user_id));
+    TRY(get_text(res, i, 8, row->action, sizeof row->action));
+    TRY(get_text(res, i, 9, row->outcome, sizeof row->outcome));
+    TRY(get_text(res, i, 10, row->subject, sizeof row->subject));
+    len = PQgetlength(res, i, 11);
+    if (PQgetisnull(res, i, 11) || len < 0 || (size_t)len > AUDIT_RECORD_MAX) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    /* libpq ends every value with a NUL, binary ones included; TEXT holds
+     * none inside. */
+    row->json = PQgetvalue(res, i, 11);
+out:
+    return rc;
+}
+
+typedef struct audit_rows_args {
+    phg_audit_row_cb cb;
+    void *arg;
+} audit_rows_args;
+
+static phg_status stream_audit_row(void *arg, const PGresult *res, int i)
+{
+    audit_rows_args *a = arg;
+    phg_audit_store_row row;
+    phg_status rc = row_to_audit(res, i, &row);
+    if (rc != PHG_OK)
+        return rc;
+    return a->cb(a->arg, &row);
+}
+
+static phg_status pg_audit_walk(void *conn, const char *chain, int64_t from_us, int64_t to_us,
+                                phg_audit_row_cb cb, void *arg)
+{
+    audit_rows_args rows = {cb, arg};
+    stream_args s;
+
+    assert(conn != NULL && chain != NULL && cb != NULL);
+    memset(&s, 0, sizeof s);
+    /* Across every partition: a merge of each one's (chain, seq) index. */
+    s.declare_sql = DECLARE_STREAM "SELECT " AUDIT_COLUMNS " FROM audit_log WHERE chain = $1 AND "
+                                   "ts_us >= $2 AND ts_us < $3 ORDER BY seq, id";
+    p_text(&s.p, chain);
+    p_int8(&s.p, from_us != 0 ? from_us : INT64_MIN);
+    p_int8(&s.p, to_us != 0 ? to_us : INT64_MAX);
+    s.types[0] = OID_TEXT;
+    s.types[1] = OID_INT8;
+    s.types[2] = OID_INT8;
+    s.fn = stream_audit_row;
+    s.arg = &rows;
+    return read_with_retry(conn, do_stream, &s);
+}
+
+static phg_status pg_audit_partition_rows(void *conn, int year, int month, phg_audit_row_cb cb,
+                                          void *arg)
+{
+    audit_rows_args rows = {cb, arg};
+    stream_args s;
+    int64_t start_us, end_us;
+    char month_s[8], table[18];
+
+    assert(conn != NULL && cb != NULL);
+    if (!month_valid(year, month))
+        return PHG_ERR_INVALID;
+    month_bounds_us(year, month, &start_us, &end_us);
+    month_names(year, month, month_s, table);
+    memset(&s, 0, sizeof s);
+    /* Through the parent with the month's bounds: the planner prunes to the
+     * one partition, and no SQL is formatted for a read. */
+    s.declare_sql = DECLARE_STREAM "SELECT " AUDIT_COLUMNS " FROM audit_log WHERE ts_us >= $1 "
+                                   "AND ts_us < $2 ORDER BY ts_us, id";
+    p_int8(&s.p, start_us);
+    p_int8(&s.p, end_us);
+    s.types[0] = OID_INT8;
+    s.types[1] = OID_INT8;
+    s.fn = stream_audit_row;
+    s.arg = &rows;
+    s.month_text = month_s;
+    return read_with_retry(conn, do_stream, &s);
+}
+
+typedef struct checkpoint_rows_args {
+    phg_audit_checkpoint_cb cb;
+    void *arg;
+    int with_mac; /* audit_checkpoints: 5 columns; audit_chains: 3 */
+} checkpoint_rows_args;
+
+static phg_status stream_checkpoint_row(void *arg, const PGresult *res, int i)
+{
+    checkpoint_rows_args *a = arg;
+    phg_audit_checkpoint cp;
+    phg_status rc = PHG_OK;
+
+    memset(&cp, 0, sizeof cp);
+    if (PQnfields(res) != (a->with_mac ? 5 : 3))
+        return PHG_ERR_SCHEMA;
+    TRY(get_text(res, i, 0, cp.chain, sizeof cp.chain));
+    TRY(get_int8(res, i, 1, &cp.seq));
+    TRY(get_text(res, i, 2, cp.hash, sizeof cp.hash));
+    if (a->with_mac) {
+        TRY(get_int8(res, i, 3, &cp.ts_us));
+        TRY(get_text(res, i, 4, cp.mac, sizeof cp.mac));
+    }
+    rc = a->cb(a->arg, &cp);
+out:
+    return rc;
+}
+
+static phg_status pg_audit_chains(void *conn, phg_audit_checkpoint_cb cb, void *arg)
+{
+    checkpoint_rows_args rows = {cb, arg, 0};
+    stream_args s;
+
+    assert(conn != NULL && cb != NULL);
+    memset(&s, 0, sizeof s);
+    s.declare_sql = DECLARE_STREAM "SELECT chain, seq, hash FROM audit_chains ORDER BY chain";
+    s.fn = stream_checkpoint_row;
+    s.arg = &rows;
+    return read_with_retry(conn, do_stream, &s);
+}
+
+static phg_status pg_audit_checkpoints(void *conn, const char *chain, phg_audit_checkpoint_cb cb,
+                                       void *arg)
+{
+    checkpoint_rows_args rows = {cb, arg, 1};
+    stream_args s;
+
+    assert(conn != NULL && chain != NULL && cb != NULL);
+    memset(&s, 0, sizeof s);
+    s.declare_sql = DECLARE_STREAM "SELECT chain, seq, hash, ts_us, mac FROM audit_checkpoints "
+                                   "WHERE chain = $1 ORDER BY seq";
+    p_text(&s.p, chain);
+    s.types[0] = OID_TEXT;
+    s.fn = stream_checkpoint_row;
+    s.arg = &rows;
+    return read_with_retry(conn, do_stream, &s);
+}
+
+/* ---- audit log: query --------------------------------------------------------------- */
+
+/* One fixed text for every combination of filters: an absent filter is a
+ * NULL parameter and its test folds to true. Run unnamed (PQexecParams), it
+ * is planned for the values at hand each time, so the folded query uses the
+ * index that fits and prunes partitions outside [from, to). */
+#define AUDIT_QUERY_SQL                                                                            \
+    "SELECT " AUDIT_COLUMNS " FROM audit_log WHERE ts_us >= $1 AND ts_us < $2 "                    \
+    "AND ($3::text IS NULL OR user_id = $3) AND ($4::text IS NULL OR key_id = $4) "                \
+    "AND ($5::text IS NULL OR action = $5) AND ($6::text IS NULL OR outcome = $6) "                \
+    "AND ($7::text IS NULL OR request_id = $7) AND ($8::text IS NULL OR subject = $8) "            \
+    "AND ($9::text IS NULL OR id < $9) "                                                           \
+    "ORDER BY id DESC LIMIT $10"
+
+typedef struct query_args {
+    const phg_audit_store_filter *f;
+    phg_audit_store_row **rows;
+    size_t *n;
+} query_args;
+
+static void free_audit_rows(phg_audit_store_row *rows, size_t n)
+{
+    size_t i;
+    if (rows == NULL)
+        return;
+    for (i = 0; i < n; i++)
+        free(rows[i].json);
+    free(rows);
+}
+
+static void p_text_or_null(params *p, const char *s)
+{
+    if (s != NULL)
+        p_text(p, s);
+    else
+        p_null(p);
+}
+
+static phg_status do_audit_query(pg_conn *c, void *arg)
+{
+    static const Oid types[10] = {OID_INT8, OID_INT8, OID_TEXT, OID_TEXT, OID_TEXT,
+                                  OID_TEXT, OID_TEXT, OID_TEXT, OID_TEXT, OID_INT8};
+    query_args *a = arg;
+    const phg_audit_store_filter *f = a->f;
+    phg_status rc = PHG_OK;
+    PGresult *res = NULL;
+    phg_audit_store_row *rows = NULL;
+    size_t done = 0;
+    char *copy;
+    params p;
+    int count, i;
+
+    memset(&p, 0, sizeof p);
+    p_int8(&p, f->from_us != 0 ? f->from_us : INT64_MIN);
+    p_int8(&p, f->to_us != 0 ? f->to_us : INT64_MAX);
+    p_text_or_null(&p, f->user_id);
+    p_text_or_null(&p, f->key_id);
+    p_text_or_null(&p, f->action);
+    p_text_or_null(&p, f->outcome);
+    p_text_or_null(&p, f->request_id);
+    p_text_or_null(&p, f->subject);
+    p_text_or_null(&p, f->before_id);
+    p_int8(&p, (int64_t)f->limit);
+    res = PQexecParams(c->pg, AUDIT_QUERY_SQL, p.n, types, p.values, p.lengths, p.formats, 1);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = classify(c, res);
+        goto out;
+    }
+    count = PQntuples(res);
+    if (count <= 0)
+        goto out;
+    if ((size_t)count > f->limit) {
+        rc = PHG_ERR_INTERNAL;
+        goto out;
+    }
+    rows = calloc((size_t)count, sizeof *rows);
+    if (rows == NULL) {
+        rc = PHG_ERR_NOMEM;
+        goto out;
+    }
+    for (i = 0; i < count; i++) {
+        phg_audit_store_row *r = &rows[done];
+        size_t len;
+        TRY(row_to_audit(res, i, r));
+        len = (size_t)PQgetlength(res, i, 11);
+        copy = malloc(len + 1);
+        if (copy == NULL) {
+            r->json = NULL; /* it pointed into res */
+            rc = PHG_ERR_NOMEM;
+            goto out;
+        }
+        memcpy(copy, r->json, len + 1);
+        r->json = copy;
+        done++;
+    }
+    *a->rows = rows;
+    *a->n = done;
+    rows = NULL;
+out:
+    free_audit_rows(rows, done); /* a failed row (rows[done]) holds no copy */
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_audit_query(void *conn, const phg_audit_store_filter *f,
+                                 phg_audit_store_row **rows, size_t *n)
+{
+    query_args a = {f, rows, n};
+    assert(conn != NULL && f != NULL && rows != NULL && n != NULL);
+    *rows = NULL;
+    *n = 0;
+    if (f->limit == 0 || f->limit > AUDIT_QUERY_ROWS_MAX)
+        return PHG_ERR_INVALID;
+    return read_with_retry(conn, do_audit_query, &a);
+}
+
 const phg_store_engine phg_store_engine_postgres = {
     .name = "postgres",
     .connect = pg_connect,
@@ -1276,4 +2394,16 @@ const phg_store_engine phg_store_engine_postgres = {
     .key_touch = pg_key_touch,
     .change_counter = pg_change_counter,
     .keys_since = pg_keys_since,
+    .audit_ensure_partition = pg_audit_ensure_partition,
+    .audit_append = pg_audit_append,
+    .audit_checkpoint_insert = pg_audit_checkpoint_insert,
+    .audit_chain_head = pg_audit_chain_head,
+    .audit_chains = pg_audit_chains,
+    .audit_walk = pg_audit_walk,
+    .audit_checkpoints = pg_audit_checkpoints,
+    .audit_query = pg_audit_query,
+    .audit_partitions = pg_audit_partitions,
+    .audit_partition_rows = pg_audit_partition_rows,
+    .audit_mark_archived = pg_audit_mark_archived,
+    .audit_drop_partition = pg_audit_drop_partition,
 };

@@ -4,7 +4,8 @@
  * audit log, foreign keys on, a busy timeout, defensive mode. Statements are
  * prepared once per connection, lazily, and always reused with bound
  * parameters; the only SQL text run as such is the trusted migration SQL
- * embedded in the binary.
+ * embedded in the binary and the DDL of the audit log's month tables, whose
+ * names are formatted from validated integers in one place (month_table()).
  *
  * It does not own the URL, the pool, the migration order or the public API
  * (store.c does), and needs no locks: a connection is used by one thread at a
@@ -76,6 +77,18 @@ enum stmt_id {
     ST_KEY_MARK_ROTATED,
     ST_KEY_TOUCH,
     ST_KEYS_SINCE,
+    ST_BEGIN_READ,
+    ST_AUDIT_PART_STATE,
+    ST_AUDIT_PART_REGISTER,
+    ST_AUDIT_PART_ARCHIVE,
+    ST_AUDIT_PART_DROP,
+    ST_AUDIT_PARTS,
+    ST_AUDIT_PARTS_LIVE,
+    ST_AUDIT_CHAIN_SET,
+    ST_AUDIT_CHAIN_GET,
+    ST_AUDIT_CHAINS,
+    ST_AUDIT_CP_INSERT,
+    ST_AUDIT_CPS,
     ST_COUNT
 };
 
@@ -107,11 +120,55 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_KEY_TOUCH] = "UPDATE api_keys SET last_used_at = MAX(last_used_at, ?1) WHERE id = ?2",
     [ST_KEYS_SINCE] =
         "SELECT " KEY_COLUMNS " FROM api_keys WHERE version > ?1 ORDER BY version, id",
+    /* Deferred: the first read takes the snapshot that every later read of
+     * the transaction sees (audit walks and queries that span months). */
+    [ST_BEGIN_READ] = "BEGIN",
+    [ST_AUDIT_PART_STATE] =
+        "SELECT archived_at, dropped_at FROM audit_partitions WHERE month = ?1",
+    [ST_AUDIT_PART_REGISTER] =
+        "INSERT OR IGNORE INTO audit_partitions (month, created_at) VALUES (?1, ?2)",
+    [ST_AUDIT_PART_ARCHIVE] =
+        "UPDATE audit_partitions SET archived_at = ?1, archive_sha256 = ?2 WHERE month = ?3",
+    [ST_AUDIT_PART_DROP] = "UPDATE audit_partitions SET dropped_at = ?1 WHERE month = ?2",
+    [ST_AUDIT_PARTS] = "SELECT month, created_at, archived_at, dropped_at, archive_sha256 "
+                       "FROM audit_partitions ORDER BY month",
+    [ST_AUDIT_PARTS_LIVE] =
+        "SELECT month FROM audit_partitions WHERE dropped_at = 0 ORDER BY month",
+    [ST_AUDIT_CHAIN_SET] =
+        "INSERT OR REPLACE INTO audit_chains (chain, seq, hash) VALUES (?1, ?2, ?3)",
+    [ST_AUDIT_CHAIN_GET] = "SELECT seq, hash FROM audit_chains WHERE chain = ?1",
+    [ST_AUDIT_CHAINS] = "SELECT chain, seq, hash FROM audit_chains ORDER BY chain",
+    [ST_AUDIT_CP_INSERT] = "INSERT INTO audit_checkpoints (chain, seq, hash, ts_us, mac) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_AUDIT_CPS] = "SELECT chain, seq, hash, ts_us, mac FROM audit_checkpoints "
+                     "WHERE chain = ?1 ORDER BY seq",
 };
+
+/*
+ * The audit log's month tables cannot share statements (the table is part of
+ * the SQL), so each connection keeps the statements of the few months it
+ * uses in a small cache, least recently used out. A writer touches one or
+ * two months; a walk over years prepares as it goes.
+ */
+#define MONTH_CACHE_MAX 8
+
+typedef struct month_stmts {
+    int ym;         /* year * 12 + month - 1; 0: a free slot */
+    char table[16]; /* "audit_YYYY_MM" */
+    int ensured;    /* this connection created or saw the table */
+    uint64_t last_use;
+    sqlite3_stmt *insert;
+    sqlite3_stmt *walk;
+    sqlite3_stmt *rows;
+    sqlite3_stmt *query; /* prepared for the filter set query_mask */
+    unsigned query_mask;
+} month_stmts;
 
 typedef struct sqlite_conn {
     sqlite3 *db;
     sqlite3_stmt *stmt[ST_COUNT]; /* NULL until first used */
+    month_stmts months[MONTH_CACHE_MAX];
+    uint64_t month_clock; /* for least recently used */
 } sqlite_conn;
 
 /* ---- errors ----------------------------------------------------------------- */
@@ -573,6 +630,16 @@ out:
     return rc;
 }
 
+/* Finalize a cached month's statements and free its slot. */
+static void month_evict(month_stmts *m)
+{
+    sqlite3_finalize(m->insert);
+    sqlite3_finalize(m->walk);
+    sqlite3_finalize(m->rows);
+    sqlite3_finalize(m->query);
+    memset(m, 0, sizeof *m);
+}
+
 /* ---- connect / disconnect ----------------------------------------------------- */
 
 static void sqlite_disconnect(void *conn)
@@ -584,6 +651,8 @@ static void sqlite_disconnect(void *conn)
         return;
     for (i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(c->stmt[i]);
+    for (i = 0; i < MONTH_CACHE_MAX; i++)
+        month_evict(&c->months[i]);
     if (c->db != NULL)
         txn_abort(c);
     sqlite3_close_v2(c->db);
@@ -1213,6 +1282,1163 @@ out:
     return rc;
 }
 
+/* ---- audit log ------------------------------------------------------------------ */
+
+/* Every month table has these columns in this order; audit_row_read() and
+ * audit_bind_row() depend on it. */
+#define AUDIT_COLUMNS                                                                            \
+    "id, ts_us, chain, seq, hash, request_id, key_id, user_id, action, outcome, subject, record"
+
+enum audit_col {
+    ACOL_ID,
+    ACOL_TS,
+    ACOL_CHAIN,
+    ACOL_SEQ,
+    ACOL_HASH,
+    ACOL_REQUEST_ID,
+    ACOL_KEY_ID,
+    ACOL_USER_ID,
+    ACOL_ACTION,
+    ACOL_OUTCOME,
+    ACOL_SUBJECT,
+    ACOL_RECORD,
+};
+
+/* A record's canonical JSON holds at most 64 KiB of details plus a few
+ * escaped fields; anything this large was not written by phigate. */
+#define AUDIT_JSON_MAX (1u << 20)
+/* Twelve months a year for the whole range of valid years: a longer list is
+ * not a table phigate wrote. */
+#define AUDIT_PARTITIONS_MAX ((9999 - 1970 + 1) * 12)
+#define AUDIT_SQL_MAX 1024
+
+/* The filters of a query, one bit each; bit i binds parameter ?(i + 1) and
+ * the limit is always ?10, so every variant binds the same way. */
+enum audit_filter_bit {
+    AF_FROM,
+    AF_TO,
+    AF_USER_ID,
+    AF_KEY_ID,
+    AF_ACTION,
+    AF_OUTCOME,
+    AF_REQUEST_ID,
+    AF_SUBJECT,
+    AF_BEFORE_ID,
+    AF_COUNT
+};
+
+static const char *const audit_filter_sql[AF_COUNT] = {
+    [AF_FROM] = " AND ts_us >= ?1",
+    [AF_TO] = " AND ts_us < ?2",
+    [AF_USER_ID] = " AND user_id = ?3",
+    [AF_KEY_ID] = " AND key_id = ?4",
+    [AF_ACTION] = " AND action = ?5",
+    [AF_OUTCOME] = " AND outcome = ?6",
+    [AF_REQUEST_ID] = " AND request_id = ?7",
+    [AF_SUBJECT] = " AND subject = ?8",
+    [AF_BEFORE_ID] = " AND id < ?9",
+};
+#define AUDIT_LIMIT_PARAM 10
+
+static int month_valid(int year, int month)
+{
+    return year >= 1970 && year <= 9999 && month >= 1 && month <= 12;
+}
+
+/*
+ * The one place a month table's name is formatted: from integers checked
+ * here, so the name is always "audit_" 4 digits "_" 2 digits, and can be put
+ * in SQL text.
+ */
+static phg_status month_table(int year, int month, char table[16])
+{
+    int n;
+
+    if (!month_valid(year, month))
+        return PHG_ERR_INVALID;
+    n = snprintf(table, 16, "audit_%04d_%02d", year, month);
+    return n == 13 ? PHG_OK : PHG_ERR_INTERNAL;
+}
+
+/* "YYYY-MM", the key of audit_partitions. */
+static void month_text(int year, int month, char text[8])
+{
+    assert(month_valid(year, month));
+    snprintf(text, 8, "%04d-%02d", year, month);
+}
+
+/* "YYYY-MM" as read back from audit_partitions; 0 if it is not one. */
+static int month_parse(const char *text, int *year, int *month)
+{
+    int i;
+
+    if (strlen(text) != 7 || text[4] != '-')
+        return 0;
+    for (i = 0; i < 7; i++)
+        if (i != 4 && (text[i] < '0' || text[i] > '9'))
+            return 0;
+    *year = (text[0] - '0') * 1000 + (text[1] - '0') * 100 + (text[2] - '0') * 10 + (text[3] - '0');
+    *month = (text[5] - '0') * 10 + (text[6] - '0');
+    return month_valid(*year, *month);
+}
+
+/* Days from 1970-01-01 to the first of (year, month), proleptic Gregorian
+ * (H. Hinnant's days_from_civil), so no time zone is involved. */
+static int64_t month_start_days(int year, int month)
+{
+    int64_t y = year - (month <= 2);
+    int64_t era = y / 400; /* year >= 1970: no negative division */
+    int64_t yoe = y - era * 400;
+    int64_t mp = (month + 9) % 12;
+    int64_t doy = (153 * mp + 2) / 5;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+
+    return era * 146097 + doe - 719468;
+}
+
+/* [start, end) of a month in Unix microseconds. */
+static void month_range_us(int year, int month, int64_t *start, int64_t *end)
+{
+    *start = month_start_days(year, month) * 86400 * 1000000;
+    *end = month == 12 ? month_start_days(year + 1, 1) : month_start_days(year, month + 1);
+    *end *= (int64_t)86400 * 1000000;
+}
+
+/* The (year, month) of a record's ts, in UTC. PHG_ERR_INVALID before 1970 or
+ * after 9999. */
+static phg_status month_of_us(int64_t ts_us, int *year, int *month)
+{
+    time_t t;
+    struct tm tm;
+
+    if (ts_us < 0)
+        return PHG_ERR_INVALID;
+    t = (time_t)(ts_us / 1000000);
+    if (gmtime_r(&t, &tm) == NULL)
+        return PHG_ERR_INVALID;
+    *year = tm.tm_year + 1900;
+    *month = tm.tm_mon + 1;
+    return month_valid(*year, *month) ? PHG_OK : PHG_ERR_INVALID;
+}
+
+/* The cache slot of a month, taking the least recently used one if it is
+ * not cached. Never fails: statements are prepared when first used. */
+static phg_status month_get(sqlite_conn *c, int year, int month, month_stmts **out)
+{
+    int ym = year * 12 + month - 1;
+    month_stmts *victim = &c->months[0];
+    phg_status rc;
+    size_t i;
+
+    for (i = 0; i < MONTH_CACHE_MAX; i++) {
+        if (c->months[i].ym == ym) {
+            c->months[i].last_use = ++c->month_clock;
+            *out = &c->months[i];
+            return PHG_OK;
+        }
+        if (c->months[i].last_use < victim->last_use)
+            victim = &c->months[i];
+    }
+    month_evict(victim);
+    rc = month_table(year, month, victim->table);
+    if (rc != PHG_OK) {
+        victim->table[0] = '\0';
+        return rc;
+    }
+    victim->ym = ym;
+    victim->last_use = ++c->month_clock;
+    *out = victim;
+    return PHG_OK;
+}
+
+/* The cached slot of a month, or NULL. */
+static month_stmts *month_find(sqlite_conn *c, int year, int month)
+{
+    int ym = year * 12 + month - 1;
+    size_t i;
+
+    for (i = 0; i < MONTH_CACHE_MAX; i++)
+        if (c->months[i].ym == ym)
+            return &c->months[i];
+    return NULL;
+}
+
+/* Prepare SQL text on a month's table into *slot, unless it is there
+ * already. */
+static phg_status month_prepare(sqlite_conn *c, const char *sql, sqlite3_stmt **slot)
+{
+    int src;
+
+    if (*slot != NULL)
+        return PHG_OK;
+    src = sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, slot, NULL);
+    if (src != SQLITE_OK) {
+        *slot = NULL;
+        /* A registered month whose table is missing: not what we wrote. */
+        return (src & 0xff) == SQLITE_ERROR ? PHG_ERR_SCHEMA : map_rc(src);
+    }
+    return PHG_OK;
+}
+
+/*
+ * SQL text for a month table: the fixed template with every "{t}" replaced
+ * by the name month_table() made. Plain copying, not a format string: the
+ * name is the only thing that is not fixed text.
+ */
+static phg_status month_sql(char *buf, size_t cap, const char *tmpl, const char *table)
+{
+    size_t len = 0, tlen = strlen(table);
+
+    while (*tmpl != '\0') {
+        if (strncmp(tmpl, "{t}", 3) == 0) {
+            if (cap - len <= tlen)
+                return PHG_ERR_INTERNAL;
+            memcpy(buf + len, table, tlen);
+            len += tlen;
+            tmpl += 3;
+            continue;
+        }
+        if (cap - len <= 1)
+            return PHG_ERR_INTERNAL;
+        buf[len++] = *tmpl++;
+    }
+    buf[len] = '\0';
+    return PHG_OK;
+}
+
+/* A cached statement of a month (insert, walk, rows), prepared on first use. */
+static phg_status month_stmt(sqlite_conn *c, const month_stmts *m, const char *tmpl,
+                             sqlite3_stmt **slot)
+{
+    char sql[AUDIT_SQL_MAX];
+    phg_status rc;
+
+    if (*slot != NULL)
+        return PHG_OK;
+    rc = month_sql(sql, sizeof sql, tmpl, m->table);
+    if (rc != PHG_OK)
+        return rc;
+    return month_prepare(c, sql, slot);
+}
+
+/* Templates: "{t}" is the month's table; every value is a bound parameter. */
+#define SQL_AUDIT_INSERT                                                                         \
+    "INSERT INTO {t} (" AUDIT_COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "    \
+    "?11, ?12)"
+#define SQL_AUDIT_WALK                                                                           \
+    "SELECT " AUDIT_COLUMNS " FROM {t} WHERE chain = ?1 AND ts_us >= ?2 AND ts_us < ?3 "      \
+    "ORDER BY seq, id"
+#define SQL_AUDIT_ROWS "SELECT " AUDIT_COLUMNS " FROM {t} ORDER BY ts_us, id"
+#define SQL_AUDIT_CREATE                                                                         \
+    "CREATE TABLE IF NOT EXISTS {t} ("                                                        \
+    "id TEXT PRIMARY KEY, ts_us INTEGER NOT NULL, chain TEXT NOT NULL, "                       \
+    "seq INTEGER NOT NULL, hash TEXT NOT NULL, request_id TEXT NOT NULL, "                     \
+    "key_id TEXT NOT NULL, user_id TEXT NOT NULL, action TEXT NOT NULL, "                      \
+    "outcome TEXT NOT NULL, subject TEXT NOT NULL, record TEXT NOT NULL);"                     \
+    "CREATE INDEX IF NOT EXISTS {t}_chain ON {t} (chain, seq);"                              \
+    "CREATE INDEX IF NOT EXISTS {t}_ts ON {t} (ts_us, id);"                                  \
+    "CREATE INDEX IF NOT EXISTS {t}_user ON {t} (user_id, ts_us);"                           \
+    "CREATE INDEX IF NOT EXISTS {t}_subject ON {t} (subject, ts_us);"                        \
+    "CREATE INDEX IF NOT EXISTS {t}_request ON {t} (request_id)"
+#define SQL_AUDIT_DROP "DROP TABLE {t}"
+
+/* A caller's string as a parameter, at most max bytes (else INVALID). */
+static phg_status bind_text_max(sqlite3_stmt *st, int param, const char *text, size_t max)
+{
+    size_t n = strnlen(text, max + 1);
+
+    if (n > max)
+        return PHG_ERR_INVALID;
+    return map_rc(sqlite3_bind_text(st, param, text, (int)n, SQLITE_STATIC));
+}
+
+/* archived_at and dropped_at of a month; NOT_FOUND if it is not registered. */
+static phg_status partition_state(sqlite_conn *c, const char month[8], int64_t *archived_at,
+                                  int64_t *dropped_at)
+{
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+    int src;
+
+    rc = stmt_get(c, ST_AUDIT_PART_STATE, &st);
+    if (rc != PHG_OK)
+        goto out;
+    rc = map_rc(sqlite3_bind_text(st, 1, month, 7, SQLITE_STATIC));
+    if (rc != PHG_OK)
+        goto out;
+    src = sqlite3_step(st);
+    if (src != SQLITE_ROW) {
+        rc = src == SQLITE_DONE ? PHG_ERR_NOT_FOUND : map_rc(src);
+        goto out;
+    }
+    rc = column_int64(st, 0, archived_at);
+    if (rc == PHG_OK)
+        rc = column_int64(st, 1, dropped_at);
+out:
+    stmt_done(st);
+    return rc;
+}
+
+/*
+ * Inside the caller's write transaction: create and register the month's
+ * table. A month that was dropped stays dropped (PHG_ERR_STATE): recreating
+ * it would let records appear in a month the archive says is complete.
+ */
+static phg_status partition_create(sqlite_conn *c, month_stmts *m, int year, int month)
+{
+    char text[8], sql[AUDIT_SQL_MAX];
+    int64_t archived_at = 0, dropped_at = 0;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+
+    month_text(year, month, text);
+    rc = partition_state(c, text, &archived_at, &dropped_at);
+    if (rc == PHG_OK && dropped_at != 0)
+        return PHG_ERR_STATE;
+    if (rc != PHG_OK && rc != PHG_ERR_NOT_FOUND)
+        return rc;
+    rc = month_sql(sql, sizeof sql, SQL_AUDIT_CREATE, m->table);
+    if (rc != PHG_OK)
+        return rc;
+    rc = exec_sql(c, sql, NULL, 0);
+    if (rc != PHG_OK)
+        return rc;
+    rc = stmt_get(c, ST_AUDIT_PART_REGISTER, &st);
+    if (rc != PHG_OK)
+        return rc;
+    rc = map_rc(sqlite3_bind_text(st, 1, text, 7, SQLITE_STATIC));
+    if (rc == PHG_OK)
+        rc = map_rc(sqlite3_bind_int64(st, 2, (sqlite3_int64)time(NULL)));
+    if (rc != PHG_OK) {
+        stmt_done(st);
+        return rc;
+    }
+    return stmt_exec(st);
+}
+
+static phg_status sqlite_audit_ensure_partition(void *conn, int year, int month)
+{
+    sqlite_conn *c = conn;
+    month_stmts *m = NULL;
+    phg_status rc;
+
+    assert(c != NULL);
+    if (!month_valid(year, month))
+        return PHG_ERR_INVALID;
+    rc = month_get(c, year, month, &m);
+    if (rc != PHG_OK)
+        return rc;
+    rc = txn_begin(c);
+    if (rc != PHG_OK)
+        goto out;
+    rc = partition_create(c, m, year, month);
+    if (rc != PHG_OK)
+        goto out;
+    rc = txn_commit(c);
+    if (rc == PHG_OK)
+        m->ensured = 1;
+out:
+    if (rc != PHG_OK)
+        txn_abort(c);
+    return rc;
+}
+
+/* Bind one record to a month's insert. The row outlives the statement's use
+ * (SQLITE_STATIC): no copy. */
+static phg_status audit_bind_row(sqlite3_stmt *st, const phg_audit_store_row *r)
+{
+    phg_status rc;
+
+    rc = bind_field(st, ACOL_ID + 1, r->id, sizeof r->id);
+    if (rc == PHG_OK)
+        rc = map_rc(sqlite3_bind_int64(st, ACOL_TS + 1, r->ts_us));
+    if (rc == PHG_OK)
+        rc = bind_field(st, ACOL_CHAIN + 1, r->chain, sizeof r->chain);
+    if (rc == PHG_OK)
+        rc = map_rc(sqlite3_bind_int64(st, ACOL_SEQ + 1, r->seq));
+    if (rc == PHG_OK)
+        rc = bind_field(st, ACOL_HASH + 1, r->hash, sizeof r->hash);
+    if (rc == PHG_OK)
+        rc = bind_field(st, ACOL_REQUEST_ID + 1, r->request_id, sizeof r->request_id);
+    if (rc == PHG_OK)
+        rc = bind_field(st, ACOL_KEY_ID + 1, r->key_id, sizeof r->key_id);
+    if (rc == PHG_OK)
+        rc = bind_field(st, ACOL_USER_ID + 1, r->user_id, sizeof r->user_id);
+    if (rc == PHG_OK)
+        rc = bind_field(st, ACOL_ACTION + 1, r->action, sizeof r->action);
+    if (rc == PHG_OK)
+        rc = bind_field(st, ACOL_OUTCOME + 1, r->outcome, sizeof r->outcome);
+    if (rc == PHG_OK)
+        rc = bind_field(st, ACOL_SUBJECT + 1, r->subject, sizeof r->subject);
+    if (rc == PHG_OK && r->json == NULL)
+        rc = PHG_ERR_INVALID;
+    if (rc == PHG_OK)
+        rc = bind_text_max(st, ACOL_RECORD + 1, r->json, AUDIT_JSON_MAX);
+    return rc;
+}
+
+/*
+ * The hot path of the audit log: one write transaction and one fsync for the
+ * whole batch, cached statements, SQLITE_STATIC binds, no allocation per
+ * row. Rows of a batch are nearly always of one month; a month is ensured
+ * (created, registered, checked not dropped) the first time this connection
+ * writes to it.
+ */
+static phg_status sqlite_audit_append(void *conn, const phg_audit_store_row *rows, size_t n,
+                                      const char *chain, int64_t head_seq,
+                                      const char *head_hash)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    month_stmts *m = NULL;
+    int year = 0, month = 0, ym = 0;
+    phg_status rc;
+    size_t i;
+
+    assert(c != NULL && (n == 0 || rows != NULL) && chain != NULL && head_hash != NULL);
+    rc = txn_begin(c);
+    if (rc != PHG_OK)
+        goto out;
+    for (i = 0; i < n; i++) {
+        rc = month_of_us(rows[i].ts_us, &year, &month);
+        if (rc != PHG_OK)
+            goto out;
+        if (m == NULL || year * 12 + month - 1 != ym) {
+            rc = month_get(c, year, month, &m);
+            if (rc != PHG_OK)
+                goto out;
+            ym = m->ym;
+            if (!m->ensured) {
+                rc = partition_create(c, m, year, month);
+                if (rc != PHG_OK)
+                    goto out;
+                /* Undone below if the transaction does not commit. */
+                m->ensured = 1;
+            }
+            rc = month_stmt(c, m, SQL_AUDIT_INSERT, &m->insert);
+            if (rc != PHG_OK)
+                goto out;
+        }
+        rc = audit_bind_row(m->insert, &rows[i]);
+        if (rc != PHG_OK) {
+            stmt_done(m->insert);
+            goto out;
+        }
+        rc = stmt_exec(m->insert);
+        if (rc != PHG_OK)
+            goto out;
+    }
+    rc = stmt_get(c, ST_AUDIT_CHAIN_SET, &st);
+    if (rc != PHG_OK)
+        goto out;
+    rc = bind_text_max(st, 1, chain, 64);
+    if (rc == PHG_OK)
+        rc = map_rc(sqlite3_bind_int64(st, 2, head_seq));
+    if (rc == PHG_OK)
+        rc = bind_text_max(st, 3, head_hash, 64);
+    if (rc != PHG_OK) {
+        stmt_done(st);
+        goto out;
+    }
+    rc = stmt_exec(st);
+    if (rc != PHG_OK)
+        goto out;
+    rc = txn_commit(c);
+out:
+    if (rc != PHG_OK) {
+        txn_abort(c);
+        /* A table created in the rolled back transaction is gone, and one
+         * dropped by another process must be found dropped: check again. */
+        for (i = 0; i < MONTH_CACHE_MAX; i++)
+            c->months[i].ensured = 0;
+    }
+    return rc;
+}
+
+/* The current row of a month statement into *row, json malloc'd. */
+static phg_status audit_row_read(sqlite3_stmt *st, phg_audit_store_row *row)
+{
+    const unsigned char *p;
+    size_t n;
+    phg_status rc;
+
+    memset(row, 0, sizeof *row);
+    rc = column_text(st, ACOL_ID, row->id, sizeof row->id);
+    if (rc == PHG_OK)
+        rc = column_int64(st, ACOL_TS, &row->ts_us);
+    if (rc == PHG_OK)
+        rc = column_text(st, ACOL_CHAIN, row->chain, sizeof row->chain);
+    if (rc == PHG_OK)
+        rc = column_int64(st, ACOL_SEQ, &row->seq);
+    if (rc == PHG_OK)
+        rc = column_text(st, ACOL_HASH, row->hash, sizeof row->hash);
+    if (rc == PHG_OK)
+        rc = column_text(st, ACOL_REQUEST_ID, row->request_id, sizeof row->request_id);
+    if (rc == PHG_OK)
+        rc = column_text(st, ACOL_KEY_ID, row->key_id, sizeof row->key_id);
+    if (rc == PHG_OK)
+        rc = column_text(st, ACOL_USER_ID, row->user_id, sizeof row->user_id);
+    if (rc == PHG_OK)
+        rc = column_text(st, ACOL_ACTION, row->action, sizeof row->action);
+    if (rc == PHG_OK)
+        rc = column_text(st, ACOL_OUTCOME, row->outcome, sizeof row->outcome);
+    if (rc == PHG_OK)
+        rc = column_text(st, ACOL_SUBJECT, row->subject, sizeof row->subject);
+    if (rc != PHG_OK)
+        return rc;
+    if (sqlite3_column_type(st, ACOL_RECORD) != SQLITE_TEXT)
+        return PHG_ERR_SCHEMA;
+    p = sqlite3_column_text(st, ACOL_RECORD);
+    if (p == NULL)
+        return PHG_ERR_NOMEM;
+    n = (size_t)sqlite3_column_bytes(st, ACOL_RECORD);
+    if (n > AUDIT_JSON_MAX || memchr(p, '\0', n) != NULL)
+        return PHG_ERR_SCHEMA;
+    row->json = malloc(n + 1);
+    if (row->json == NULL)
+        return PHG_ERR_NOMEM;
+    memcpy(row->json, p, n);
+    row->json[n] = '\0';
+    return PHG_OK;
+}
+
+/* Step a month statement whose parameters are bound, calling cb per row
+ * (json freed after each call). Resets the statement. */
+static phg_status audit_rows_each(sqlite3_stmt *st, phg_audit_row_cb cb, void *arg)
+{
+    phg_audit_store_row row;
+    phg_status rc;
+    int src;
+
+    for (;;) {
+        src = sqlite3_step(st);
+        if (src != SQLITE_ROW)
+            break;
+        rc = audit_row_read(st, &row);
+        if (rc == PHG_OK)
+            rc = cb(arg, &row);
+        free(row.json);
+        if (rc != PHG_OK)
+            goto out;
+    }
+    rc = src == SQLITE_DONE ? PHG_OK : map_rc(src);
+out:
+    stmt_done(st);
+    return rc;
+}
+
+/*
+ * The registered, not dropped months whose range meets [from_us, to_us)
+ * (0: open), oldest first, as year * 12 + month - 1 in a malloc'd array.
+ * Runs inside the caller's read transaction.
+ */
+static phg_status live_months(sqlite_conn *c, int64_t from_us, int64_t to_us, int **out,
+                              size_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    int *yms = NULL, *grown;
+    size_t count = 0, cap = 0;
+    char text[8];
+    int year, month, src;
+    int64_t start, end;
+    phg_status rc;
+
+    rc = stmt_get(c, ST_AUDIT_PARTS_LIVE, &st);
+    if (rc != PHG_OK)
+        goto out;
+    for (;;) {
+        src = sqlite3_step(st);
+        if (src != SQLITE_ROW)
+            break;
+        rc = column_text(st, 0, text, sizeof text);
+        if (rc != PHG_OK)
+            goto out;
+        if (!month_parse(text, &year, &month)) {
+            rc = PHG_ERR_SCHEMA;
+            goto out;
+        }
+        month_range_us(year, month, &start, &end);
+        if ((to_us != 0 && start >= to_us) || (from_us != 0 && end <= from_us))
+            continue;
+        if (count == AUDIT_PARTITIONS_MAX) {
+            rc = PHG_ERR_SCHEMA;
+            goto out;
+        }
+        if (count == cap) {
+            cap = cap == 0 ? 16 : cap * 2;
+            grown = realloc(yms, cap * sizeof *yms);
+            if (grown == NULL) {
+                rc = PHG_ERR_NOMEM;
+                goto out;
+            }
+            yms = grown;
+        }
+        yms[count++] = year * 12 + month - 1;
+    }
+    if (src != SQLITE_DONE) {
+        rc = map_rc(src);
+        goto out;
+    }
+    *out = yms;
+    *n = count;
+    yms = NULL;
+    rc = PHG_OK;
+out:
+    free(yms);
+    stmt_done(st);
+    return rc;
+}
+
+/* BEGIN (deferred) and the end of a read transaction; the walk and the query
+ * read the partition list and several months from one snapshot, so an
+ * append that commits meanwhile is seen whole or not at all. */
+static phg_status read_begin(sqlite_conn *c)
+{
+    sqlite3_stmt *st = NULL;
+    phg_status rc = stmt_get(c, ST_BEGIN_READ, &st);
+
+    if (rc != PHG_OK)
+        return rc;
+    return stmt_exec(st);
+}
+
+/*
+ * cb runs while the read transaction is open: it must not use this
+ * connection. row->json is malloc'd for the call and freed after it.
+ */
+static phg_status sqlite_audit_walk(void *conn, const char *chain, int64_t from_us,
+                                    int64_t to_us, phg_audit_row_cb cb, void *arg)
+{
+    sqlite_conn *c = conn;
+    month_stmts *m = NULL;
+    int *yms = NULL;
+    size_t i, n = 0;
+    phg_status rc;
+
+    assert(c != NULL && chain != NULL && cb != NULL);
+    rc = read_begin(c);
+    if (rc != PHG_OK)
+        goto out;
+    rc = live_months(c, from_us, to_us, &yms, &n);
+    if (rc != PHG_OK)
+        goto out;
+    for (i = 0; i < n; i++) {
+        rc = month_get(c, yms[i] / 12, yms[i] % 12 + 1, &m);
+        if (rc != PHG_OK)
+            goto out;
+        rc = month_stmt(c, m, SQL_AUDIT_WALK, &m->walk);
+        if (rc != PHG_OK)
+            goto out;
+        rc = bind_text_max(m->walk, 1, chain, 64);
+        if (rc == PHG_OK)
+            rc = map_rc(sqlite3_bind_int64(m->walk, 2, from_us != 0 ? from_us : INT64_MIN));
+        if (rc == PHG_OK)
+            rc = map_rc(sqlite3_bind_int64(m->walk, 3, to_us != 0 ? to_us : INT64_MAX));
+        if (rc != PHG_OK) {
+            stmt_done(m->walk);
+            goto out;
+        }
+        rc = audit_rows_each(m->walk, cb, arg);
+        if (rc != PHG_OK)
+            goto out;
+    }
+    rc = txn_commit(c);
+out:
+    free(yms);
+    if (rc != PHG_OK)
+        txn_abort(c);
+    return rc;
+}
+
+/* The query statement of a month for the filter set `mask`; one variant is
+ * cached per month (a page through results reuses it). */
+static phg_status month_query_stmt(sqlite_conn *c, month_stmts *m, unsigned mask,
+                                   sqlite3_stmt **out)
+{
+    char sql[AUDIT_SQL_MAX];
+    size_t len;
+    int n, i;
+    phg_status rc;
+
+    if (m->query != NULL && m->query_mask == mask) {
+        *out = m->query;
+        return PHG_OK;
+    }
+    sqlite3_finalize(m->query);
+    m->query = NULL;
+    n = snprintf(sql, sizeof sql, "SELECT " AUDIT_COLUMNS " FROM %s WHERE 1 = 1", m->table);
+    if (n < 0 || (size_t)n >= sizeof sql)
+        return PHG_ERR_INTERNAL;
+    len = (size_t)n;
+    for (i = 0; i < AF_COUNT; i++) {
+        if (!(mask & (1u << i)))
+            continue;
+        n = snprintf(sql + len, sizeof sql - len, "%s", audit_filter_sql[i]);
+        if (n < 0 || (size_t)n >= sizeof sql - len)
+            return PHG_ERR_INTERNAL;
+        len += (size_t)n;
+    }
+    n = snprintf(sql + len, sizeof sql - len, " ORDER BY id DESC LIMIT ?%d",
+                 AUDIT_LIMIT_PARAM);
+    if (n < 0 || (size_t)n >= sizeof sql - len)
+        return PHG_ERR_INTERNAL;
+    rc = month_prepare(c, sql, &m->query);
+    if (rc != PHG_OK)
+        return rc;
+    m->query_mask = mask;
+    *out = m->query;
+    return PHG_OK;
+}
+
+static void audit_rows_free(phg_audit_store_row *rows, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        free(rows[i].json);
+    free(rows);
+}
+
+/*
+ * Months newest to oldest, each newest first with LIMIT what is still
+ * wanted: the months split the ts range, so their concatenation is the
+ * global order. Every filter value is a bound parameter; only which fixed
+ * clauses appear depends on the filter.
+ */
+static phg_status sqlite_audit_query(void *conn, const phg_audit_store_filter *f,
+                                     phg_audit_store_row **rows_out, size_t *n_out)
+{
+    sqlite_conn *c = conn;
+    const char *texts[AF_COUNT] = {0};
+    phg_audit_store_row *rows = NULL;
+    sqlite3_stmt *st = NULL;
+    month_stmts *m = NULL;
+    unsigned mask = 0;
+    int *yms = NULL;
+    size_t months = 0, count = 0, i;
+    int k, src;
+    phg_status rc;
+
+    assert(c != NULL && f != NULL && rows_out != NULL && n_out != NULL);
+    assert(f->limit >= 1 && f->limit <= 1000);
+    *rows_out = NULL;
+    *n_out = 0;
+    texts[AF_USER_ID] = f->user_id;
+    texts[AF_KEY_ID] = f->key_id;
+    texts[AF_ACTION] = f->action;
+    texts[AF_OUTCOME] = f->outcome;
+    texts[AF_REQUEST_ID] = f->request_id;
+    texts[AF_SUBJECT] = f->subject;
+    texts[AF_BEFORE_ID] = f->before_id;
+    if (f->from_us != 0)
+        mask |= 1u << AF_FROM;
+    if (f->to_us != 0)
+        mask |= 1u << AF_TO;
+    for (k = AF_USER_ID; k < AF_COUNT; k++)
+        if (texts[k] != NULL)
+            mask |= 1u << k;
+    rows = malloc(f->limit * sizeof *rows);
+    if (rows == NULL) {
+        rc = PHG_ERR_NOMEM;
+        goto out;
+    }
+    rc = read_begin(c);
+    if (rc != PHG_OK)
+        goto out;
+    rc = live_months(c, f->from_us, f->to_us, &yms, &months);
+    if (rc != PHG_OK)
+        goto out;
+    for (i = months; i-- > 0 && count < f->limit;) {
+        rc = month_get(c, yms[i] / 12, yms[i] % 12 + 1, &m);
+        if (rc != PHG_OK)
+            goto out;
+        rc = month_query_stmt(c, m, mask, &st);
+        if (rc != PHG_OK)
+            goto out;
+        if (mask & (1u << AF_FROM))
+            rc = map_rc(sqlite3_bind_int64(st, AF_FROM + 1, f->from_us));
+        if (rc == PHG_OK && (mask & (1u << AF_TO)))
+            rc = map_rc(sqlite3_bind_int64(st, AF_TO + 1, f->to_us));
+        for (k = AF_USER_ID; k < AF_COUNT && rc == PHG_OK; k++)
+            if (texts[k] != NULL)
+                rc = map_rc(sqlite3_bind_text(st, k + 1, texts[k], -1, SQLITE_STATIC));
+        if (rc == PHG_OK)
+            rc = map_rc(sqlite3_bind_int64(st, AUDIT_LIMIT_PARAM,
+                                           (sqlite3_int64)(f->limit - count)));
+        if (rc != PHG_OK) {
+            stmt_done(st);
+            goto out;
+        }
+        for (;;) {
+            src = sqlite3_step(st);
+            if (src != SQLITE_ROW)
+                break;
+            if (count == f->limit) { /* LIMIT holds: cannot happen */
+                rc = PHG_ERR_INTERNAL;
+                stmt_done(st);
+                goto out;
+            }
+            rc = audit_row_read(st, &rows[count]);
+            if (rc != PHG_OK) {
+                free(rows[count].json);
+                stmt_done(st);
+                goto out;
+            }
+            count++;
+        }
+        stmt_done(st);
+        if (src != SQLITE_DONE) {
+            rc = map_rc(src);
+            goto out;
+        }
+    }
+    rc = txn_commit(c);
+    if (rc != PHG_OK)
+        goto out;
+    if (count == 0) {
+        free(rows);
+        rows = NULL;
+    }
+    *rows_out = rows;
+    *n_out = count;
+    rows = NULL;
+out:
+    free(yms);
+    if (rc != PHG_OK) {
+        txn_abort(c);
+        audit_rows_free(rows, count);
+    }
+    return rc;
+}
+
+static phg_status sqlite_audit_checkpoint_insert(void *conn, const phg_audit_checkpoint *cp)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+
+    assert(c != NULL && cp != NULL);
+    rc = stmt_get(c, ST_AUDIT_CP_INSERT, &st);
+    if (rc != PHG_OK)
+        return rc;
+    rc = bind_field(st, 1, cp->chain, sizeof cp->chain);
+    if (rc == PHG_OK)
+        rc = map_rc(sqlite3_bind_int64(st, 2, cp->seq));
+    if (rc == PHG_OK)
+        rc = bind_field(st, 3, cp->hash, sizeof cp->hash);
+    if (rc == PHG_OK)
+        rc = map_rc(sqlite3_bind_int64(st, 4, cp->ts_us));
+    if (rc == PHG_OK)
+        rc = bind_field(st, 5, cp->mac, sizeof cp->mac);
+    if (rc != PHG_OK) {
+        stmt_done(st);
+        return rc;
+    }
+    return stmt_exec(st); /* a (chain, seq) stored already: PHG_ERR_EXISTS */
+}
+
+static phg_status sqlite_audit_chain_head(void *conn, const char *chain, int64_t *seq,
+                                          char hash[65])
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+    int src;
+
+    assert(c != NULL && chain != NULL && seq != NULL && hash != NULL);
+    rc = stmt_get(c, ST_AUDIT_CHAIN_GET, &st);
+    if (rc != PHG_OK)
+        goto out;
+    rc = bind_text_max(st, 1, chain, 64);
+    if (rc != PHG_OK)
+        goto out;
+    src = sqlite3_step(st);
+    if (src != SQLITE_ROW) {
+        rc = src == SQLITE_DONE ? PHG_ERR_NOT_FOUND : map_rc(src);
+        goto out;
+    }
+    rc = column_int64(st, 0, seq);
+    if (rc == PHG_OK)
+        rc = column_text(st, 1, hash, 65);
+out:
+    stmt_done(st);
+    return rc;
+}
+
+/* Checkpoint-shaped rows of a statement: (chain, seq, hash[, ts_us, mac]). */
+static phg_status checkpoints_each(sqlite3_stmt *st, int with_mac, phg_audit_checkpoint_cb cb,
+                                   void *arg)
+{
+    phg_audit_checkpoint cp;
+    phg_status rc;
+    int src;
+
+    for (;;) {
+        src = sqlite3_step(st);
+        if (src != SQLITE_ROW)
+            break;
+        memset(&cp, 0, sizeof cp);
+        rc = column_text(st, 0, cp.chain, sizeof cp.chain);
+        if (rc == PHG_OK)
+            rc = column_int64(st, 1, &cp.seq);
+        if (rc == PHG_OK)
+            rc = column_text(st, 2, cp.hash, sizeof cp.hash);
+        if (rc == PHG_OK && with_mac)
+            rc = column_int64(st, 3, &cp.ts_us);
+        if (rc == PHG_OK && with_mac)
+            rc = column_text(st, 4, cp.mac, sizeof cp.mac);
+        if (rc == PHG_OK)
+            rc = cb(arg, &cp);
+        if (rc != PHG_OK)
+            goto out;
+    }
+    rc = src == SQLITE_DONE ? PHG_OK : map_rc(src);
+out:
+    stmt_done(st);
+    return rc;
+}
+
+/* cb runs while the query is open: it must not use this connection. */
+static phg_status sqlite_audit_chains(void *conn, phg_audit_checkpoint_cb cb, void *arg)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+
+    assert(c != NULL && cb != NULL);
+    rc = stmt_get(c, ST_AUDIT_CHAINS, &st);
+    if (rc != PHG_OK)
+        return rc;
+    return checkpoints_each(st, 0, cb, arg);
+}
+
+/* cb runs while the query is open: it must not use this connection. */
+static phg_status sqlite_audit_checkpoints(void *conn, const char *chain,
+                                           phg_audit_checkpoint_cb cb, void *arg)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+
+    assert(c != NULL && chain != NULL && cb != NULL);
+    rc = stmt_get(c, ST_AUDIT_CPS, &st);
+    if (rc != PHG_OK)
+        return rc;
+    rc = bind_text_max(st, 1, chain, 64);
+    if (rc != PHG_OK) {
+        stmt_done(st);
+        return rc;
+    }
+    return checkpoints_each(st, 1, cb, arg);
+}
+
+static phg_status sqlite_audit_partitions(void *conn, phg_audit_partition **parts_out,
+                                          size_t *n_out)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_audit_partition *parts = NULL, *grown, *p;
+    size_t count = 0, cap = 0;
+    int year, month, src;
+    phg_status rc;
+
+    assert(c != NULL && parts_out != NULL && n_out != NULL);
+    *parts_out = NULL;
+    *n_out = 0;
+    rc = stmt_get(c, ST_AUDIT_PARTS, &st);
+    if (rc != PHG_OK)
+        goto out;
+    for (;;) {
+        src = sqlite3_step(st);
+        if (src != SQLITE_ROW)
+            break;
+        if (count == AUDIT_PARTITIONS_MAX) {
+            rc = PHG_ERR_SCHEMA;
+            goto out;
+        }
+        if (count == cap) {
+            cap = cap == 0 ? 16 : cap * 2;
+            grown = realloc(parts, cap * sizeof *parts);
+            if (grown == NULL) {
+                rc = PHG_ERR_NOMEM;
+                goto out;
+            }
+            parts = grown;
+        }
+        p = &parts[count];
+        memset(p, 0, sizeof *p);
+        rc = column_text(st, 0, p->month, sizeof p->month);
+        if (rc == PHG_OK && !month_parse(p->month, &year, &month))
+            rc = PHG_ERR_SCHEMA;
+        if (rc == PHG_OK)
+            rc = column_int64(st, 1, &p->created_at);
+        if (rc == PHG_OK)
+            rc = column_int64(st, 2, &p->archived_at);
+        if (rc == PHG_OK)
+            rc = column_int64(st, 3, &p->dropped_at);
+        if (rc == PHG_OK)
+            rc = column_text(st, 4, p->archive_sha256, sizeof p->archive_sha256);
+        if (rc != PHG_OK)
+            goto out;
+        count++;
+    }
+    if (src != SQLITE_DONE) {
+        rc = map_rc(src);
+        goto out;
+    }
+    *parts_out = parts;
+    *n_out = count;
+    parts = NULL;
+    rc = PHG_OK;
+out:
+    free(parts);
+    stmt_done(st);
+    return rc;
+}
+
+/*
+ * One statement on one table, so one snapshot. PHG_ERR_NOT_FOUND for a month
+ * that was never registered, PHG_ERR_STATE for one that was dropped. cb runs
+ * while the query is open: it must not use this connection; row->json is
+ * freed after each call.
+ */
+static phg_status sqlite_audit_partition_rows(void *conn, int year, int month,
+                                              phg_audit_row_cb cb, void *arg)
+{
+    sqlite_conn *c = conn;
+    month_stmts *m = NULL;
+    int64_t archived_at = 0, dropped_at = 0;
+    char text[8];
+    phg_status rc;
+
+    assert(c != NULL && cb != NULL);
+    if (!month_valid(year, month))
+        return PHG_ERR_INVALID;
+    month_text(year, month, text);
+    rc = partition_state(c, text, &archived_at, &dropped_at);
+    if (rc != PHG_OK)
+        return rc;
+    if (dropped_at != 0)
+        return PHG_ERR_STATE;
+    rc = month_get(c, year, month, &m);
+    if (rc != PHG_OK)
+        return rc;
+    rc = month_stmt(c, m, SQL_AUDIT_ROWS, &m->rows);
+    if (rc != PHG_OK)
+        return rc;
+    return audit_rows_each(m->rows, cb, arg);
+}
+
+/* PHG_ERR_NOT_FOUND for an unknown month, PHG_ERR_STATE for a dropped one
+ * (its archive is what it was dropped against). Marking again replaces the
+ * digest. */
+static phg_status sqlite_audit_mark_archived(void *conn, int year, int month,
+                                             const char *sha256_hex, int64_t at)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    int64_t archived_at = 0, dropped_at = 0;
+    char text[8];
+    phg_status rc;
+
+    assert(c != NULL && sha256_hex != NULL);
+    if (!month_valid(year, month) || at <= 0)
+        return PHG_ERR_INVALID;
+    month_text(year, month, text);
+    rc = txn_begin(c);
+    if (rc != PHG_OK)
+        goto out;
+    rc = partition_state(c, text, &archived_at, &dropped_at);
+    if (rc != PHG_OK)
+        goto out;
+    if (dropped_at != 0) {
+        rc = PHG_ERR_STATE;
+        goto out;
+    }
+    rc = stmt_get(c, ST_AUDIT_PART_ARCHIVE, &st);
+    if (rc != PHG_OK)
+        goto out;
+    rc = map_rc(sqlite3_bind_int64(st, 1, at));
+    if (rc == PHG_OK)
+        rc = bind_text_max(st, 2, sha256_hex, 64);
+    if (rc == PHG_OK)
+        rc = map_rc(sqlite3_bind_text(st, 3, text, 7, SQLITE_STATIC));
+    if (rc != PHG_OK) {
+        stmt_done(st);
+        goto out;
+    }
+    rc = stmt_exec(st);
+    if (rc != PHG_OK)
+        goto out;
+    rc = txn_commit(c);
+out:
+    if (rc != PHG_OK)
+        txn_abort(c);
+    return rc;
+}
+
+/*
+ * DROP TABLE and dropped_at in one transaction. Only an archived, not yet
+ * dropped month (else PHG_ERR_STATE); PHG_ERR_NOT_FOUND for an unknown one.
+ * The retention period is audit.c's to check.
+ */
+static phg_status sqlite_audit_drop_partition(void *conn, int year, int month, int64_t at)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    month_stmts *m = NULL;
+    int64_t archived_at = 0, dropped_at = 0;
+    char text[8], table[16], sql[AUDIT_SQL_MAX];
+    phg_status rc;
+
+    assert(c != NULL);
+    if (at <= 0)
+        return PHG_ERR_INVALID;
+    rc = month_table(year, month, table);
+    if (rc != PHG_OK)
+        return rc;
+    month_text(year, month, text);
+    /* Our statements on the table go first: they hold it in the schema, and
+     * once it is dropped a cached "ensured" would be a lie. */
+    m = month_find(c, year, month);
+    if (m != NULL)
+        month_evict(m);
+    rc = txn_begin(c);
+    if (rc != PHG_OK)
+        goto out;
+    rc = partition_state(c, text, &archived_at, &dropped_at);
+    if (rc != PHG_OK)
+        goto out;
+    if (archived_at == 0 || dropped_at != 0) {
+        rc = PHG_ERR_STATE;
+        goto out;
+    }
+    rc = month_sql(sql, sizeof sql, SQL_AUDIT_DROP, table);
+    if (rc != PHG_OK)
+        goto out;
+    rc = exec_sql(c, sql, NULL, 0);
+    if (rc != PHG_OK)
+        goto out;
+    rc = stmt_get(c, ST_AUDIT_PART_DROP, &st);
+    if (rc != PHG_OK)
+        goto out;
+    rc = map_rc(sqlite3_bind_int64(st, 1, at));
+    if (rc == PHG_OK)
+        rc = map_rc(sqlite3_bind_text(st, 2, text, 7, SQLITE_STATIC));
+    if (rc != PHG_OK) {
+        stmt_done(st);
+        goto out;
+    }
+    rc = stmt_exec(st);
+    if (rc != PHG_OK)
+        goto out;
+    rc = txn_commit(c);
+out:
+    if (rc != PHG_OK)
+        txn_abort(c);
+    return rc;
+}
+
 const phg_store_engine phg_store_engine_sqlite = {
     .name = "sqlite",
     .connect = sqlite_connect,
@@ -1230,4 +2456,16 @@ const phg_store_engine phg_store_engine_sqlite = {
     .key_touch = sqlite_key_touch,
     .change_counter = sqlite_change_counter,
     .keys_since = sqlite_keys_since,
+    .audit_ensure_partition = sqlite_audit_ensure_partition,
+    .audit_append = sqlite_audit_append,
+    .audit_checkpoint_insert = sqlite_audit_checkpoint_insert,
+    .audit_chain_head = sqlite_audit_chain_head,
+    .audit_chains = sqlite_audit_chains,
+    .audit_walk = sqlite_audit_walk,
+    .audit_checkpoints = sqlite_audit_checkpoints,
+    .audit_query = sqlite_audit_query,
+    .audit_partitions = sqlite_audit_partitions,
+    .audit_partition_rows = sqlite_audit_partition_rows,
+    .audit_mark_archived = sqlite_audit_mark_archived,
+    .audit_drop_partition = sqlite_audit_drop_partition,
 };

@@ -5,6 +5,7 @@ Every run gets a clean environment: PHI_MASTER_KEY / PHI_MASTER_KEY_FILE are
 removed from the inherited one and only set when a test asks for them.
 """
 import json
+import base64
 import os
 import stat
 import subprocess
@@ -68,6 +69,13 @@ def clean_env(**extra):
     return env
 
 
+# Administrative key commands sign their audit record with the master key, so
+# they get this one unless a test passes mk= (or mk=NO_MASTER_KEY for none).
+ADMIN_MASTER_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
+NO_MASTER_KEY = object()
+ADMIN_COMMANDS = {("keys", "create"), ("keys", "revoke"), ("keys", "rotate")}
+
+
 class Phigate:
     """Runs the binary. mk= sets PHI_MASTER_KEY; env= adds other variables."""
 
@@ -78,6 +86,10 @@ class Phigate:
         if isinstance(input, str):
             input = input.encode("utf-8")
         extra = dict(env or {})
+        if mk is None and tuple(str(a) for a in args[:2]) in ADMIN_COMMANDS:
+            mk = ADMIN_MASTER_KEY
+        if mk is NO_MASTER_KEY:
+            mk = None
         if mk is not None:
             extra["PHI_MASTER_KEY"] = mk
         proc = subprocess.run([self.path] + [str(a) for a in args], input=input,

@@ -14,6 +14,7 @@ import zlib
 
 import pytest
 
+import conftest
 from conftest import assert_failed
 
 # ---- the format, from docs/formats.md 10.1 / 10.2 ------------------------------------------
@@ -406,3 +407,33 @@ def test_list_pages(phigate, migrated):
     for bad in ("0", "1001", "x"):
         r = phigate("keys", "list", "--store", migrated.url, "--page-size", bad)
         assert r.rc == 2 and "--page-size" in r.stderr, r
+
+
+@pytest.mark.parametrize("command", [["create", "--role", "user", "--user", "u1"],
+                                     ["revoke", "ak_0000000000000000"],
+                                     ["rotate", "ak_0000000000000000"]])
+def test_admin_commands_need_the_master_key_for_their_audit_record(phigate, migrated, command):
+    before = count(migrated)
+    r = phigate("keys", *command, "--store", migrated.url, mk=conftest.NO_MASTER_KEY)
+    assert_failed(r, 1, "master key")
+    assert count(migrated) == before
+
+
+def test_admin_commands_leave_audit_records(phigate, migrated):
+    rec = create(phigate, migrated)
+    assert phigate("keys", "revoke", rec["id"], "--store", migrated.url).rc == 0
+    r = phigate("audit", "query", "--store", migrated.url, "--json")
+    assert r.rc == 0, r
+    records = r.json()["records"]
+    actions = [x["action"] for x in records]
+    assert actions[:2] == ["keys.revoke", "keys.create"]
+    for x in records[:2]:
+        assert x["actor"]["user_id"].startswith("cli:")
+        assert x["resource"] == "key:" + rec["id"]
+        assert x["outcome"] == "success"
+    # the key itself never reaches the audit log
+    assert rec["key"] not in r.stdout
+    v = phigate("audit", "verify", "--store", migrated.url, "--json",
+                mk=conftest.ADMIN_MASTER_KEY)
+    assert v.rc == 0, v
+    assert v.json()["ok"] is True and v.json()["records"] >= 2
