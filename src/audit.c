@@ -46,7 +46,15 @@ typedef struct pending {
     char role[17];
     char ip[PHG_AUDIT_TEXT_MAX + 1];
     char *details; /* masked, canonical JSON object text */
-    /* completion */
+    /* The record's canonical text, rendered by the appender's thread with
+     * fixed-width placeholders that the writer patches: id, prev, ts, and the
+     * seq digit "0" (variable width: the writer splices there). */
+    char *tmpl;
+    size_t tmpl_len, off_id, off_prev, off_seq, off_ts;
+    /* completion: a waiter sleeps on its own condition, so a commit wakes
+     * exactly the appenders it made durable (one shared broadcast woke all
+     * 64 of a busy gateway's threads per commit, most for nothing) */
+    pthread_cond_t *wake;
     int done;
     phg_status status;
     phg_audit_done_fn done_fn;
@@ -62,7 +70,7 @@ struct phg_audit {
     const char *const *mask;
     /* queue */
     pthread_mutex_t lock;
-    pthread_cond_t work, finished;
+    pthread_cond_t work;
     pending *head, *tail;
     size_t depth;
     phg_ulid last_id;
@@ -171,30 +179,77 @@ static int outcome_ok(const char *s)
 
 /* ---- the record ---------------------------------------------------------------- */
 
-/*
- * The canonical text of a record without `hash`: jansson's compact output
- * with keys sorted (docs/formats.md gives the byte rules).
- */
-static char *record_text(const phg_audit *a, const pending *p, int64_t seq, const char *prev)
+#define PH_ID "IIIIIIIIIIIIIIIIIIIIIIIIII"                                     /* 26 */
+#define PH_PREV "PPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPP" /* 64 */
+#define PH_TS "TTTTTTTTTTTTTTTTTTTTTTTTTTT"                                     /* 27 */
+
+/* The last occurrence of needle: a top-level member comes after "details"
+ * (keys are sorted) and, with quotes escaped inside strings, cannot be
+ * imitated by a value. */
+static const char *last_of(const char *hay, const char *needle)
 {
-    char ts[32];
+    const char *found = NULL, *p = hay;
+    while ((p = strstr(p, needle)) != NULL)
+        found = p++;
+    return found;
+}
+
+/*
+ * Render the canonical text of a record without `hash` (jansson's compact
+ * output with sorted keys; docs/formats.md gives the byte rules), with
+ * placeholders for what only the queue and the writer know.
+ */
+static phg_status render_template(const phg_audit *a, pending *p)
+{
     json_t *details, *rec;
+    const char *at;
     char *text;
 
     details = json_loads(p->details, 0, NULL);
     if (details == NULL)
-        return NULL;
-    format_ts(p->row.ts_us, ts);
-    rec = json_pack("{s:s,s:{s:s,s:s,s:s},s:s,s:o,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:s}", "action",
+        return PHG_ERR_NOMEM;
+    rec = json_pack("{s:s,s:{s:s,s:s,s:s},s:s,s:o,s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s}", "action",
                     p->row.action, "actor", "key_id", p->row.key_id, "role", p->role, "user_id",
-                    p->row.user_id, "chain", a->chain, "details", details, "id", p->row.id, "ip",
-                    p->ip, "outcome", p->row.outcome, "prev", prev, "request_id",
-                    p->row.request_id, "resource", p->resource, "seq", (json_int_t)seq, "ts", ts);
+                    p->row.user_id, "chain", a->chain, "details", details, "id", PH_ID, "ip",
+                    p->ip, "outcome", p->row.outcome, "prev", PH_PREV, "request_id",
+                    p->row.request_id, "resource", p->resource, "seq", 0, "ts", PH_TS);
     if (rec == NULL)
-        return NULL;
+        return PHG_ERR_NOMEM;
     text = json_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(rec);
-    return text;
+    if (text == NULL)
+        return PHG_ERR_NOMEM;
+    p->tmpl = text;
+    p->tmpl_len = strlen(text);
+    at = last_of(text, ",\"id\":\"" PH_ID "\"");
+    p->off_id = at ? (size_t)(at - text) + 7 : 0;
+    at = last_of(text, ",\"prev\":\"" PH_PREV "\"");
+    p->off_prev = at ? (size_t)(at - text) + 9 : 0;
+    at = last_of(text, ",\"seq\":0,\"ts\":\"" PH_TS "\"}");
+    p->off_seq = at ? (size_t)(at - text) + 7 : 0;
+    p->off_ts = at ? (size_t)(at - text) + 15 : 0;
+    assert(p->off_id && p->off_prev && p->off_seq && p->off_ts);
+    return p->off_id && p->off_prev && p->off_seq && p->off_ts ? PHG_OK : PHG_ERR_INTERNAL;
+}
+
+/* The final text: the template with id, prev, seq and ts in place. */
+static char *record_text(const pending *p, int64_t seq, const char *prev)
+{
+    char seqbuf[24], ts[32];
+    int seqlen = snprintf(seqbuf, sizeof seqbuf, "%lld", (long long)seq);
+    size_t len = p->tmpl_len - 1 + (size_t)seqlen;
+    char *out = malloc(len + 1);
+    if (out == NULL)
+        return NULL;
+    format_ts(p->row.ts_us, ts);
+    memcpy(out, p->tmpl, p->off_seq);
+    memcpy(out + p->off_id, p->row.id, 26);
+    memcpy(out + p->off_prev, prev, 64);
+    memcpy(out + p->off_seq, seqbuf, (size_t)seqlen);
+    memcpy(out + p->off_seq + (size_t)seqlen, p->tmpl + p->off_seq + 1,
+           p->tmpl_len - p->off_seq - 1 + 1);
+    memcpy(out + p->off_ts - 1 + (size_t)seqlen, ts, 27);
+    return out;
 }
 
 /* hash = SHA-256(prev as 64 hex characters ‖ text) */
@@ -292,10 +347,11 @@ static void complete(phg_audit *a, pending *batch, phg_status status)
             p->next = owned;
             owned = p;
         } else {
+            pthread_cond_t *wake = p->wake;
             p->done = 1;
+            pthread_cond_signal(wake);
         }
     }
-    pthread_cond_broadcast(&a->finished);
     pthread_mutex_unlock(&a->lock);
     /* Async records: told here, then freed. */
     for (p = owned; p != NULL; p = next) {
@@ -303,6 +359,7 @@ static void complete(phg_audit *a, pending *batch, phg_status status)
         if (p->done_fn != NULL)
             p->done_fn(p->done_arg, status, p->row.id);
         free(p->details);
+        free(p->tmpl);
         free(p);
     }
 }
@@ -324,7 +381,7 @@ static void commit_batch(phg_audit *a, pending *batch, size_t n)
         return;
     }
     for (p = batch; p != NULL && rc == PHG_OK; p = p->next, i++) {
-        char *text = record_text(a, p, seq + 1, hash);
+        char *text = record_text(p, seq + 1, hash);
         if (text == NULL) {
             rc = PHG_ERR_NOMEM;
             break;
@@ -433,7 +490,6 @@ phg_status phg_audit_open(phg_store *store, const phg_audit_options *opts, const
     a->mask = opts->mask;
     pthread_mutex_init(&a->lock, NULL);
     pthread_cond_init(&a->work, NULL);
-    pthread_cond_init(&a->finished, NULL);
     rc = phg_internal_store_audit_chain_head(store, a->chain, &a->seq, a->hash);
     if (rc == PHG_ERR_NOT_FOUND) {
         a->seq = 0;
@@ -476,7 +532,6 @@ void phg_audit_close(phg_audit *a)
         pthread_join(a->writer, NULL);
     }
     pthread_cond_destroy(&a->work);
-    pthread_cond_destroy(&a->finished);
     pthread_mutex_destroy(&a->lock);
     phg_wipe(a->key, sizeof a->key);
     free(a);
@@ -534,7 +589,11 @@ static phg_status prepare(phg_audit *a, const phg_audit_event *ev, pending *p)
         json_object_del(details, "subject");
     p->details = json_dumps(details, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(details);
-    return p->details != NULL ? PHG_OK : PHG_ERR_NOMEM;
+    if (p->details == NULL)
+        return PHG_ERR_NOMEM;
+    /* The expensive part of a record, done here on the appender's thread so
+     * that the single writer only splices and hashes. */
+    return render_template(a, p);
 }
 
 /* Give the record its id and time, and queue it. */
@@ -571,24 +630,31 @@ static phg_status enqueue(phg_audit *a, pending *p)
 phg_status phg_audit_append(phg_audit *a, const phg_audit_event *ev, char id[PHG_ULID_LEN + 1])
 {
     pending p;
+    pthread_cond_t wake;
     phg_status rc;
 
     assert(a != NULL && ev != NULL);
     memset(&p, 0, sizeof p);
+    pthread_cond_init(&wake, NULL);
+    p.wake = &wake;
     rc = prepare(a, ev, &p);
     if (rc == PHG_OK)
         rc = enqueue(a, &p);
     if (rc != PHG_OK) {
         free(p.details);
+        free(p.tmpl);
+        pthread_cond_destroy(&wake);
         return rc;
     }
     pthread_mutex_lock(&a->lock);
     while (!p.done)
-        pthread_cond_wait(&a->finished, &a->lock);
+        pthread_cond_wait(&wake, &a->lock);
     pthread_mutex_unlock(&a->lock);
+    pthread_cond_destroy(&wake);
     if (id != NULL && p.status == PHG_OK)
         memcpy(id, p.row.id, sizeof p.row.id);
     free(p.details);
+    free(p.tmpl);
     return p.status;
 }
 
@@ -608,6 +674,7 @@ phg_status phg_audit_append_async(phg_audit *a, const phg_audit_event *ev, phg_a
         rc = enqueue(a, p);
     if (rc != PHG_OK) {
         free(p->details);
+        free(p->tmpl);
         free(p);
     }
     return rc;

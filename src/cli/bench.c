@@ -4,6 +4,7 @@
  * machine. Loops are bounded in count and time.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -526,17 +527,206 @@ out:
     return rc;
 }
 
+/* ---- audit appends ---------------------------------------------------------------- */
+
+typedef struct appender {
+    phg_audit *audit;
+    double seconds;
+    uint64_t *lat_ns;
+    size_t cap, n;
+    int failed;
+    pthread_t tid;
+} appender;
+
+static void *appender_main(void *arg)
+{
+    appender *ap = arg;
+    uint64_t t_end = mono_ns() + (uint64_t)(ap->seconds * 1e9);
+    phg_audit_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.action = "phi.decrypt";
+    ev.resource = "POST /v1/phi/decrypt";
+    ev.outcome = "success";
+    ev.user_id = "user-42";
+    ev.key_id = "ak_benchbenchbench1";
+    ev.role = "user";
+    ev.ip = "127.0.0.1";
+    ev.subject = "42";
+    ev.details_json = "{\"status\":200,\"bytes\":512,\"fields\":[\"hrv\",\"heart_rate\"],"
+                      "\"upstream_ms\":3}";
+    while (ap->n < ap->cap) {
+        uint64_t t0 = mono_ns(), t1;
+        if (t0 >= t_end)
+            break;
+        if (phg_audit_append(ap->audit, &ev, NULL) != PHG_OK) {
+            ap->failed = 1;
+            break;
+        }
+        t1 = mono_ns();
+        ap->lat_ns[ap->n++] = t1 - t0;
+    }
+    return NULL;
+}
+
+/* N appenders for `seconds` on one writer; prints one line or adds JSON. */
+static int audit_round(phg_store *store, const char *engine, int threads, double seconds,
+                       json_t *out)
+{
+    phg_audit_options o;
+    phg_audit *audit = NULL;
+    phg_audit_stats st;
+    appender *aps = calloc((size_t)threads, sizeof *aps);
+    uint8_t key[32];
+    char chain[64];
+    uint64_t *all = NULL;
+    size_t total = 0, i, k;
+    double t0, el;
+    int rc = -1;
+
+    if (aps == NULL || phg_random_bytes(key, sizeof key) != PHG_OK)
+        goto out;
+    snprintf(chain, sizeof chain, "bench-%d-%ld", threads, (long)getpid());
+    phg_audit_options_init(&o);
+    o.chain = chain;
+    if (phg_audit_open(store, &o, key, &audit) != PHG_OK)
+        goto out;
+    t0 = mono_s();
+    for (i = 0; i < (size_t)threads; i++) {
+        aps[i].audit = audit;
+        aps[i].seconds = seconds;
+        aps[i].cap = 2000000 / (size_t)threads + 1;
+        aps[i].lat_ns = malloc(aps[i].cap * sizeof(uint64_t));
+        if (aps[i].lat_ns == NULL || pthread_create(&aps[i].tid, NULL, appender_main, &aps[i]) != 0)
+            goto out; /* threads already started are joined below */
+    }
+    for (i = 0; i < (size_t)threads; i++)
+        pthread_join(aps[i].tid, NULL);
+    el = mono_s() - t0;
+    phg_audit_get_stats(audit, &st);
+    for (i = 0; i < (size_t)threads; i++) {
+        if (aps[i].failed) {
+            cli_error("an append failed during the audit benchmark");
+            goto out;
+        }
+        total += aps[i].n;
+    }
+    all = malloc((total ? total : 1) * sizeof *all);
+    if (all == NULL)
+        goto out;
+    for (i = 0, k = 0; i < (size_t)threads; i++) {
+        memcpy(all + k, aps[i].lat_ns, aps[i].n * sizeof *all);
+        k += aps[i].n;
+    }
+    qsort(all, total, sizeof *all, cmp_u64);
+    if (out != NULL) {
+        json_array_append_new(out, json_pack("{s:s,s:i,s:I,s:f,s:f,s:f,s:f}", "engine", engine,
+                                             "appenders", threads, "records", (json_int_t)total,
+                                             "records_per_s", (double)total / el,
+                                             "median_ms", (double)all[total / 2] / 1e6,
+                                             "p99_ms", (double)all[total * 99 / 100] / 1e6,
+                                             "records_per_commit",
+                                             st.commits ? (double)total / (double)st.commits : 0));
+    } else {
+        printf("%-9s %4d appenders: %9.0f records/s, append median %6.2f ms, p99 %7.2f ms "
+               "(%.0f records per commit)\n",
+               engine, threads, (double)total / el, (double)all[total / 2] / 1e6,
+               (double)all[total * 99 / 100] / 1e6,
+               st.commits ? (double)total / (double)st.commits : 0.0);
+    }
+    rc = 0;
+out:
+    phg_audit_close(audit);
+    if (aps != NULL) {
+        for (i = 0; i < (size_t)threads; i++)
+            free(aps[i].lat_ns);
+    }
+    free(aps);
+    free(all);
+    phg_wipe(key, sizeof key);
+    return rc;
+}
+
+static int bench_audit(int argc, char **argv)
+{
+    cli_opt opts[] = {{"json", 0, NULL, 0}, {"postgres", 1, NULL, 0}, {"seconds", 1, NULL, 0},
+                      {NULL, 0, NULL, 0}};
+    static const int counts[] = {1, 8, 64};
+    char dir[] = "/tmp/phigate-bench-audit-XXXXXX", url[128], err[PHG_STORE_ERR_MAX];
+    json_t *rows = NULL;
+    size_t secs = 3;
+    int rc = CLI_FAIL, e;
+
+    if (cli_wants_help(argc, argv)) {
+        puts("Usage: phigate bench audit [--postgres URL] [--seconds N] [--json]\n\n"
+             "Durable audit appends: records/s and the median and p99 latency of one\n"
+             "append (returns when the record is committed and fsync'd), for 1, 8 and 64\n"
+             "concurrent appenders, N seconds each (default 3), on SQLite (a temporary\n"
+             "file) and, with --postgres URL (a migrated database), on PostgreSQL.\n"
+             "bench/audit.sh starts a throwaway PostgreSQL and runs both.");
+        return CLI_OK;
+    }
+    if (cli_parse_opts("bench audit", argc, argv, opts) != CLI_OK)
+        return CLI_USAGE;
+    if (opts[2].set && (!cli_parse_size(opts[2].value, &secs) || secs < 1 || secs > 60))
+        return cli_usage("bench audit", "--seconds must be 1 to 60");
+    if (mkdtemp(dir) == NULL) {
+        cli_error("cannot create a temporary folder: %s", strerror(errno));
+        return CLI_FAIL;
+    }
+    snprintf(url, sizeof url, "sqlite:%s/audit.db", dir);
+    rows = opts[0].set ? json_array() : NULL;
+    for (e = 0; e < 2; e++) {
+        phg_store *store = NULL;
+        const char *engine = e == 0 ? "sqlite" : "postgres";
+        const char *u = e == 0 ? url : opts[1].value;
+        size_t i;
+        if (e == 1 && !opts[1].set)
+            break;
+        err[0] = '\0';
+        if (phg_store_open(u, NULL, &store, err, sizeof err) != PHG_OK ||
+            phg_store_migrate(store, NULL, NULL, err, sizeof err) != PHG_OK) {
+            cli_error("bench store %s: %s", engine, err);
+            phg_store_close(store);
+            goto out;
+        }
+        for (i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+            if (audit_round(store, engine, counts[i], (double)secs, rows) != 0) {
+                phg_store_close(store);
+                goto out;
+            }
+        }
+        phg_store_close(store);
+    }
+    rc = rows != NULL ? cli_print_json(json_pack("{s:o}", "audit", rows)) : CLI_OK;
+    rows = NULL;
+out:
+    json_decref(rows);
+    {
+        char path[200];
+        snprintf(path, sizeof path, "%s/audit.db", dir);
+        unlink(path);
+        snprintf(path, sizeof path, "%s/audit.db-wal", dir);
+        unlink(path);
+        snprintf(path, sizeof path, "%s/audit.db-shm", dir);
+        unlink(path);
+        rmdir(dir);
+    }
+    return rc;
+}
+
 static const char bench_help[] = "Usage: phigate bench <what> [options]\n"
                                  "\n"
                                  "Benchmarks that print figures (they never pass or fail):\n"
                                  "  phi    PHI field encryption and JSONL migration\n"
-                                 "  keys   API key verification with a million keys\n";
+                                 "  keys   API key verification with a million keys\n"
+                                 "  audit  durable audit appends, 1/8/64 appenders\n";
 
 int cmd_bench(int argc, char **argv)
 {
     static const cli_command table[] = {
         {"phi", "", bench_phi},
         {"keys", "", bench_keys},
+        {"audit", "", bench_audit},
         {NULL, NULL, NULL},
     };
     return cli_dispatch("bench", bench_help, table, argc, argv);
