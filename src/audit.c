@@ -1052,18 +1052,25 @@ static phg_status verify_row(void *arg, const phg_audit_store_row *row)
         json_decref(obj);
         return fail(w, row, row->seq, "record edited: members missing");
     }
-    if (jseq != row->seq || strcmp(jid, row->id) != 0 || strcmp(jchain, w->head->chain) != 0) {
-        json_decref(obj);
-        return fail(w, row, row->seq,
-                    "records reordered: the stored position does not match the record");
-    }
     if (w->first && w->partial) {
         w->expect_seq = row->seq;
         snprintf(w->prev, sizeof w->prev, "%s", jprev);
     }
+    /* A repeated position first: a copied record differs from its columns
+     * too, but what happened to the chain is an insertion. */
     if (row->seq < w->expect_seq) {
         json_decref(obj);
         return fail(w, row, row->seq, "record inserted: its sequence number is repeated");
+    }
+    if (strcmp(jid, row->id) != 0 || strcmp(jchain, w->head->chain) != 0) {
+        json_decref(obj);
+        return fail(w, row, row->seq, "record edited or inserted: its id or chain does not "
+                                      "match where it is stored");
+    }
+    if (jseq != row->seq) {
+        json_decref(obj);
+        return fail(w, row, row->seq,
+                    "records reordered: the stored position does not match the record");
     }
     if (row->seq > w->expect_seq) {
         char msg[128];
@@ -1103,6 +1110,7 @@ phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t fro
 {
     chain_list heads = {NULL, 0, 0};
     size_t c, i;
+    int pruned = 0;
     phg_status rc;
 
     assert(store != NULL && key != NULL && rep != NULL);
@@ -1112,6 +1120,20 @@ phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t fro
     if (rc != PHG_OK)
         goto out;
     rep->chains = heads.n;
+    /* After a prune, chains start with their oldest remaining record: what
+     * came before is in the archives (and their manifests), not here. */
+    {
+        phg_audit_partition *parts = NULL;
+        size_t np = 0, k;
+        rc = phg_internal_store_audit_partitions(store, &parts, &np);
+        if (rc != PHG_OK)
+            goto out;
+        for (k = 0; k < np; k++) {
+            if (parts[k].dropped_at != 0)
+                pruned = 1;
+        }
+        free(parts);
+    }
     for (c = 0; c < heads.n && rep->ok; c++) {
         chain_list cps = {NULL, 0, 0};
         walk_ctx w;
@@ -1121,7 +1143,7 @@ phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t fro
         w.cps = &cps;
         w.rep = rep;
         w.first = 1;
-        w.partial = from_us != 0;
+        w.partial = from_us != 0 || pruned;
         w.expect_seq = 1;
         memcpy(w.prev, ZERO_HASH, sizeof w.prev);
         rc = phg_internal_store_audit_checkpoints(store, w.head->chain, collect_cp, &cps);
@@ -1152,7 +1174,9 @@ phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t fro
             if (rc == PHG_ERR_STATE && !rep->ok)
                 rc = PHG_OK; /* the walk stopped at the problem it reported */
         }
-        if (rc == PHG_OK && rep->ok && to_us == 0) {
+        /* Truncation can only be judged up to the present, and only when the
+         * window reached the chain at all. */
+        if (rc == PHG_OK && rep->ok && to_us == 0 && (w.last_seq > 0 || !w.partial)) {
             /* Truncation: the end of the chain is before its signed or stored head. */
             char msg[160];
             if (w.last_seq < max_cp) {
