@@ -1072,6 +1072,28 @@ static phg_status verify_row(void *arg, const phg_audit_store_row *row)
         return fail(w, row, row->seq,
                     "records reordered: the stored position does not match the record");
     }
+    /* The columns queries and reports filter on are copies of the hashed
+     * text: an edited column would hide a record from an accounting report
+     * while the chain still verified. */
+    {
+        const char *action = "", *outcome = "", *req = "", *user = "", *key = "", *subject = "";
+        const char *ts = "";
+        char ts_col[32];
+        json_t *actor = json_object_get(obj, "actor"), *details = json_object_get(obj, "details");
+        json_unpack(obj, "{s?s,s?s,s?s,s?s}", "action", &action, "outcome", &outcome,
+                    "request_id", &req, "ts", &ts);
+        json_unpack(actor, "{s?s,s?s}", "user_id", &user, "key_id", &key);
+        json_unpack(details, "{s?s}", "subject", &subject);
+        format_ts(row->ts_us, ts_col);
+        if (strcmp(action, row->action) != 0 || strcmp(outcome, row->outcome) != 0 ||
+            strcmp(req, row->request_id) != 0 || strcmp(user, row->user_id) != 0 ||
+            strcmp(key, row->key_id) != 0 || strcmp(subject, row->subject) != 0 ||
+            strcmp(ts, ts_col) != 0) {
+            json_decref(obj);
+            return fail(w, row, row->seq,
+                        "record edited: a stored column differs from the hashed record");
+        }
+    }
     if (row->seq > w->expect_seq) {
         char msg[128];
         json_decref(obj);

@@ -244,6 +244,8 @@ static int audit_report_cmd(int argc, char **argv)
     if (filter_from_opts("audit report", o, &f) != CLI_OK)
         return CLI_USAGE;
     f.limit = PHG_AUDIT_QUERY_MAX;
+    if (f.to_us <= f.from_us)
+        return cli_usage("audit report", "the time range is empty or negative (--to must be after --from)");
     rc = cli_open_store(o[A_STORE].set ? o[A_STORE].value : cli_default_store(), 1, &store);
     if (rc != CLI_OK)
         return rc;
