@@ -115,6 +115,13 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static int64_t mono_ms(void)
 {
     struct timespec ts;
@@ -372,7 +379,7 @@ static void commit_batch(phg_audit *a, pending *batch, size_t n)
     pending *p;
     size_t i = 0;
     phg_status rc = PHG_OK;
-    int64_t t0 = mono_ms();
+    int64_t t0 = mono_us();
 
     (void)texts_owner;
     memcpy(hash, a->hash, sizeof hash);
@@ -412,7 +419,8 @@ static void commit_batch(phg_audit *a, pending *batch, size_t n)
     free(rows);
     pthread_mutex_lock(&a->lock);
     a->stats.commits++;
-    a->stats.last_commit_ms = (double)(mono_ms() - t0);
+    a->stats.last_commit_ms = (double)(mono_us() - t0) / 1000.0;
+    a->stats.commit_ms_total += a->stats.last_commit_ms;
     pthread_mutex_unlock(&a->lock);
     complete(a, batch, rc);
 }

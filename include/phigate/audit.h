@@ -177,6 +177,7 @@ typedef struct phg_audit_stats {
     uint64_t appended, failed, commits, checkpoints;
     size_t queue_depth;
     double last_commit_ms;
+    double commit_ms_total; /* time the writer spent committing, all commits */
 } phg_audit_stats;
 
 PHG_API void phg_audit_get_stats(phg_audit *audit, phg_audit_stats *stats);

@@ -628,10 +628,11 @@ static int audit_round(phg_store *store, const char *engine, int threads, double
                                              st.commits ? (double)total / (double)st.commits : 0));
     } else {
         printf("%-9s %4d appenders: %9.0f records/s, append median %6.2f ms, p99 %7.2f ms "
-               "(%.0f records per commit)\n",
+               "(%.0f records per commit, writer busy %.0f%%)\n",
                engine, threads, (double)total / el, (double)all[total / 2] / 1e6,
                (double)all[total * 99 / 100] / 1e6,
-               st.commits ? (double)total / (double)st.commits : 0.0);
+               st.commits ? (double)total / (double)st.commits : 0.0,
+               100.0 * st.commit_ms_total / (el * 1000.0));
     }
     rc = 0;
 out:
