@@ -32,6 +32,7 @@
 #include "phigate/apikey.h"
 #include "phigate/crypto.h"
 #include "store_internal.h"
+#include "text_internal.h"
 
 #define KEY_PREFIX "phg_"
 #define KEY_PREFIX_LEN 4
@@ -853,9 +854,15 @@ static phg_status verify_miss(phg_keys *k, const uint8_t hash[32], int64_t index
     if (!lookup_budget_take(k))
         return PHG_ERR_AUTH; /* the store is protected; the poller will bring new keys */
     atomic_fetch_add(&k->store_lookups, 1);
+    /* Under the poller's lock: a revocation the poller applies between our
+     * read and our insert would otherwise be undone by a stale record, for
+     * good (no later change of that key would ever arrive). */
+    pthread_mutex_lock(&k->poll_lock);
     rc = phg_internal_store_key_by_index(k->store, index, &recs, &n);
-    if (rc != PHG_OK)
+    if (rc != PHG_OK) {
+        pthread_mutex_unlock(&k->poll_lock);
         return rc; /* the caller fails closed */
+    }
     for (i = 0; i < n; i++) {
         if (!phg_ct_equal(recs[i].hash, hash, 32))
             continue;
@@ -864,6 +871,7 @@ static phg_status verify_miss(phg_keys *k, const uint8_t hash[32], int64_t index
             break;
         }
         rc = index_apply(k, &recs[i]);
+        pthread_mutex_unlock(&k->poll_lock);
         free(recs);
         if (rc != PHG_OK)
             return rc;
@@ -871,6 +879,7 @@ static phg_status verify_miss(phg_keys *k, const uint8_t hash[32], int64_t index
             *reason = PHG_APIKEY_UNKNOWN;
         return *reason == PHG_APIKEY_VALID ? PHG_OK : PHG_ERR_AUTH;
     }
+    pthread_mutex_unlock(&k->poll_lock);
     free(recs);
     neg_remember(k, hash, index, *reason, gen);
     return PHG_ERR_AUTH;
@@ -903,17 +912,7 @@ phg_status phg_keys_verify(phg_keys *k, const char *key, size_t len, phg_identit
 
 static int text_ok(const char *s, size_t min, size_t max)
 {
-    size_t n;
-    if (s == NULL)
-        return min == 0;
-    n = strlen(s);
-    if (n < min || n > max)
-        return 0;
-    for (; *s; s++) {
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return 0;
-    }
-    return 1;
+    return phg_internal_text_ok(s, min, max);
 }
 
 /*

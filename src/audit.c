@@ -18,6 +18,7 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -34,6 +35,7 @@
 #include "phigate/crypto.h"
 #include "phi_internal.h"
 #include "store_internal.h"
+#include "text_internal.h"
 
 #define ZERO_HASH "0000000000000000000000000000000000000000000000000000000000000000"
 #define CHECKPOINT_INFO "phigate/audit/checkpoint/v1"
@@ -84,6 +86,7 @@ struct phg_audit {
     uint64_t since_checkpoint;
     int64_t last_checkpoint_ms;
     int64_t checkpointed_seq;
+    int head_stale; /* a commit failed: it may have happened anyway; re-read the head */
     int known_year, known_month; /* the month whose next month is prepared */
     /* stats (lock) */
     phg_audit_stats stats;
@@ -165,17 +168,10 @@ static int chain_name_ok(const char *s)
     return 1;
 }
 
-/* Printable text of at most max bytes (UTF-8 allowed, no control chars). */
+/* Printable UTF-8 text of at most max bytes; NULL is fine (empty). */
 static int text_ok(const char *s, size_t max)
 {
-    size_t n = 0;
-    if (s == NULL)
-        return 1;
-    for (; *s; s++, n++) {
-        if ((unsigned char)*s < 0x20 || *s == 0x7f || n >= max)
-            return 0;
-    }
-    return 1;
+    return phg_internal_text_ok(s, 0, max);
 }
 
 static int outcome_ok(const char *s)
@@ -382,11 +378,33 @@ static void commit_batch(phg_audit *a, pending *batch, size_t n)
     int64_t t0 = mono_us();
 
     (void)texts_owner;
-    memcpy(hash, a->hash, sizeof hash);
     if (rows == NULL) {
         complete(a, batch, PHG_ERR_NOMEM);
         return;
     }
+    /* After a failed commit the store is the authority on the head: a
+     * connection lost during COMMIT may have committed, and going on from a
+     * stale head would fork the chain. */
+    if (a->head_stale) {
+        int64_t stored_seq = 0;
+        char stored_hash[65];
+        rc = phg_internal_store_audit_chain_head(a->store, a->chain, &stored_seq, stored_hash);
+        if (rc == PHG_ERR_NOT_FOUND) {
+            stored_seq = 0;
+            memcpy(stored_hash, ZERO_HASH, sizeof stored_hash);
+            rc = PHG_OK;
+        }
+        if (rc != PHG_OK) {
+            free(rows);
+            complete(a, batch, PHG_ERR_UNAVAILABLE);
+            return;
+        }
+        a->seq = stored_seq;
+        memcpy(a->hash, stored_hash, sizeof a->hash);
+        a->head_stale = 0;
+        seq = a->seq;
+    }
+    memcpy(hash, a->hash, sizeof hash);
     for (p = batch; p != NULL && rc == PHG_OK; p = p->next, i++) {
         char *text = record_text(p, seq + 1, hash);
         if (text == NULL) {
@@ -411,8 +429,10 @@ static void commit_batch(phg_audit *a, pending *batch, size_t n)
         a->seq = seq;
         memcpy(a->hash, hash, sizeof hash);
         a->since_checkpoint += n;
-    } else if (rc != PHG_ERR_NOMEM && rc != PHG_ERR_INTERNAL) {
-        rc = PHG_ERR_UNAVAILABLE; /* the caller's answer: refuse, fail closed */
+    } else {
+        a->head_stale = 1;
+        if (rc != PHG_ERR_NOMEM && rc != PHG_ERR_INTERNAL)
+            rc = PHG_ERR_UNAVAILABLE; /* the caller's answer: refuse, fail closed */
     }
     while (i-- > 0)
         free(rows[i].json);
@@ -833,6 +853,15 @@ phg_status phg_audit_archive(phg_store *store, const char *month, const char *pa
     rc = phg_internal_store_audit_partition_rows(store, y, m, archive_row, &c);
     if (gzclose(c.gz) != Z_OK && rc == PHG_OK)
         rc = PHG_ERR_IO;
+    /* Durable before the partition is marked archived: a prune may then drop
+     * the only other copy. */
+    if (rc == PHG_OK) {
+        int sync_fd = open(tmp, O_RDONLY | O_CLOEXEC);
+        if (sync_fd < 0 || fsync(sync_fd) != 0)
+            rc = PHG_ERR_IO;
+        if (sync_fd >= 0)
+            close(sync_fd);
+    }
     if (rc != PHG_OK) {
         unlink(tmp);
         set_err(err, err_len, rc == PHG_ERR_NOT_FOUND ? "no partition for %s" : "cannot read or write the partition of %s", month);
@@ -841,6 +870,23 @@ phg_status phg_audit_archive(phg_store *store, const char *month, const char *pa
     rc = sha256_file(tmp, hex);
     if (rc == PHG_OK && rename(tmp, path) != 0)
         rc = PHG_ERR_IO;
+    if (rc == PHG_OK) {
+        char dir[4096], *slash;
+        int dfd;
+        snprintf(dir, sizeof dir, "%s", path);
+        slash = strrchr(dir, '/');
+        if (slash == NULL)
+            snprintf(dir, sizeof dir, ".");
+        else if (slash == dir)
+            dir[1] = '\0';
+        else
+            *slash = '\0';
+        dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0 || fsync(dfd) != 0)
+            rc = PHG_ERR_IO;
+        if (dfd >= 0)
+            close(dfd);
+    }
     if (rc != PHG_OK) {
         unlink(tmp);
         set_err(err, err_len, "cannot write %s", path);
@@ -915,6 +961,7 @@ phg_status phg_audit_query(phg_store *store, const phg_audit_filter *f, phg_audi
 {
     phg_audit_store_filter sf;
     phg_audit_store_row *srows = NULL;
+    char before_norm[PHG_ULID_LEN + 1], request_norm[PHG_ULID_LEN + 1];
     phg_ulid tmp;
     size_t i, got = 0;
     phg_status rc;
@@ -947,6 +994,16 @@ phg_status phg_audit_query(phg_store *store, const phg_audit_filter *f, phg_audi
         set_err(err, err_len, "a filter is too long or has control characters");
         return PHG_ERR_INVALID;
     }
+    /* ULIDs compare as stored text (uppercase): a lowercase one would page
+     * wrongly or match nothing. */
+    if (f->before_id != NULL) {
+        phg_ulid_parse(f->before_id, strlen(f->before_id), &tmp);
+        phg_ulid_format(&tmp, before_norm);
+    }
+    if (f->request_id != NULL) {
+        phg_ulid_parse(f->request_id, strlen(f->request_id), &tmp);
+        phg_ulid_format(&tmp, request_norm);
+    }
     memset(&sf, 0, sizeof sf);
     sf.from_us = f->from_us;
     sf.to_us = f->to_us;
@@ -954,9 +1011,9 @@ phg_status phg_audit_query(phg_store *store, const phg_audit_filter *f, phg_audi
     sf.key_id = f->key_id;
     sf.action = f->action;
     sf.outcome = f->outcome;
-    sf.request_id = f->request_id;
+    sf.request_id = f->request_id ? request_norm : NULL;
     sf.subject = f->subject;
-    sf.before_id = f->before_id;
+    sf.before_id = f->before_id ? before_norm : NULL;
     sf.limit = f->limit;
     rc = phg_internal_store_audit_query(store, &sf, &srows, &got);
     if (rc != PHG_OK) {
@@ -1024,6 +1081,7 @@ typedef struct walk_ctx {
     chain_list *cps;
     phg_audit_verify_report *rep;
     int first, partial;               /* partial: a time window, the start is trusted */
+    size_t cp_next;                   /* the first checkpoint not behind the walk */
     int64_t expect_seq, last_ts;
     char prev[65];
     int64_t last_seq;
@@ -1122,9 +1180,11 @@ static phg_status verify_row(void *arg, const phg_audit_store_row *row)
         return fail(w, row, row->seq, "record edited: its hash does not match its content");
     if (!w->first && row->ts_us < w->last_ts)
         return fail(w, row, row->seq, "records reordered: time goes backwards");
-    for (i = 0; i < w->cps->n; i++) {
-        if (w->cps->items[i].seq == row->seq &&
-            !phg_ct_equal(w->cps->items[i].hash, row->hash, 64))
+    /* Checkpoints come ordered by seq: one cursor, not a scan per record. */
+    while (w->cp_next < w->cps->n && w->cps->items[w->cp_next].seq < row->seq)
+        w->cp_next++;
+    for (i = w->cp_next; i < w->cps->n && w->cps->items[i].seq == row->seq; i++) {
+        if (!phg_ct_equal(w->cps->items[i].hash, row->hash, 64))
             return fail(w, row, row->seq, "record edited: it differs from the signed checkpoint");
     }
     memcpy(w->prev, row->hash, sizeof w->prev);
@@ -1135,12 +1195,61 @@ static phg_status verify_row(void *arg, const phg_audit_store_row *row)
     return PHG_OK;
 }
 
+/* Records of a chain that has no head: written around the writer (a chain
+ * with no head was never written by phigate), invisible to the chain walks
+ * but found by queries and reports. */
+typedef struct orphan_ctx {
+    const chain_list *heads;
+    int64_t from_us, to_us;
+    phg_audit_verify_report *rep;
+} orphan_ctx;
+
+static int chain_cmp(const void *key, const void *elem)
+{
+    return strcmp(key, ((const phg_audit_checkpoint *)elem)->chain);
+}
+
+static phg_status orphan_row(void *arg, const phg_audit_store_row *row)
+{
+    orphan_ctx *o = arg;
+    if ((o->from_us != 0 && row->ts_us < o->from_us) || (o->to_us != 0 && row->ts_us >= o->to_us))
+        return PHG_OK;
+    if (bsearch(row->chain, o->heads->items, o->heads->n, sizeof *o->heads->items, chain_cmp) !=
+        NULL)
+        return PHG_OK;
+    o->rep->ok = 0;
+    snprintf(o->rep->chain, sizeof o->rep->chain, "%s", row->chain);
+    o->rep->seq = row->seq;
+    snprintf(o->rep->id, sizeof o->rep->id, "%s", row->id);
+    snprintf(o->rep->problem, sizeof o->rep->problem,
+             "record inserted: its chain has no head (it was not written by a phigate writer)");
+    return PHG_ERR_STATE;
+}
+
+static phg_status find_orphans(phg_store *store, const chain_list *heads, int64_t from_us,
+                               int64_t to_us, phg_audit_verify_report *rep)
+{
+    phg_audit_partition *parts = NULL;
+    orphan_ctx o = {heads, from_us, to_us, rep};
+    size_t np = 0, k;
+    phg_status rc = phg_internal_store_audit_partitions(store, &parts, &np);
+    for (k = 0; k < np && rc == PHG_OK && rep->ok; k++) {
+        int y, m;
+        if (parts[k].dropped_at != 0 || !parse_month(parts[k].month, &y, &m))
+            continue;
+        rc = phg_internal_store_audit_partition_rows(store, y, m, orphan_row, &o);
+        if (rc == PHG_ERR_STATE && !rep->ok)
+            rc = PHG_OK;
+    }
+    free(parts);
+    return rc;
+}
+
 phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t from_us,
                             int64_t to_us, phg_audit_verify_report *rep)
 {
     chain_list heads = {NULL, 0, 0};
     size_t c, i;
-    int pruned = 0;
     phg_status rc;
 
     assert(store != NULL && key != NULL && rep != NULL);
@@ -1150,20 +1259,10 @@ phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t fro
     if (rc != PHG_OK)
         goto out;
     rep->chains = heads.n;
-    /* After a prune, chains start with their oldest remaining record: what
-     * came before is in the archives (and their manifests), not here. */
-    {
-        phg_audit_partition *parts = NULL;
-        size_t np = 0, k;
-        rc = phg_internal_store_audit_partitions(store, &parts, &np);
-        if (rc != PHG_OK)
-            goto out;
-        for (k = 0; k < np; k++) {
-            if (parts[k].dropped_at != 0)
-                pruned = 1;
-        }
-        free(parts);
-    }
+    /* A chain's start is trusted only when the caller asks for a window
+     * (--from): after a prune, the operator verifies from the oldest month
+     * kept. Nothing stored (a partition marked dropped, say) can make a full
+     * verification skip a chain's beginning: that is unsigned data. */
     for (c = 0; c < heads.n && rep->ok; c++) {
         chain_list cps = {NULL, 0, 0};
         walk_ctx w;
@@ -1173,7 +1272,7 @@ phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t fro
         w.cps = &cps;
         w.rep = rep;
         w.first = 1;
-        w.partial = from_us != 0 || pruned;
+        w.partial = from_us != 0;
         w.expect_seq = 1;
         memcpy(w.prev, ZERO_HASH, sizeof w.prev);
         rc = phg_internal_store_audit_checkpoints(store, w.head->chain, collect_cp, &cps);
@@ -1226,6 +1325,8 @@ phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t fro
         if (rc != PHG_OK)
             goto out;
     }
+    if (rep->ok)
+        rc = find_orphans(store, &heads, from_us, to_us, rep);
 out:
     free(heads.items);
     return rc;

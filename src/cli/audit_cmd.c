@@ -415,9 +415,11 @@ static int audit_archive_cmd(int argc, char **argv)
         return cli_usage("audit archive", "--month YYYY-MM is required");
     if (strlen(o[A_MONTH].value) != 7)
         return cli_usage("audit archive", "--month must be YYYY-MM");
-    snprintf(path, sizeof path, "%s",
-             o[A_OUT].set ? o[A_OUT].value : "");
-    if (!o[A_OUT].set)
+    if (o[A_OUT].set && strlen(o[A_OUT].value) >= sizeof path - 8)
+        return cli_usage("audit archive", "--out path is too long");
+    if (o[A_OUT].set)
+        snprintf(path, sizeof path, "%s", o[A_OUT].value);
+    else
         snprintf(path, sizeof path, "audit-%s.jsonl.gz", o[A_MONTH].value);
     rc = cli_load_masterkeys(o[A_MKFILE].value, &mk);
     if (rc != CLI_OK)

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "text_internal.h"
 
 const char *cli_default_store(void)
 {
@@ -306,7 +307,12 @@ static int record_key_action(phg_store *store, const phg_masterkeys *mk, const c
     json_t *details;
     char *text;
     int rc;
-    snprintf(resource, sizeof resource, "key:%s", id);
+    /* An id that is not valid text (a hostile argument) is recorded as such:
+     * the attempt must still leave its record. */
+    snprintf(resource, sizeof resource, "key:%s",
+             phg_internal_text_ok(id, 1, PHG_APIKEY_ID_MAX) ? id : "(invalid id)");
+    if (!phg_internal_text_ok(id, 1, PHG_APIKEY_ID_MAX))
+        id = "(invalid id)";
     if (rec != NULL) {
         phg_apikey_scopes_format(rec->scopes, scopes, sizeof scopes);
         details = json_pack("{s:s,s:s,s:s,s:s}", "key_id", rec->id, "role",
@@ -551,9 +557,11 @@ static int keys_revoke(int argc, char **argv)
         return rc;
     }
     st = phg_keys_revoke(keys, id);
-    if (record_key_action(store, mk, "keys.revoke", id, st, NULL) != CLI_OK)
+    if (record_key_action(store, mk, "keys.revoke", id, st, NULL) != CLI_OK) {
+        if (st == PHG_OK)
+            cli_error("%s is revoked, but its audit record failed", id);
         rc = CLI_FAIL;
-    else if (st != PHG_OK)
+    } else if (st != PHG_OK)
         rc = id_error(st, "revoke");
     else if (o[K_JSON].set)
         rc = cli_print_json(json_pack("{s:s}", "revoked", id));
@@ -573,6 +581,7 @@ static int keys_rotate(int argc, char **argv)
     char key[PHG_APIKEY_LEN + 1];
     const char *id = NULL;
     int64_t grace = 0;
+    int audited;
     phg_masterkeys *mk = NULL;
     phg_status st;
     int rc;
@@ -598,11 +607,9 @@ static int keys_rotate(int argc, char **argv)
         return cli_usage("keys rotate", "--grace takes a duration: 90s, 15m, 24h, 7d");
     }
     st = phg_keys_rotate(keys, id, grace, key, &rec);
-    if (record_key_action(store, mk, "keys.rotate", id, st, st == PHG_OK ? &rec : NULL) !=
-        CLI_OK) {
-        rc = CLI_FAIL;
-    } else if (st != PHG_OK) {
-        rc = id_error(st, "rotate");
+    audited = record_key_action(store, mk, "keys.rotate", id, st, st == PHG_OK ? &rec : NULL);
+    if (st != PHG_OK) {
+        rc = audited != CLI_OK ? CLI_FAIL : id_error(st, "rotate");
     } else if (o[K_JSON].set) {
         json_t *j = record_json(&rec);
         if (j != NULL) {
@@ -615,6 +622,12 @@ static int keys_rotate(int argc, char **argv)
         fprintf(stderr, "rotated %s -> %s; the old key stops in %llds; the key above is shown "
                         "once\n",
                 id, rec.id, (long long)grace);
+    }
+    /* The rotation happened: its new key was printed above whatever the
+     * audit log said, or it would be lost with the old one expiring. */
+    if (st == PHG_OK && audited != CLI_OK) {
+        cli_error("the rotation happened (new key %s above) but its audit record failed", rec.id);
+        rc = CLI_FAIL;
     }
     phg_wipe(key, sizeof key);
     keys_end(store, keys);

@@ -647,3 +647,58 @@ def test_verify_catches_an_edited_filter_column(phigate, migrated):
                 mk=__import__("conftest").ADMIN_MASTER_KEY)
     assert v.rc == 1, v
     assert "column" in v.json()["broken"]["problem"]
+
+
+# ---- regressions from review ------------------------------------------------------------
+
+
+def test_a_forged_dropped_partition_does_not_hide_a_deletion(phigate, three):
+    """A partition marked dropped is unsigned data: it must not make a full verify trust
+    where chains start (that hid deleted records)."""
+    store, a, b, recs = three
+    victim = recs[1]
+    store.execute("DELETE FROM %s WHERE id = %s" % (audit_table(store, victim),
+                                                    sql_text(victim["id"])))
+    store.execute("INSERT INTO audit_partitions (month, created_at, archived_at, "
+                  "archive_sha256, dropped_at) VALUES ('2001-01', 1, 1, '', 1)")
+    assert_broken(phigate, store, "truncated", victim)
+
+
+def test_a_record_of_an_unknown_chain_is_found(phigate, three):
+    """A row whose chain has no head was never written by a writer: verify names it
+    (queries and reports would otherwise show it as genuine)."""
+    store, a, b, recs = three
+    victim = recs[1]
+    table = audit_table(store, victim)
+    cols = "id, ts_us, chain, seq, hash, request_id, key_id, user_id, action, outcome, " \
+           "subject, record"
+    store.execute("INSERT INTO %s (%s) SELECT '01ZZZZZZZZZZZZZZZZZZZZZZZZ', ts_us, 'ghost', seq, "
+                  "hash, request_id, key_id, 'mallory', action, outcome, 'patient-7', record "
+                  "FROM %s WHERE id = %s" % (table, cols, table, sql_text(victim["id"])))
+    assert_broken(phigate, store, "no head")
+
+
+def test_lowercase_ulids_page_like_uppercase(phigate, three):
+    store, a, b, recs = three
+    upper = query(phigate, store, "--limit", "1", "--before", recs[0]["id"])["records"]
+    lower = query(phigate, store, "--limit", "1", "--before",
+                  recs[0]["id"].lower())["records"]
+    assert [x["id"] for x in lower] == [x["id"] for x in upper] == [recs[1]["id"]]
+
+
+def test_non_utf8_text_is_refused_and_nothing_is_stored(phigate, migrated):
+    before = count_rows(migrated, "api_keys")
+    r = subprocess.run([phigate.path, "keys", "create", "--role", "user", "--user",
+                        b"bob\xff", "--store", migrated.url],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=conftest.clean_env(PHI_MASTER_KEY=conftest.ADMIN_MASTER_KEY))
+    assert r.returncode == 2, r
+    assert r.stdout == b""
+    assert count_rows(migrated, "api_keys") == before
+    # a revoke of a non-UTF-8 id is an unknown key, and that attempt is still recorded
+    r = subprocess.run([phigate.path, "keys", "revoke", b"ak_\xff", "--store", migrated.url],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=conftest.clean_env(PHI_MASTER_KEY=conftest.ADMIN_MASTER_KEY))
+    assert r.returncode == 1 and b"no key" in r.stderr, r
+    recs = records(phigate, migrated)
+    assert recs[0]["action"] == "keys.revoke" and recs[0]["outcome"] == "error", recs
