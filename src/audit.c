@@ -497,6 +497,62 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
+/* The newest record's ts and id, so that a restarted writer never goes back
+ * in time (a clock stepped back across a restart would otherwise look like
+ * reordering to a verifier). */
+typedef struct resume_ctx {
+    int64_t last_ts_us;
+    char last_id[PHG_ULID_LEN + 1];
+    int64_t last_seq;
+} resume_ctx;
+
+static phg_status resume_cp(void *arg, const phg_audit_checkpoint *cp)
+{
+    int64_t *newest = arg;
+    if (cp->ts_us > *newest)
+        *newest = cp->ts_us;
+    return PHG_OK;
+}
+
+static phg_status resume_row(void *arg, const phg_audit_store_row *row)
+{
+    resume_ctx *r = arg;
+    if (row->seq >= r->last_seq) {
+        r->last_seq = row->seq;
+        r->last_ts_us = row->ts_us;
+        snprintf(r->last_id, sizeof r->last_id, "%s", row->id);
+    }
+    return PHG_OK;
+}
+
+static phg_status resume_clock(phg_audit *a)
+{
+    resume_ctx r;
+    int64_t newest_cp = 0;
+    phg_status rc;
+
+    memset(&r, 0, sizeof r);
+    if (a->seq == 0)
+        return PHG_OK;
+    /* Only the tail since the last checkpoint needs reading: records before
+     * it are older than its signature. */
+    rc = phg_internal_store_audit_checkpoints(a->store, a->chain, resume_cp, &newest_cp);
+    if (rc != PHG_OK)
+        return rc;
+    rc = phg_internal_store_audit_walk(a->store, a->chain,
+                                       newest_cp > 60000000 ? newest_cp - 60000000 : 0, 0,
+                                       resume_row, &r);
+    if (rc != PHG_OK)
+        return rc;
+    if (r.last_seq > 0) {
+        phg_ulid last;
+        a->last_ts_us = r.last_ts_us;
+        if (phg_ulid_parse(r.last_id, strlen(r.last_id), &last) == PHG_OK)
+            a->last_id = last;
+    }
+    return PHG_OK;
+}
+
 phg_status phg_audit_open(phg_store *store, const phg_audit_options *opts, const uint8_t key[32],
                           phg_audit **out)
 {
@@ -524,6 +580,8 @@ phg_status phg_audit_open(phg_store *store, const phg_audit_options *opts, const
         memcpy(a->hash, ZERO_HASH, sizeof a->hash);
         rc = PHG_OK;
     }
+    if (rc == PHG_OK)
+        rc = resume_clock(a);
     if (rc == PHG_OK)
         rc = phg_audit_prepare_partitions(store, (int64_t)time(NULL));
     if (rc != PHG_OK) {

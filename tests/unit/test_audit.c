@@ -2100,6 +2100,38 @@ static void test_verify_window_after_old_chain(void **state)
            ENG, r.problem, r.chain, (long long)r.seq, (unsigned long long)r.records);
 }
 
+/*
+ * A writer restarted after its clock went back: the chain's newest record is
+ * in the future. The new records must not go back in time (verify would call
+ * that reordering): the writer resumes from the stored tail.
+ */
+static void test_resume_after_clock_step_back(void **state)
+{
+    fx *f = *state;
+    phg_audit_event e = ev_of("keys.create", "success");
+    phg_audit *a;
+    phg_audit_verify_report r;
+    struct tm tm;
+    time_t now = time(NULL);
+    int y, m;
+
+    gmtime_r(&now, &tm);
+    y = tm.tm_year + 1900;
+    m = tm.tm_mon + 2;
+    if (m == 13) {
+        m = 1;
+        y++;
+    }
+    plant_month(f, "node-f", y, m, 3); /* next month: the future */
+    a = open_audit(f, "node-f", 0);
+    append_ok(a, &e, NULL);
+    append_ok(a, &e, NULL);
+    phg_audit_close(a);
+    r = verify(f, 0, 0);
+    EXPECT(r.ok, "[%s] after a clock step back: %s (chain %s seq %lld)", ENG, r.problem, r.chain,
+           (long long)r.seq);
+}
+
 /* ---- main ------------------------------------------------------------------------------------------ */
 
 #define DB_TEST(t) cmocka_unit_test_setup_teardown(t, db_setup, fx_teardown)
@@ -2129,6 +2161,7 @@ int main(void)
         DB_TEST(test_masking),
         DB_TEST(test_partitions),
         DB_TEST(test_verify_window_after_old_chain),
+        DB_TEST(test_resume_after_clock_step_back),
     };
     int failed = 0;
     failed += cmocka_run_group_tests_name("audit/sqlite", tests, group_setup_sqlite, NULL);
