@@ -49,7 +49,7 @@ typedef struct pending {
     char ip[PHG_AUDIT_TEXT_MAX + 1];
     char *details; /* masked, canonical JSON object text */
     /* The record's canonical text, rendered by the appender's thread with
-     * fixed-width placeholders that the writer patches: id, prev, ts, and the
+     * fixed-width stand-ins that the writer patches: id, prev, ts, and the
      * seq digit "0" (variable width: the writer splices there). */
     char *tmpl;
     size_t tmpl_len, off_id, off_prev, off_seq, off_ts;
@@ -200,7 +200,7 @@ static const char *last_of(const char *hay, const char *needle)
 /*
  * Render the canonical text of a record without `hash` (jansson's compact
  * output with sorted keys; docs/formats.md gives the byte rules), with
- * placeholders for what only the queue and the writer know.
+ * stand-ins for what only the queue and the writer know.
  */
 static phg_status render_template(const phg_audit *a, pending *p)
 {

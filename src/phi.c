@@ -512,7 +512,7 @@ static phg_status encrypt_locked(phg_keyring *kr, const char *context, size_t co
     phg_internal_base64_encode(raw, raw_len, out + aad_len + 1, PHG_B64_URL_NOPAD);
     *out_len = need;
 out:
-    phg_wipe(raw, raw_len);
+    /* raw holds nonce, ciphertext and tag: public, no wipe needed. */
     if (raw != stack_raw)
         free(raw);
     return rc;
@@ -580,7 +580,7 @@ static phg_status decrypt_locked(phg_keyring *kr, const char *context, size_t co
 out:
     if (rc != PHG_OK && out_cap > 0)
         phg_wipe(out, out_cap);
-    phg_wipe(raw, raw_cap);
+    /* raw holds the decoded ciphertext: public; the plaintext went to out. */
     if (raw != stack_raw)
         free(raw);
     return rc;
