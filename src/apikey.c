@@ -27,9 +27,11 @@
 #include <string.h>
 #include <time.h>
 
+#include <jansson.h>
 #include <openssl/evp.h>
 
 #include "phigate/apikey.h"
+#include "phigate/audit.h"
 #include "phigate/crypto.h"
 #include "store_internal.h"
 #include "text_internal.h"
@@ -292,6 +294,7 @@ struct phg_keys {
     /* polling */
     pthread_mutex_t poll_lock; /* one refresh at a time */
     int64_t seen_version;
+    phg_audit *audit; /* admin actions are recorded here when set */
     pthread_t poller;
     int poller_running;
     pthread_mutex_t stop_lock;
@@ -993,6 +996,53 @@ static void set_err(char *err, size_t len, const char *msg)
         snprintf(err, len, "%s", msg);
 }
 
+void phg_keys_set_audit(phg_keys *k, phg_audit *audit)
+{
+    assert(k != NULL);
+    k->audit = audit;
+}
+
+/*
+ * The record of an admin action (when an audit log is set). `st` is the
+ * action's own result; returns it, or PHG_ERR_UNAUDITED when the action
+ * succeeded and its record failed.
+ */
+static phg_status record_action(phg_keys *k, const char *action, const char *id, phg_status st,
+                                const phg_apikey_record *rec)
+{
+    char resource[PHG_APIKEY_ID_MAX + 8], scopes[128];
+    const char *shown = text_ok(id, 1, PHG_APIKEY_ID_MAX) ? id : "(invalid id)";
+    phg_audit_event ev;
+    json_t *details;
+    char *text;
+    phg_status rc;
+
+    if (k->audit == NULL)
+        return st;
+    snprintf(resource, sizeof resource, "key:%s", shown);
+    if (st == PHG_OK && rec != NULL) {
+        phg_apikey_scopes_format(rec->scopes, scopes, sizeof scopes);
+        details = json_pack("{s:s,s:s,s:s,s:s}", "key_id", rec->id, "role",
+                            phg_role_name(rec->role), "user_id", rec->user_id, "scopes", scopes);
+    } else if (st == PHG_OK) {
+        details = json_pack("{s:s}", "key_id", shown);
+    } else {
+        details = json_pack("{s:s,s:s}", "key_id", shown, "error", phg_status_name(st));
+    }
+    text = details != NULL ? json_dumps(details, JSON_COMPACT) : NULL;
+    json_decref(details);
+    memset(&ev, 0, sizeof ev);
+    ev.action = action;
+    ev.resource = resource;
+    ev.outcome = st == PHG_OK ? "success" : "error";
+    ev.details_json = text;
+    rc = text != NULL ? phg_audit_append(k->audit, &ev, NULL) : PHG_ERR_NOMEM;
+    free(text);
+    if (st == PHG_OK && rc != PHG_OK)
+        return PHG_ERR_UNAUDITED;
+    return st;
+}
+
 phg_status phg_keys_create(phg_keys *k, const phg_apikey_spec *spec, char key[PHG_APIKEY_LEN + 1],
                            phg_apikey_record *out, char *err, size_t err_len)
 {
@@ -1050,14 +1100,17 @@ phg_status phg_keys_create(phg_keys *k, const phg_apikey_spec *spec, char key[PH
         phg_wipe(key, PHG_APIKEY_LEN + 1);
         set_err(err, err_len, rc == PHG_ERR_UNAVAILABLE ? "the store is unavailable"
                                                         : "the store refused the key");
-        return rc;
+        return record_action(k, "keys.create", "-", rc, NULL);
     }
     /* Seen here at once; other processes see it at their next poll. */
     (void)index_apply(k, &rec);
     atomic_fetch_add(&k->generation, 1);
     if (out != NULL)
         *out = rec;
-    return PHG_OK;
+    rc = record_action(k, "keys.create", rec.id, PHG_OK, &rec);
+    if (rc == PHG_ERR_UNAUDITED)
+        set_err(err, err_len, "the key was created but its audit record could not be written");
+    return rc;
 }
 
 phg_status phg_keys_revoke(phg_keys *k, const char *id)
@@ -1066,10 +1119,10 @@ phg_status phg_keys_revoke(phg_keys *k, const char *id)
     phg_status rc;
     assert(k != NULL && id != NULL);
     if (!text_ok(id, 1, PHG_APIKEY_ID_MAX))
-        return PHG_ERR_NOT_FOUND;
+        return record_action(k, "keys.revoke", id, PHG_ERR_NOT_FOUND, NULL);
     rc = phg_internal_store_key_revoke(k->store, id, now_s());
     if (rc != PHG_OK)
-        return rc;
+        return record_action(k, "keys.revoke", id, rc, NULL);
     rc = phg_internal_store_key_get(k->store, id, &rec);
     if (rc == PHG_OK) {
         shard *s = shard_of(k, rec.index);
@@ -1078,7 +1131,7 @@ phg_status phg_keys_revoke(phg_keys *k, const char *id)
         pthread_rwlock_unlock(&s->lock);
         atomic_fetch_add(&k->generation, 1);
     }
-    return PHG_OK;
+    return record_action(k, "keys.revoke", id, PHG_OK, NULL);
 }
 
 phg_status phg_keys_rotate(phg_keys *k, const char *id, int64_t grace_s,
@@ -1092,12 +1145,12 @@ phg_status phg_keys_rotate(phg_keys *k, const char *id, int64_t grace_s,
     if (grace_s < 0 || grace_s > 366LL * 86400)
         return PHG_ERR_INVALID;
     if (!text_ok(id, 1, PHG_APIKEY_ID_MAX))
-        return PHG_ERR_NOT_FOUND;
+        return record_action(k, "keys.rotate", id, PHG_ERR_NOT_FOUND, NULL);
     rc = phg_internal_store_key_get(k->store, id, &old);
     if (rc != PHG_OK)
-        return rc;
+        return record_action(k, "keys.rotate", id, rc, NULL);
     if (old.revoked_at != 0 || old.replaced_by[0] != '\0')
-        return PHG_ERR_STATE;
+        return record_action(k, "keys.rotate", id, PHG_ERR_STATE, NULL);
     fresh = old;
     memset(fresh.hash, 0, sizeof fresh.hash);
     fresh.replaced_by[0] = '\0';
@@ -1111,7 +1164,7 @@ phg_status phg_keys_rotate(phg_keys *k, const char *id, int64_t grace_s,
     rc = phg_internal_store_key_rotate(k->store, id, grace_until, &fresh);
     if (rc != PHG_OK) {
         phg_wipe(key, PHG_APIKEY_LEN + 1);
-        return rc;
+        return record_action(k, "keys.rotate", id, rc, NULL);
     }
     old.grace_until = grace_until;
     snprintf(old.replaced_by, sizeof old.replaced_by, "%s", fresh.id);
@@ -1120,7 +1173,8 @@ phg_status phg_keys_rotate(phg_keys *k, const char *id, int64_t grace_s,
     atomic_fetch_add(&k->generation, 1);
     if (out != NULL)
         *out = fresh;
-    return PHG_OK;
+    /* The record names the rotated key; its details the new one. */
+    return record_action(k, "keys.rotate", id, PHG_OK, &fresh);
 }
 
 phg_status phg_keys_get(phg_keys *k, const char *id, phg_apikey_record *rec)

@@ -25,6 +25,7 @@ const char *phg_strerror(phg_status status)
     case PHG_ERR_EXISTS: return "already exists";
     case PHG_ERR_UNAVAILABLE: return "the store or a server is unavailable";
     case PHG_ERR_SCHEMA: return "database schema is newer than this build, or inconsistent";
+    case PHG_ERR_UNAUDITED: return "the change was made, but its audit record could not be written";
     }
     return "unknown status";
 }
@@ -50,6 +51,7 @@ const char *phg_status_name(phg_status status)
     case PHG_ERR_EXISTS: return "exists";
     case PHG_ERR_UNAVAILABLE: return "unavailable";
     case PHG_ERR_SCHEMA: return "schema";
+    case PHG_ERR_UNAUDITED: return "unaudited";
     }
     return "unknown";
 }

@@ -126,6 +126,20 @@ PHG_API PHG_WARN_UNUSED phg_status phg_keys_open(phg_store *store, const phg_key
 /* Stop the poller, flush last-used times, free. NULL is a no-op. */
 PHG_API void phg_keys_close(phg_keys *keys);
 
+struct phg_audit;
+
+/*
+ * Record every create, rotate and revoke made through `keys` in `audit`
+ * (NULL: stop recording). The record's actor is the calling thread's request
+ * context (phigate/audit.h); action keys.create / keys.rotate / keys.revoke,
+ * resource "key:<id>", outcome success or error, details: the key's id, role,
+ * user and scopes (never the key). Set it before the manager is shared.
+ * With an audit set, a change whose record cannot be written still happens,
+ * and the call returns PHG_ERR_UNAUDITED (outputs filled) so that the caller
+ * can say so; an error of the change itself is recorded with outcome error.
+ */
+PHG_API void phg_keys_set_audit(phg_keys *keys, struct phg_audit *audit);
+
 /* What a verified key may do. */
 typedef struct phg_identity {
     char key_id[PHG_APIKEY_ID_MAX + 1];

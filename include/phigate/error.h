@@ -52,6 +52,7 @@ typedef enum phg_status {
     PHG_ERR_EXISTS = 15,          /* the item exists already */
     PHG_ERR_UNAVAILABLE = 16,     /* the store (or another server) cannot be reached */
     PHG_ERR_SCHEMA = 17,          /* the database schema is newer than this build, or broken */
+    PHG_ERR_UNAUDITED = 18,       /* done, but its audit record could not be written */
 } phg_status;
 
 /*

@@ -58,14 +58,12 @@ int cli_parse_time_us(const char *s, int64_t *out)
 
 /* ---- recording administrative actions ---------------------------------------------- */
 
-int cli_audit_admin(phg_store *store, const phg_masterkeys *mk, const char *action,
-                    const char *resource, const char *outcome, const char *details_json)
+int cli_audit_open(phg_store *store, const phg_masterkeys *mk, phg_audit **out)
 {
     phg_audit_options o;
-    phg_audit *audit = NULL;
-    phg_audit_event ev;
+    phg_request_context ctx;
     struct passwd *pw = getpwuid(geteuid());
-    char chain[PHG_AUDIT_CHAIN_MAX + 1], actor[PHG_AUDIT_TEXT_MAX + 1], id[PHG_ULID_LEN + 1];
+    char chain[PHG_AUDIT_CHAIN_MAX + 1], id[PHG_ULID_LEN + 1];
     uint8_t key[32];
     phg_status st;
     size_t i;
@@ -77,22 +75,37 @@ int cli_audit_admin(phg_store *store, const phg_masterkeys *mk, const char *acti
     for (i = 0; id[i]; i++)
         id[i] = (char)(id[i] >= 'A' && id[i] <= 'Z' ? id[i] - 'A' + 'a' : id[i]);
     snprintf(chain, sizeof chain, "cli.%s", id);
-    snprintf(actor, sizeof actor, "cli:%s", pw != NULL && pw->pw_name ? pw->pw_name : "unknown");
     if (phg_audit_checkpoint_key(mk, key) != PHG_OK) {
         cli_error("cannot derive the audit checkpoint key");
         return CLI_FAIL;
     }
     phg_audit_options_init(&o);
     o.chain = chain;
-    st = phg_audit_open(store, &o, key, &audit);
+    st = phg_audit_open(store, &o, key, out);
     phg_wipe(key, sizeof key);
     if (st != PHG_OK) {
         cli_error("cannot open the audit log: %s", phg_strerror(st));
         return CLI_FAIL;
     }
+    /* The actor of everything this run records. */
+    memset(&ctx, 0, sizeof ctx);
+    snprintf(ctx.user_id, sizeof ctx.user_id, "cli:%s",
+             pw != NULL && pw->pw_name ? pw->pw_name : "unknown");
+    snprintf(ctx.role, sizeof ctx.role, "admin");
+    phg_request_context_set(&ctx);
+    return CLI_OK;
+}
+
+int cli_audit_admin(phg_store *store, const phg_masterkeys *mk, const char *action,
+                    const char *resource, const char *outcome, const char *details_json)
+{
+    phg_audit *audit = NULL;
+    phg_audit_event ev;
+    phg_status st;
+
+    if (cli_audit_open(store, mk, &audit) != CLI_OK)
+        return CLI_FAIL;
     memset(&ev, 0, sizeof ev);
-    ev.user_id = actor;
-    ev.role = "admin";
     ev.action = action;
     ev.resource = resource;
     ev.outcome = outcome;

@@ -103,6 +103,10 @@ int cmd_audit(int argc, char **argv);
 /* An RFC 3339 UTC time (or a date) as Unix microseconds. */
 int cli_parse_time_us(const char *s, int64_t *out);
 
+/* Open this CLI run's audit writer (its own chain, signed with the master
+ * key) and make cli:<os user> the actor of the thread. Prints why it fails. */
+int cli_audit_open(phg_store *store, const phg_masterkeys *mk, phg_audit **out);
+
 /* Record an administrative action of this CLI run in the store's audit log
  * (actor cli:<os user>, its own chain, signed with the master key). Prints
  * why it fails. */

@@ -299,34 +299,23 @@ static void keys_end(phg_store *store, phg_keys *keys)
     phg_store_close(store);
 }
 
-/* The audit record of a key action: who (cli:<os user>), what, on which key. */
-static int record_key_action(phg_store *store, const phg_masterkeys *mk, const char *action,
-                             const char *id, phg_status st, const phg_apikey_record *rec)
+/* This run's audit writer, attached to the key manager: the library records
+ * each create, rotate and revoke (phg_keys_set_audit), with cli:<os user> as
+ * the actor. */
+static int attach_audit(phg_store *store, phg_keys *keys, const phg_masterkeys *mk,
+                        phg_audit **audit)
 {
-    char scopes[128], resource[PHG_APIKEY_ID_MAX + 8];
-    json_t *details;
-    char *text;
-    int rc;
-    /* An id that is not valid text (a hostile argument) is recorded as such:
-     * the attempt must still leave its record. */
-    snprintf(resource, sizeof resource, "key:%s",
-             phg_internal_text_ok(id, 1, PHG_APIKEY_ID_MAX) ? id : "(invalid id)");
-    if (!phg_internal_text_ok(id, 1, PHG_APIKEY_ID_MAX))
-        id = "(invalid id)";
-    if (rec != NULL) {
-        phg_apikey_scopes_format(rec->scopes, scopes, sizeof scopes);
-        details = json_pack("{s:s,s:s,s:s,s:s}", "key_id", rec->id, "role",
-                            phg_role_name(rec->role), "user_id", rec->user_id, "scopes", scopes);
-    } else if (st == PHG_OK) {
-        details = json_pack("{s:s}", "key_id", id);
-    } else {
-        details = json_pack("{s:s,s:s}", "key_id", id, "error", phg_status_name(st));
-    }
-    text = details ? json_dumps(details, JSON_COMPACT) : NULL;
-    json_decref(details);
-    rc = cli_audit_admin(store, mk, action, resource, st == PHG_OK ? "success" : "error", text);
-    free(text);
-    return rc;
+    if (cli_audit_open(store, mk, audit) != CLI_OK)
+        return CLI_FAIL;
+    phg_keys_set_audit(keys, *audit);
+    return CLI_OK;
+}
+
+static void detach_audit(phg_keys *keys, phg_audit *audit)
+{
+    if (keys != NULL)
+        phg_keys_set_audit(keys, NULL);
+    phg_audit_close(audit);
 }
 
 static int id_error(phg_status st, const char *what)
@@ -348,12 +337,13 @@ static int keys_create(int argc, char **argv)
     phg_apikey_spec spec;
     phg_apikey_record rec;
     phg_masterkeys *mk = NULL;
+    phg_audit *audit = NULL;
     char key[PHG_APIKEY_LEN + 1], actor[PHG_APIKEY_ACTOR_MAX + 1], err[256];
     uint32_t scopes = 0;
     phg_role role;
     int64_t expires = 0;
     phg_status st;
-    int rc;
+    int rc = CLI_FAIL;
 
     if (cli_wants_help(argc, argv)) {
         puts("Usage: phigate keys create --role admin|user --user ID [--scopes S1,S2]\n"
@@ -396,14 +386,13 @@ static int keys_create(int argc, char **argv)
     spec.rate_limit = o[K_LIMIT].value;
     spec.expires_at = expires;
     err[0] = '\0';
+    if (attach_audit(store, keys, mk, &audit) != CLI_OK)
+        goto out;
     st = phg_keys_create(keys, &spec, key, &rec, err, sizeof err);
-    if (st != PHG_ERR_INVALID &&
-        record_key_action(store, mk, "keys.create", st == PHG_OK ? rec.id : "-", st,
-                          st == PHG_OK ? &rec : NULL) != CLI_OK) {
-        if (st == PHG_OK)
-            cli_error("the key %s was created but its audit record failed: revoke it, or "
-                      "retry when the store is back",
-                      rec.id);
+    if (st == PHG_ERR_UNAUDITED) {
+        cli_error("the key %s was created but its audit record failed: revoke it, or "
+                  "retry when the store is back",
+                  rec.id);
         rc = CLI_FAIL;
         goto out;
     }
@@ -425,6 +414,7 @@ static int keys_create(int argc, char **argv)
     }
 out:
     phg_wipe(key, sizeof key);
+    detach_audit(keys, audit);
     keys_end(store, keys);
     phg_phi_masterkeys_free(mk);
     return rc;
@@ -540,6 +530,7 @@ static int keys_revoke(int argc, char **argv)
     phg_store *store = NULL;
     phg_keys *keys = NULL;
     const char *id = NULL;
+    phg_audit *audit = NULL;
     phg_masterkeys *mk = NULL;
     phg_status st;
     int rc;
@@ -556,10 +547,15 @@ static int keys_revoke(int argc, char **argv)
         phg_phi_masterkeys_free(mk);
         return rc;
     }
+    if (attach_audit(store, keys, mk, &audit) != CLI_OK) {
+        keys_end(store, keys);
+        phg_phi_masterkeys_free(mk);
+        return CLI_FAIL;
+    }
     st = phg_keys_revoke(keys, id);
-    if (record_key_action(store, mk, "keys.revoke", id, st, NULL) != CLI_OK) {
-        if (st == PHG_OK)
-            cli_error("%s is revoked, but its audit record failed", id);
+    detach_audit(keys, audit);
+    if (st == PHG_ERR_UNAUDITED) {
+        cli_error("%s is revoked, but its audit record failed", id);
         rc = CLI_FAIL;
     } else if (st != PHG_OK)
         rc = id_error(st, "revoke");
@@ -582,6 +578,7 @@ static int keys_rotate(int argc, char **argv)
     const char *id = NULL;
     int64_t grace = 0;
     int audited;
+    phg_audit *audit = NULL;
     phg_masterkeys *mk = NULL;
     phg_status st;
     int rc;
@@ -606,10 +603,18 @@ static int keys_rotate(int argc, char **argv)
         phg_phi_masterkeys_free(mk);
         return cli_usage("keys rotate", "--grace takes a duration: 90s, 15m, 24h, 7d");
     }
+    if (attach_audit(store, keys, mk, &audit) != CLI_OK) {
+        keys_end(store, keys);
+        phg_phi_masterkeys_free(mk);
+        return CLI_FAIL;
+    }
     st = phg_keys_rotate(keys, id, grace, key, &rec);
-    audited = record_key_action(store, mk, "keys.rotate", id, st, st == PHG_OK ? &rec : NULL);
+    detach_audit(keys, audit);
+    audited = st == PHG_ERR_UNAUDITED ? CLI_FAIL : CLI_OK;
+    if (st == PHG_ERR_UNAUDITED)
+        st = PHG_OK; /* done: the new key must still be shown */
     if (st != PHG_OK) {
-        rc = audited != CLI_OK ? CLI_FAIL : id_error(st, "rotate");
+        rc = id_error(st, "rotate");
     } else if (o[K_JSON].set) {
         json_t *j = record_json(&rec);
         if (j != NULL) {

@@ -2132,6 +2132,82 @@ static void test_resume_after_clock_step_back(void **state)
            (long long)r.seq);
 }
 
+/*
+ * Administrative actions through the library leave records: a key manager
+ * with an audit log records create, rotate and revoke (and failures), with
+ * the thread's request context as the actor; without one, nothing.
+ */
+static void test_key_actions_through_the_library(void **state)
+{
+    fx *f = *state;
+    phg_keys_options ko;
+    phg_keys *keys = NULL;
+    phg_audit *a;
+    phg_apikey_spec spec;
+    phg_apikey_record rec, fresh;
+    phg_request_context ctx;
+    phg_audit_filter flt;
+    phg_audit_row *rows = NULL;
+    char key[PHG_APIKEY_LEN + 1], err[256];
+    size_t n = 0;
+
+    phg_keys_options_init(&ko);
+    ko.start_poller = 0;
+    EXPECT_RC(phg_keys_open(f->st, &ko, &keys), PHG_OK);
+    memset(&spec, 0, sizeof spec);
+    spec.role = PHG_ROLE_USER;
+    spec.user_id = "patient-9";
+    spec.created_by = "lib-test";
+    spec.description = "Zebediah Quixote";
+    /* no audit set: nothing recorded */
+    EXPECT_RC(phg_keys_create(keys, &spec, key, &rec, err, sizeof err), PHG_OK);
+    a = open_audit(f, "node-lib", 0);
+    memset(&ctx, 0, sizeof ctx);
+    snprintf(ctx.user_id, sizeof ctx.user_id, "admin-7");
+    snprintf(ctx.role, sizeof ctx.role, "admin");
+    snprintf(ctx.key_id, sizeof ctx.key_id, "ak_adminadminadmin");
+    phg_request_context_set(&ctx);
+    phg_keys_set_audit(keys, a);
+    EXPECT_RC(phg_keys_create(keys, &spec, key, &rec, err, sizeof err), PHG_OK);
+    EXPECT_RC(phg_keys_rotate(keys, rec.id, 0, key, &fresh), PHG_OK);
+    EXPECT_RC(phg_keys_revoke(keys, fresh.id), PHG_OK);
+    EXPECT_RC(phg_keys_revoke(keys, "ak_doesnotexist00"), PHG_ERR_NOT_FOUND);
+    phg_keys_set_audit(keys, NULL);
+    phg_request_context_set(NULL);
+    phg_audit_close(a);
+    phg_keys_close(keys);
+
+    memset(&flt, 0, sizeof flt);
+    flt.limit = 10;
+    flt.user_id = "admin-7";
+    EXPECT_RC(phg_audit_query(f->st, &flt, &rows, &n, err, sizeof err), PHG_OK);
+    EXPECT(n == 4, "[%s] %zu records of admin-7, want 4", ENG, n);
+    if (n == 4) {
+        const char *want[4][2] = {{"keys.revoke", "error"},
+                                  {"keys.revoke", "success"},
+                                  {"keys.rotate", "success"},
+                                  {"keys.create", "success"}};
+        for (size_t i = 0; i < 4; i++) {
+            json_t *o = json_loads(rows[i].json, 0, NULL);
+            const char *action = json_string_value(json_object_get(o, "action"));
+            const char *outcome = json_string_value(json_object_get(o, "outcome"));
+            json_t *actor = json_object_get(o, "actor");
+            EXPECT(action && strcmp(action, want[i][0]) == 0 && outcome &&
+                       strcmp(outcome, want[i][1]) == 0,
+                   "[%s] record %zu: %s/%s, want %s/%s", ENG, i, action ? action : "?",
+                   outcome ? outcome : "?", want[i][0], want[i][1]);
+            EXPECT(strcmp(json_string_value(json_object_get(actor, "key_id")),
+                          "ak_adminadminadmin") == 0,
+                   "[%s] actor key", ENG);
+            EXPECT(strstr(rows[i].json, key) == NULL && strstr(rows[i].json, "Zebediah") == NULL,
+                   "[%s] a key or the description reached the audit log", ENG);
+            json_decref(o);
+        }
+    }
+    phg_audit_rows_free(rows, n);
+    expect_verify_ok(f, 4, 1, "after library key actions");
+}
+
 /* ---- main ------------------------------------------------------------------------------------------ */
 
 #define DB_TEST(t) cmocka_unit_test_setup_teardown(t, db_setup, fx_teardown)
@@ -2162,6 +2238,7 @@ int main(void)
         DB_TEST(test_partitions),
         DB_TEST(test_verify_window_after_old_chain),
         DB_TEST(test_resume_after_clock_step_back),
+        DB_TEST(test_key_actions_through_the_library),
     };
     int failed = 0;
     failed += cmocka_run_group_tests_name("audit/sqlite", tests, group_setup_sqlite, NULL);
