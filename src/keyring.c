@@ -22,6 +22,7 @@
 #include <jansson.h>
 
 #include "phi_internal.h"
+#include "phigate/audit.h"
 #include "phigate/phi.h"
 
 #define KEYRING_FORMAT "phigate-keyring"
@@ -365,32 +366,70 @@ phg_status phg_keyring_create(const phg_masterkeys *mk, const phg_keyring_option
     return PHG_OK;
 }
 
+void phg_keyring_set_audit(phg_keyring *kr, struct phg_audit *audit)
+{
+    assert(kr != NULL);
+    kr->audit = audit;
+}
+
+/* The record of a keyring change, when an audit log is set (see
+ * phg_keyring_set_audit): `st` is the change's result; PHG_ERR_UNAUDITED when
+ * it succeeded and its record failed. */
+static phg_status record_keyring_action(phg_keyring *kr, const char *action, phg_status st,
+                                        const char *details)
+{
+    phg_audit_event ev;
+    phg_status rc;
+    if (kr->audit == NULL)
+        return st;
+    memset(&ev, 0, sizeof ev);
+    ev.action = action;
+    ev.resource = "keyring";
+    ev.outcome = st == PHG_OK ? "success" : "error";
+    ev.details_json = details;
+    rc = phg_audit_append(kr->audit, &ev, NULL);
+    if (st == PHG_OK && rc != PHG_OK)
+        return PHG_ERR_UNAUDITED;
+    return st;
+}
+
 phg_status phg_keyring_rotate(phg_keyring *kr, char new_kid[PHG_PHI_KID_MAX + 1])
 {
     phg_status rc;
     size_t idx = 0;
+    char old_kid[PHG_PHI_KID_MAX + 1], fresh_kid[PHG_PHI_KID_MAX + 1] = "";
 
     assert(kr != NULL);
     phg_internal_write_lock(kr);
+    memcpy(old_kid, kr->keys[kr->primary].kid, kr->keys[kr->primary].kid_len + 1);
     rc = add_new_key(kr, &idx);
     if (rc == PHG_OK) {
         kr->keys[kr->primary].state = PHG_PHI_KEY_DECRYPT_ONLY;
         kr->primary = idx;
+        memcpy(fresh_kid, kr->keys[idx].kid, kr->keys[idx].kid_len + 1);
         if (new_kid != NULL)
-            memcpy(new_kid, kr->keys[idx].kid, kr->keys[idx].kid_len + 1);
+            memcpy(new_kid, fresh_kid, sizeof fresh_kid);
     }
     phg_internal_write_unlock(kr);
-    return rc;
+    {
+        char details[128];
+        snprintf(details, sizeof details, "{\"previous\":\"%s\",\"primary\":\"%s\"}", old_kid,
+                 fresh_kid);
+        return record_keyring_action(kr, "keyring.rotate", rc, details);
+    }
 }
 
 phg_status phg_keyring_destroy(phg_keyring *kr, const char *kid)
 {
     phi_key *k;
     phg_status rc = PHG_OK;
+    char shown[PHG_PHI_KID_MAX + 1] = "(unknown)";
 
     assert(kr != NULL && kid != NULL);
     phg_internal_write_lock(kr);
     k = phg_internal_find_key(kr, kid, strlen(kid));
+    if (k != NULL) /* copied under the lock: the array may move after it */
+        memcpy(shown, k->kid, k->kid_len + 1);
     if (k == NULL) {
         rc = PHG_ERR_NOT_FOUND;
     } else if (k == &kr->keys[kr->primary] || k->state == PHG_PHI_KEY_DESTROYED) {
@@ -401,7 +440,12 @@ phg_status phg_keyring_destroy(phg_keyring *kr, const char *kid)
         phg_internal_cache_purge_kid(kr->cache, k->kid, k->kid_len);
     }
     phg_internal_write_unlock(kr);
-    return rc;
+    {
+        char details[96];
+        /* only a kid of the keyring's own shape is echoed into the record */
+        snprintf(details, sizeof details, "{\"kid\":\"%s\"}", shown);
+        return record_keyring_action(kr, "keyring.destroy", rc, details);
+    }
 }
 
 phg_status phg_keyring_rewrap(phg_keyring *kr, const phg_masterkeys *mk)
@@ -442,7 +486,11 @@ out:
         free(fresh);
     }
     phg_internal_write_unlock(kr);
-    return rc;
+    {
+        char details[64];
+        snprintf(details, sizeof details, "{\"master_keys\":%zu}", mk->n);
+        return record_keyring_action(kr, "keyring.rewrap", rc, details);
+    }
 }
 
 size_t phg_keyring_count(phg_keyring *kr)

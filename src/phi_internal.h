@@ -46,6 +46,7 @@ struct phg_keyring {
     size_t n, cap;
     size_t primary;
     field_key_cache *cache; /* NULL when disabled */
+    struct phg_audit *audit; /* rotate, destroy, rewrap are recorded here when set */
 };
 
 /* The cache (phi.c). cache_new(0) returns NULL, meaning "no cache". */

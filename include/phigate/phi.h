@@ -182,6 +182,18 @@ PHG_API phg_status phg_keyring_destroy(phg_keyring *kr, const char *kid);
  */
 PHG_API phg_status phg_keyring_rewrap(phg_keyring *kr, const phg_masterkeys *mk);
 
+struct phg_audit;
+
+/*
+ * Record every rotate, destroy and rewrap of this keyring in `audit` (NULL:
+ * stop). Actor: the calling thread's request context (phigate/audit.h);
+ * action keyring.rotate / keyring.destroy / keyring.rewrap, resource
+ * "keyring", details: kids (never key material). With an audit set, a change
+ * whose record cannot be written still happens and the call returns
+ * PHG_ERR_UNAUDITED; a refused change is recorded with outcome error.
+ */
+PHG_API void phg_keyring_set_audit(phg_keyring *kr, struct phg_audit *audit);
+
 /* Number of data keys (all states), and the info of the i-th (0-based). */
 PHG_API size_t phg_keyring_count(phg_keyring *kr);
 PHG_API phg_status phg_keyring_info(phg_keyring *kr, size_t i, phg_phi_key_info *info);

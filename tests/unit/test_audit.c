@@ -2208,6 +2208,57 @@ static void test_key_actions_through_the_library(void **state)
     expect_verify_ok(f, 4, 1, "after library key actions");
 }
 
+/* Keyring changes through the library leave records too. */
+static void test_keyring_actions_through_the_library(void **state)
+{
+    fx *f = *state;
+    phg_masterkeys *mk = NULL;
+    phg_keyring *kr = NULL;
+    phg_audit *a;
+    phg_request_context ctx;
+    phg_audit_filter flt;
+    phg_audit_row *rows = NULL;
+    char mkey[PHG_FERNET_KEY_TEXT_LEN + 1], first[PHG_PHI_KID_MAX + 1], err[256];
+    size_t n = 0;
+
+    EXPECT_RC(phg_fernet_key_generate(mkey), PHG_OK);
+    EXPECT_RC(phg_phi_masterkeys_parse(mkey, strlen(mkey), &mk), PHG_OK);
+    EXPECT_RC(phg_keyring_create(mk, NULL, &kr), PHG_OK);
+    EXPECT_RC(phg_keyring_primary(kr, first), PHG_OK);
+    a = open_audit(f, "node-kr", 0);
+    memset(&ctx, 0, sizeof ctx);
+    snprintf(ctx.user_id, sizeof ctx.user_id, "security-officer");
+    snprintf(ctx.role, sizeof ctx.role, "admin");
+    phg_request_context_set(&ctx);
+    phg_keyring_set_audit(kr, a);
+    EXPECT_RC(phg_keyring_rotate(kr, NULL), PHG_OK);
+    EXPECT_RC(phg_keyring_destroy(kr, first), PHG_OK);
+    EXPECT_RC(phg_keyring_destroy(kr, "nosuchkid"), PHG_ERR_NOT_FOUND);
+    EXPECT_RC(phg_keyring_rewrap(kr, mk), PHG_OK);
+    phg_keyring_set_audit(kr, NULL);
+    phg_request_context_set(NULL);
+    phg_audit_close(a);
+
+    memset(&flt, 0, sizeof flt);
+    flt.limit = 10;
+    flt.user_id = "security-officer";
+    EXPECT_RC(phg_audit_query(f->st, &flt, &rows, &n, err, sizeof err), PHG_OK);
+    EXPECT(n == 4, "[%s] %zu keyring records, want 4", ENG, n);
+    if (n == 4) {
+        EXPECT(strstr(rows[0].json, "\"keyring.rewrap\"") != NULL, "[%s] rewrap", ENG);
+        EXPECT(strstr(rows[1].json, "\"keyring.destroy\"") != NULL &&
+                   strstr(rows[1].json, "\"error\"") != NULL,
+               "[%s] failed destroy", ENG);
+        EXPECT(strstr(rows[2].json, first) != NULL, "[%s] destroy names the kid", ENG);
+        EXPECT(strstr(rows[3].json, "\"keyring.rotate\"") != NULL, "[%s] rotate", ENG);
+        for (size_t i = 0; i < n; i++)
+            EXPECT(strstr(rows[i].json, mkey) == NULL, "[%s] master key in a record", ENG);
+    }
+    phg_audit_rows_free(rows, n);
+    phg_keyring_free(kr);
+    phg_phi_masterkeys_free(mk);
+}
+
 /* ---- main ------------------------------------------------------------------------------------------ */
 
 #define DB_TEST(t) cmocka_unit_test_setup_teardown(t, db_setup, fx_teardown)
@@ -2239,6 +2290,7 @@ int main(void)
         DB_TEST(test_verify_window_after_old_chain),
         DB_TEST(test_resume_after_clock_step_back),
         DB_TEST(test_key_actions_through_the_library),
+        DB_TEST(test_keyring_actions_through_the_library),
     };
     int failed = 0;
     failed += cmocka_run_group_tests_name("audit/sqlite", tests, group_setup_sqlite, NULL);
