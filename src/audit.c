@@ -47,7 +47,8 @@ typedef struct pending {
     char resource[PHG_AUDIT_TEXT_MAX + 1];
     char role[17];
     char ip[PHG_AUDIT_TEXT_MAX + 1];
-    char *details; /* masked, canonical JSON object text */
+    char *details;     /* unused since details stay a tree; always NULL */
+    json_t *details_obj; /* masked details, consumed by render_template */
     /* The record's canonical text, rendered by the appender's thread with
      * fixed-width stand-ins that the writer patches: id, prev, ts, and the
      * seq digit "0" (variable width: the writer splices there). */
@@ -182,6 +183,10 @@ static int outcome_ok(const char *s)
 
 /* ---- the record ---------------------------------------------------------------- */
 
+/* audit_mask.c: parse and mask details into a tree. */
+phg_status phg_internal_audit_mask_tree(const char *json, size_t len, const char *const *fields,
+                                        json_t **out);
+
 #define PH_ID "IIIIIIIIIIIIIIIIIIIIIIIIII"                                     /* 26 */
 #define PH_PREV "PPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPP" /* 64 */
 #define PH_TS "TTTTTTTTTTTTTTTTTTTTTTTTTTT"                                     /* 27 */
@@ -208,7 +213,8 @@ static phg_status render_template(const phg_audit *a, pending *p)
     const char *at;
     char *text;
 
-    details = json_loads(p->details, 0, NULL);
+    details = p->details_obj; /* the reference passes to the record ("o") */
+    p->details_obj = NULL;
     if (details == NULL)
         return PHG_ERR_NOMEM;
     rec = json_pack("{s:s,s:{s:s,s:s,s:s},s:s,s:o,s:s,s:s,s:s,s:s,s:s,s:s,s:i,s:s}", "action",
@@ -628,7 +634,6 @@ static phg_status prepare(phg_audit *a, const phg_audit_event *ev, pending *p)
 {
     const phg_request_context *ctx = phg_request_context_get();
     json_t *details = NULL;
-    char *masked = NULL;
     phg_status rc;
 
 #define FIELD(dst, src, fallback)                                                                \
@@ -652,14 +657,13 @@ static phg_status prepare(phg_audit *a, const phg_audit_event *ev, pending *p)
     FIELD(p->row.subject, ev->subject, NULL);
 #undef FIELD
     /* details: a JSON object, masked; the subject goes in it, so the record
-     * keeps DESIGN's fields and a report can still find it. */
+     * keeps DESIGN's fields and a report can still find it. Parsed once and
+     * kept as a tree until the record is rendered. */
     if (ev->details_json != NULL) {
-        rc = phg_audit_mask_json(ev->details_json, strlen(ev->details_json), a->mask, &masked);
+        rc = phg_internal_audit_mask_tree(ev->details_json, strlen(ev->details_json), a->mask,
+                                          &details);
         if (rc != PHG_OK)
             return rc;
-        details = json_loads(masked, 0, NULL);
-        free(masked);
-        masked = NULL;
         if (!json_is_object(details)) {
             json_decref(details);
             return PHG_ERR_INVALID;
@@ -673,10 +677,7 @@ static phg_status prepare(phg_audit *a, const phg_audit_event *ev, pending *p)
         json_object_set_new(details, "subject", json_string(p->row.subject));
     else
         json_object_del(details, "subject");
-    p->details = json_dumps(details, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(details);
-    if (p->details == NULL)
-        return PHG_ERR_NOMEM;
+    p->details_obj = details;
     /* The expensive part of a record, done here on the appender's thread so
      * that the single writer only splices and hashes. */
     return render_template(a, p);

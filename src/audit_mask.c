@@ -291,6 +291,14 @@ out:
     return rc;
 }
 
+/* The masked tree itself, for audit.c (which embeds it in a record without
+ * dumping and parsing it again). */
+phg_status phg_internal_audit_mask_tree(const char *json, size_t len, const char *const *fields,
+                                        json_t **out)
+{
+    return mask_tree(json, len, fields, out);
+}
+
 /* Canonical form: no spaces, members sorted by name (byte order). */
 #define CANONICAL_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY)
 
