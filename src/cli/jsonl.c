@@ -799,7 +799,7 @@ int jsonl_transform(const jsonl_job *job, const char *line, size_t len, jbuf *ou
             }
         }
         if (field_of[i] >= 0)
-            continue; /* a placeholder never names an encrypted field */
+            continue; /* a template key never names an encrypted field */
         for (k = 0; k < job->nparts; k++) {
             if (job->parts[k].kind == TPL_KEY &&
                 key_equals(line, &m[i], job->parts[k].text, job->parts[k].len))
