@@ -290,26 +290,27 @@ out:
 
 /* ---- transactions ------------------------------------------------------------- */
 
-/* BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy
- * timeout), so a transaction that has started cannot fail later for a lock. */
-static phg_status txn_begin(sqlite_conn *c)
+/* Run one of the cached statements that take no parameters. */
+static phg_status exec_cached(sqlite_conn *c, int which)
 {
     sqlite3_stmt *st = NULL;
-    phg_status rc = stmt_get(c, ST_BEGIN, &st);
+    phg_status rc = stmt_get(c, which, &st);
 
     if (rc != PHG_OK)
         return rc;
     return stmt_exec(st);
 }
 
+/* BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy
+ * timeout), so a transaction that has started cannot fail later for a lock. */
+static phg_status txn_begin(sqlite_conn *c)
+{
+    return exec_cached(c, ST_BEGIN);
+}
+
 static phg_status txn_commit(sqlite_conn *c)
 {
-    sqlite3_stmt *st = NULL;
-    phg_status rc = stmt_get(c, ST_COMMIT, &st);
-
-    if (rc != PHG_OK)
-        return rc;
-    return stmt_exec(st);
+    return exec_cached(c, ST_COMMIT);
 }
 
 /* Called on every error path: whatever failed, no transaction stays open on
@@ -1900,12 +1901,7 @@ out:
  * append that commits meanwhile is seen whole or not at all. */
 static phg_status read_begin(sqlite_conn *c)
 {
-    sqlite3_stmt *st = NULL;
-    phg_status rc = stmt_get(c, ST_BEGIN_READ, &st);
-
-    if (rc != PHG_OK)
-        return rc;
-    return stmt_exec(st);
+    return exec_cached(c, ST_BEGIN_READ);
 }
 
 /*

@@ -41,29 +41,8 @@
                phg_status_name(got_), phg_status_name(want_));                                     \
     } while (0)
 
-/* The engine of the group being run (set by the group setup). */
-static tdb_engine g_engine;
 
 /* ---- helpers ------------------------------------------------------------------------- */
-
-static int group_setup_sqlite(void **state)
-{
-    (void)state;
-    g_engine = TDB_SQLITE;
-    return 0;
-}
-
-static int group_setup_postgres(void **state)
-{
-    char url[1100], why[512];
-    (void)state;
-    g_engine = TDB_POSTGRES;
-    if (!tdb_pg_fixture_url(url, sizeof url, why, sizeof why)) {
-        fprintf(stderr, "FATAL: %s\n", why);
-        return -1; /* every PostgreSQL test fails: PostgreSQL is required */
-    }
-    return 0;
-}
 
 static int db_setup(void **state)
 {
@@ -86,14 +65,9 @@ static int db_teardown(void **state)
 
 static phg_store *open_store(const testdb *db, size_t pool)
 {
-    phg_store_options o;
     phg_store *st = NULL;
-    char err[PHG_STORE_ERR_MAX] = "";
-    phg_status rc;
-    phg_store_options_init(&o);
-    if (pool != 0)
-        o.pool_size = pool;
-    rc = phg_store_open(db->url, &o, &st, err, sizeof err);
+    char err[PHG_STORE_ERR_MAX];
+    phg_status rc = tdb_open_store(db, pool, &st, err, sizeof err);
     EXPECT(rc == PHG_OK, "[%s] open %s: %s (%s)", tdb_engine_name(db->engine), db->url,
            phg_status_name(rc), err);
     EXPECT(st != NULL, "open: no store");
@@ -552,7 +526,7 @@ int main(void)
         DB_TEST(test_threads_on_one_pool),
     };
     int failed = 0;
-    failed += cmocka_run_group_tests_name("store/sqlite", tests, group_setup_sqlite, NULL);
-    failed += cmocka_run_group_tests_name("store/postgres", tests, group_setup_postgres, NULL);
+    failed += cmocka_run_group_tests_name("store/sqlite", tests, tdb_group_sqlite, NULL);
+    failed += cmocka_run_group_tests_name("store/postgres", tests, tdb_group_postgres, NULL);
     return failed != 0;
 }

@@ -323,4 +323,40 @@ static inline int tdb_table_exists(const testdb *db, const char *table)
     return v > 0;
 }
 
+/* ---- the two cmocka groups every store test runs ---------------------------- */
+
+/* The engine of the group being run, set by the group setups below. */
+static tdb_engine g_engine;
+
+static inline int tdb_group_sqlite(void **state)
+{
+    (void)state;
+    g_engine = TDB_SQLITE;
+    return 0;
+}
+
+static inline int tdb_group_postgres(void **state)
+{
+    char url[1100], why[512];
+    (void)state;
+    g_engine = TDB_POSTGRES;
+    if (!tdb_pg_fixture_url(url, sizeof url, why, sizeof why)) {
+        fprintf(stderr, "FATAL: %s\n", why);
+        return -1; /* every PostgreSQL test fails: PostgreSQL is required */
+    }
+    return 0;
+}
+
+/* Open a store on the test database with `pool` connections (0: default). */
+static inline phg_status tdb_open_store(const testdb *db, size_t pool, phg_store **st, char *err,
+                                        size_t err_len)
+{
+    phg_store_options o;
+    phg_store_options_init(&o);
+    if (pool != 0)
+        o.pool_size = pool;
+    err[0] = '\0';
+    return phg_store_open(db->url, &o, st, err, err_len);
+}
+
 #endif
