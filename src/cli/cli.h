@@ -94,6 +94,7 @@ cli_opt *cli_opt_get(cli_opt *opts, const char *name);
 int cmd_phi(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 int cmd_phi_encrypt_jsonl(int argc, char **argv);
 int cmd_phi_decrypt_jsonl(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);

@@ -12,6 +12,7 @@ static const char main_help[] =
     "phigate is a security gateway for health and biometric data APIs.\n"
     "\n"
     "Commands:\n"
+    "  serve     run the gateway: authenticate, audit and proxy every request\n"
     "  phi       PHI field encryption: master keys, keyrings, encrypt, decrypt, JSONL migration\n"
     "  keys      API keys: create, list, show, revoke, rotate, verify\n"
     "  migrate   create or upgrade the store's schema (SQLite or PostgreSQL)\n"
@@ -45,6 +46,7 @@ static int cmd_version(int argc, char **argv)
 }
 
 static const cli_command commands[] = {
+    {"serve", "run the gateway", cmd_serve},
     {"phi", "PHI field encryption", cmd_phi},
     {"keys", "API keys", cmd_keys},
     {"migrate", "store schema", cmd_migrate},

@@ -1,0 +1,241 @@
+/*
+ * gw.h: the gateway's internal interfaces (phigate serve). Not installed.
+ *
+ * Parts, one file each:
+ *   config.c  the configuration: INI file, PHIGATE_* environment, flags;
+ *             validation; the effective configuration as JSON (no secrets)
+ *   metrics.c Prometheus counters and histograms, lock-free on the hot path
+ *   phi_api.c /v1/phi/encrypt|decrypt|rewrap (CPU only: runs on the loop)
+ *   admin_api.c /admin/... (blocking store calls: runs on a worker thread)
+ *   server.c  event loops, listeners, TLS, the proxy pipeline, drain, reload
+ *   upstream_demo.c  the sample biometric upstream of `phigate demo`
+ *
+ * Handlers never touch libevent: they get a gw_call (the request, parsed)
+ * and fill its reply. server.c turns the reply into HTTP and adds the
+ * request id to every error body.
+ */
+#ifndef PHIGATE_GW_H
+#define PHIGATE_GW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "phigate/apikey.h"
+#include "phigate/audit.h"
+#include "phigate/phi.h"
+#include "phigate/store.h"
+
+/* ---- configuration ------------------------------------------------------------------ */
+
+#define GW_ROUTES_MAX 256
+#define GW_PATH_MAX 1024
+
+/* A route: requests whose method matches and whose path starts with prefix
+ * (at a '/' boundary or exactly) need the role and scopes given. The longest
+ * matching prefix wins; a request that matches no route is allowed for any
+ * valid key (the default route). */
+typedef struct gw_route {
+    char name[64];           /* the INI section's name after "route:" */
+    char methods[128];       /* "GET,POST" or "*" */
+    char prefix[GW_PATH_MAX];
+    int require_admin;       /* role = admin */
+    uint32_t scopes;         /* every bit required */
+} gw_route;
+
+typedef struct gw_config {
+    /* [server] */
+    char listen_host[256];
+    int listen_port;                 /* default 8080 */
+    int threads;                     /* event loops; 0: one per core */
+    char tls_cert[GW_PATH_MAX];      /* PEM paths; both or neither */
+    char tls_key[GW_PATH_MAX];
+    int max_connections;             /* per process; default 10000 */
+    size_t max_header_bytes;         /* default 16 KiB */
+    size_t max_body_bytes;           /* default 10 MiB */
+    int header_timeout_ms;           /* whole request head must arrive; default 10000 */
+    int idle_timeout_ms;             /* keep-alive idle; default 60000 */
+    int drain_timeout_ms;            /* SIGTERM deadline; default 10000 */
+    char trusted_proxy[256];         /* "" or a comma list of IPs whose X-Forwarded-For is kept */
+    /* [upstream] */
+    char upstream_url[GW_PATH_MAX];  /* http://host:port[/base]; "" : no proxying (404) */
+    char upstream_host[256];         /* parsed */
+    int upstream_port;
+    char upstream_base[GW_PATH_MAX]; /* "" or "/base" without a trailing slash */
+    int upstream_connect_timeout_ms; /* default 2000 */
+    int upstream_timeout_ms;         /* whole response head; default 30000 */
+    int upstream_pool;               /* idle connections kept per loop; default 64 */
+    /* [store] */
+    char store_url[GW_PATH_MAX];     /* may hold a password: never print it, use store_display */
+    char store_display[GW_PATH_MAX]; /* password redacted */
+    /* [audit] */
+    char audit_chain[PHG_AUDIT_CHAIN_MAX + 1]; /* default "gw-<hostname>" (sanitised) */
+    /* [phi] */
+    size_t phi_batch_max;            /* items per call; default 1000 */
+    /* [log] */
+    char log_level[16];              /* debug|info|warn|error; default info */
+    /* [admin] */
+    int admin_enabled;               /* default 1 */
+    /* routes */
+    gw_route routes[GW_ROUTES_MAX];
+    size_t n_routes;
+    /* where the values came from, for messages */
+    char config_file[GW_PATH_MAX];
+} gw_config;
+
+/* Flags given on the command line (NULL / 0: not given). They win over the
+ * environment, which wins over the file, which wins over the defaults. */
+typedef struct gw_flags {
+    const char *config_file;
+    const char *listen;      /* HOST:PORT, [v6]:PORT */
+    const char *upstream;
+    const char *store;
+    int threads;             /* 0: not given */
+} gw_flags;
+
+/*
+ * Load: defaults, then the file (if any), then PHIGATE_* from the
+ * environment (PHIGATE_LISTEN, PHIGATE_UPSTREAM, PHIGATE_STORE,
+ * PHIGATE_STORE_FILE, PHIGATE_THREADS, PHIGATE_<SECTION>_<KEY> for every key
+ * of the file), then flags; then validate everything. On failure returns -1
+ * with a message naming the setting ("server.max_body_bytes: not a size")
+ * in err. Secrets (a password in the store URL) are accepted only from the
+ * environment or a *_FILE path, never from the file or a flag.
+ */
+int gw_config_load(gw_config *cfg, const gw_flags *flags, char *err, size_t err_len);
+
+/* The effective configuration as a JSON object, with no secret in it. */
+json_t *gw_config_json(const gw_config *cfg);
+
+/* The route for a request (NULL: the default route). */
+const gw_route *gw_route_match(const gw_config *cfg, const char *method, const char *path);
+
+/* ---- a call to an API phigate answers itself ---------------------------------------- */
+
+typedef struct gw_call {
+    /* the request */
+    const char *method;          /* "GET", "POST", ... */
+    const char *path;            /* decoded path, without the query */
+    const char *query;           /* raw query string or NULL */
+    const char *body;            /* may be NULL when body_len is 0 */
+    size_t body_len;
+    const char *content_type;    /* NULL when absent */
+    const phg_identity *id;      /* the verified key */
+    const char *request_id;
+    const char *ip;
+    /* the reply: on success status 2xx and result (owned, freed by the server);
+     * on failure gw_call_fail() */
+    int status;
+    json_t *result;
+    char err_code[48];
+    char err_msg[256];
+    /* for the audit record of this call */
+    char action[64];             /* "phi.decrypt", "admin.keys.create", ... ; "" : "http.request" */
+    char resource[PHG_AUDIT_TEXT_MAX + 1];
+    char subject[PHG_AUDIT_TEXT_MAX + 1]; /* whose data, when one user's */
+    json_t *audit_details;       /* owned; NULL or an object (PHI-free) */
+} gw_call;
+
+/* Set an error reply (status, code, printf message). Never put a secret or
+ * PHI in the message. */
+void gw_call_fail(gw_call *call, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Parse the body as a JSON object (checks Content-Type is application/json:
+ * 415 otherwise; 400 invalid_json). NULL after gw_call_fail. */
+json_t *gw_call_json_body(gw_call *call);
+
+/* The value of one query parameter, percent-decoded, into buf; 1 found,
+ * 0 absent, -1 malformed or too long (after gw_call_fail with 400). */
+int gw_call_query(gw_call *call, const char *name, char *buf, size_t len);
+
+/* ---- the PHI transit API ---------------------------------------------------------------- */
+
+typedef struct gw_phi_ctx {
+    phg_keyring *keyring;
+    size_t batch_max;
+} gw_phi_ctx;
+
+/* Canonical context string from a JSON object: see docs/api.md, "Contexts".
+ * Members sorted by name (bytes), each "name=value" joined by ';'; names
+ * [a-z0-9_]{1,64}; values strings of printable UTF-8 without ';' or '=' or
+ * integers (decimal). 0 ok, -1 with why in err. */
+int gw_phi_context(json_t *ctx, char *out, size_t out_len, char *err, size_t err_len);
+
+/* POST /v1/phi/encrypt | /v1/phi/decrypt | /v1/phi/rewrap */
+void gw_phi_handle(const gw_phi_ctx *ctx, gw_call *call);
+
+/* ---- the admin API ----------------------------------------------------------------------- */
+
+typedef struct gw_admin_ctx {
+    phg_store *store;
+    phg_keys *keys;
+    phg_audit *audit;
+    phg_keyring *keyring;
+    const phg_masterkeys *mk;
+    const uint8_t *checkpoint_key;  /* 32 bytes */
+    json_t *(*config_json)(void *arg); /* the effective configuration, new reference */
+    void *config_arg;
+} gw_admin_ctx;
+
+/* Every /admin/... request; runs on a worker thread (it may block). */
+void gw_admin_handle(const gw_admin_ctx *ctx, gw_call *call);
+
+/* The OpenAPI 3.1 document (static text, JSON). */
+extern const char gw_openapi_json[];
+
+/* ---- metrics ------------------------------------------------------------------------------- */
+
+typedef enum gw_route_class {
+    GW_RC_PROXY, GW_RC_PHI, GW_RC_ADMIN, GW_RC_HEALTH, GW_RC_METRICS, GW_RC_OTHER,
+    GW_RC_COUNT
+} gw_route_class;
+
+typedef enum gw_auth_fail {
+    GW_AF_MISSING, GW_AF_MALFORMED, GW_AF_UNKNOWN, GW_AF_REVOKED, GW_AF_EXPIRED,
+    GW_AF_FORBIDDEN, GW_AF_COUNT
+} gw_auth_fail;
+
+typedef enum gw_upstream_err {
+    GW_UE_CONNECT, GW_UE_TIMEOUT, GW_UE_RESET, GW_UE_COUNT
+} gw_upstream_err;
+
+void gw_metrics_init(void);
+/* Thread-safe, lock-free. */
+void gw_metrics_request(gw_route_class rc, int status, double seconds);
+void gw_metrics_auth_fail(gw_auth_fail why);
+void gw_metrics_upstream_error(gw_upstream_err what);
+void gw_metrics_connections(int delta);
+/* The Prometheus text exposition (version 0.0.4) into a malloc'd string;
+ * audit may be NULL. */
+char *gw_metrics_render(phg_audit *audit, size_t *len);
+
+/* ---- the sample upstream of `phigate demo` --------------------------------------------- */
+
+typedef struct gw_demo_upstream gw_demo_upstream;
+/* Start on 127.0.0.1:port (0: any) in its own thread; the port chosen goes
+ * to *port_out. It stores readings POSTed to /v1/readings (JSON) per
+ * X-Phigate-User-Id and serves them back with GET /v1/readings. */
+int gw_demo_upstream_start(int port, int *port_out, gw_demo_upstream **out);
+void gw_demo_upstream_stop(gw_demo_upstream *u);
+
+/* ---- the server ----------------------------------------------------------------------------- */
+
+typedef struct gw_hooks {
+    /* Called once every loop listens, with the address it got (port 0 in the
+     * configuration picks a free port). */
+    void (*on_ready)(void *arg, const char *host, int port, int tls);
+    void *arg;
+} gw_hooks;
+
+/*
+ * phigate serve: load the configuration, open the store (migrating it), the
+ * keyring, the key manager and the audit writer, start one event loop per
+ * thread, and serve until SIGTERM or SIGINT (drain, flush the audit log) ;
+ * SIGHUP reloads. Returns the process exit status (0 after a clean stop, 1
+ * when the start failed, with the reason logged).
+ */
+int gw_serve(const gw_flags *flags, const gw_hooks *hooks);
+
+#endif /* PHIGATE_GW_H */
