@@ -1,0 +1,1507 @@
+/*
+ * admin_api.c: the admin REST API, every path under /admin/ (gw.h,
+ * gw_admin_handle): API keys, the audit log (query, accounting of
+ * disclosures, verification), the PHI keyring (list, rotate, crypto-shred),
+ * the effective configuration and the OpenAPI document.
+ *
+ * It runs on a worker thread and may block on the store. It does not
+ * authenticate (server.c verified the key and the admin role before calling;
+ * the role is checked again here), does not speak HTTP (it fills the
+ * gw_call), and does not write the audit record of the call itself: the
+ * server does that after this returns, from call->action, resource, subject
+ * and audit_details, which are filled here and never hold a secret. The
+ * library records key and keyring changes on its own (phg_keys_set_audit,
+ * phg_keyring_set_audit) with the admin as actor (the thread's request
+ * context, set by the server).
+ *
+ * Every identifier from the path, the query or the body is checked against
+ * its shape before any store call: key ids "ak_[a-z0-9]+", kids
+ * "[a-z0-9]{1,32}", ULIDs; every query value is at most 256 bytes, unknown
+ * query parameters and body members are refused by name.
+ *
+ * The contract, for humans: docs/api.md; for machines: openapi.json.
+ */
+#include <assert.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "gw.h"
+#include "phigate/crypto.h"
+
+#define PARAM_MAX 256                   /* bytes of one query value */
+#define QUERY_MAX 8192                  /* bytes of the whole query string */
+#define BODY_MAX (64u << 10)            /* an admin request body */
+#define SEGMENTS_MAX 6                  /* path segments after /admin/ */
+#define LIST_DEFAULT 100
+#define LIST_MAX 1000
+#define GRACE_DEFAULT_S 86400           /* rotation: the old key works one more day */
+#define GRACE_MAX_S (30 * 86400)
+#define TIME_TEXT 40                    /* an RFC 3339 time as text, with room */
+
+/*
+ * Keyring mutations (rotate, destroy, and the save that follows) are
+ * serialised: two rotations at once would each save their own view, and the
+ * last save would drop the other's key. unsaved_keyring names a keyring whose
+ * in-memory state is ahead of the store (a save failed); the next mutation
+ * saves it first.
+ */
+static pthread_mutex_t keyring_lock = PTHREAD_MUTEX_INITIALIZER;
+static const phg_keyring *unsaved_keyring;
+
+/* ---- small helpers ------------------------------------------------------------------ */
+
+static int is_lower_alnum(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
+
+/* "ak_" and 1..29 of [a-z0-9]: the shape phg_keys_create gives (apikey.h). */
+static int key_id_ok(const char *s)
+{
+    size_t n;
+    if (strncmp(s, "ak_", 3) != 0)
+        return 0;
+    for (n = 3; s[n] != '\0'; n++) {
+        if (n >= PHG_APIKEY_ID_MAX || !is_lower_alnum((unsigned char)s[n]))
+            return 0;
+    }
+    return n > 3;
+}
+
+/* [a-z0-9]{1,PHG_PHI_KID_MAX} (docs/formats.md). */
+static int kid_ok(const char *s)
+{
+    size_t n;
+    for (n = 0; s[n] != '\0'; n++) {
+        if (n >= PHG_PHI_KID_MAX || !is_lower_alnum((unsigned char)s[n]))
+            return 0;
+    }
+    return n > 0;
+}
+
+static int ulid_ok(const char *s)
+{
+    phg_ulid u;
+    return phg_ulid_parse(s, strlen(s), &u) == PHG_OK;
+}
+
+/* Printable text (no control characters), 1..max bytes. Not a UTF-8 check:
+ * the library does that where it stores text. */
+static int text_ok(const char *s, size_t max)
+{
+    size_t n;
+    for (n = 0; s[n] != '\0'; n++) {
+        if (n >= max || (unsigned char)s[n] < 0x20 || s[n] == 0x7f)
+            return 0;
+    }
+    return n > 0;
+}
+
+/* A caller's name (a query parameter, a body member) made safe to echo in a
+ * message: at most 40 characters, anything unusual shown as '?'. */
+static void echo_safe(const char *s, size_t len, char out[48])
+{
+    size_t i, o = 0;
+    for (i = 0; i < len && o < 40; i++) {
+        char c = s[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '_' || c == '-' || c == '.' || c == ':';
+        out[o++] = ok ? c : '?';
+    }
+    if (i < len && o <= 44) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o] = '\0';
+}
+
+/* Unix seconds -> "YYYY-MM-DDTHH:MM:SSZ". */
+static void format_time(int64_t t, char out[TIME_TEXT])
+{
+    struct tm tm;
+    time_t tt = (time_t)t;
+    if (gmtime_r(&tt, &tm) == NULL || strftime(out, TIME_TEXT, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(out, TIME_TEXT, "%lld", (long long)t);
+}
+
+static json_t *time_or_null(int64_t t)
+{
+    char text[TIME_TEXT];
+    if (t == 0)
+        return json_null();
+    format_time(t, text);
+    return json_string(text);
+}
+
+static int digits(const char *s, int n, int *out)
+{
+    int v = 0, i;
+    for (i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+ * days_from_civil). */
+static int64_t days_from_civil(int y, int m, int d)
+{
+    int64_t era, yoe, doy, doe;
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = y - era * 400;
+    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/*
+ * RFC 3339 to Unix microseconds: "YYYY-MM-DD" (midnight UTC) or
+ * "YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)" ('t', 'z' and a space
+ * for 'T' accepted, as RFC 3339 allows). Fractions beyond microseconds are
+ * truncated; leap seconds (60) are refused. 1 ok, 0 not a time (or before
+ * 1970).
+ */
+static int parse_time_us(const char *s, int64_t *out)
+{
+    static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    size_t len = strlen(s);
+    int y, mo, d, h = 0, mi = 0, sec = 0, oh = 0, om = 0, sign = 0, dim;
+    int64_t frac = 0, t;
+    const char *p;
+
+    if (len < 10 || len > TIME_TEXT)
+        return 0;
+    if (!digits(s, 4, &y) || s[4] != '-' || !digits(s + 5, 2, &mo) || s[7] != '-' ||
+        !digits(s + 8, 2, &d))
+        return 0;
+    if (y < 1970 || mo < 1 || mo > 12)
+        return 0;
+    dim = mdays[mo - 1] + (mo == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0));
+    if (d < 1 || d > dim)
+        return 0;
+    if (len > 10) {
+        if (s[10] != 'T' && s[10] != 't' && s[10] != ' ')
+            return 0;
+        if (len < 20 || !digits(s + 11, 2, &h) || s[13] != ':' || !digits(s + 14, 2, &mi) ||
+            s[16] != ':' || !digits(s + 17, 2, &sec))
+            return 0;
+        if (h > 23 || mi > 59 || sec > 59)
+            return 0;
+        p = s + 19;
+        if (*p == '.') {
+            int n = 0;
+            p++;
+            while (*p >= '0' && *p <= '9') {
+                if (n < 6)
+                    frac = frac * 10 + (*p - '0');
+                n++, p++;
+            }
+            if (n == 0)
+                return 0;
+            for (; n < 6; n++)
+                frac *= 10;
+        }
+        if ((p[0] == 'Z' || p[0] == 'z') && p[1] == '\0') {
+            sign = 0;
+        } else if ((p[0] == '+' || p[0] == '-') && strlen(p) == 6 && digits(p + 1, 2, &oh) &&
+                   p[3] == ':' && digits(p + 4, 2, &om) && oh <= 23 && om <= 59) {
+            sign = p[0] == '+' ? 1 : -1;
+        } else {
+            return 0;
+        }
+    }
+    t = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
+    t -= sign * (oh * 3600 + om * 60);
+    if (t < 0)
+        return 0;
+    *out = t * 1000000 + frac;
+    return 1;
+}
+
+static int method_is(const gw_call *call, const char *m)
+{
+    return call->method != NULL && strcmp(call->method, m) == 0;
+}
+
+/* 1 if the method is `want`; otherwise 405 and 0. */
+static int method_or_respond(gw_call *call, const char *want)
+{
+    if (method_is(call, want))
+        return 1;
+    gw_call_fail(call, 405, "method_not_allowed", "%s is not allowed here; use %s",
+                 call->method != NULL && strlen(call->method) < 16 ? call->method : "this method",
+                 want);
+    return 0;
+}
+
+/*
+ * Every query parameter must be one of `allowed` (NULL-terminated, at most
+ * 32 names) and appear once; otherwise 400 naming it. Names are compared as
+ * sent (a percent-encoded name is unknown).
+ */
+static int query_names_or_respond(gw_call *call, const char *const *allowed)
+{
+    const char *p = call->query;
+    uint32_t seen = 0;
+    char shown[48];
+
+    if (p == NULL)
+        return 1;
+    if (strlen(p) > QUERY_MAX) {
+        gw_call_fail(call, 400, "invalid_parameter", "the query string is over %d bytes",
+                     QUERY_MAX);
+        return 0;
+    }
+    while (*p != '\0') {
+        const char *end = strchr(p, '&');
+        size_t seg = end != NULL ? (size_t)(end - p) : strlen(p);
+        const char *eq = memchr(p, '=', seg);
+        size_t nlen = eq != NULL ? (size_t)(eq - p) : seg;
+        if (seg > 0) {
+            size_t i;
+            for (i = 0; allowed != NULL && allowed[i] != NULL; i++) {
+                if (strlen(allowed[i]) == nlen && memcmp(allowed[i], p, nlen) == 0)
+                    break;
+            }
+            echo_safe(p, nlen, shown);
+            if (allowed == NULL || allowed[i] == NULL) {
+                gw_call_fail(call, 400, "invalid_parameter", "unknown query parameter: %s%s",
+                             nlen ? shown : "(empty name)",
+                             allowed != NULL && allowed[0] != NULL ? "" : " (this endpoint takes none)");
+                return 0;
+            }
+            assert(i < 32);
+            if (seen & (1u << i)) {
+                gw_call_fail(call, 400, "invalid_parameter",
+                             "query parameter %s is given more than once", shown);
+                return 0;
+            }
+            seen |= 1u << i;
+        }
+        if (end == NULL)
+            break;
+        p = end + 1;
+    }
+    return 1;
+}
+
+/* A query value: 1 present and not empty (into buf, PARAM_MAX + 1 bytes),
+ * 0 absent or empty, -1 after a 400. */
+static int param(gw_call *call, const char *name, char buf[PARAM_MAX + 1])
+{
+    int rc = gw_call_query(call, name, buf, PARAM_MAX + 1);
+    if (rc < 0)
+        return -1;
+    if (rc == 0 || buf[0] == '\0') {
+        buf[0] = '\0';
+        return 0;
+    }
+    return 1;
+}
+
+/* limit=1..1000 (default def). 1 ok, 0 after a 400. */
+static int limit_param(gw_call *call, size_t def, size_t *out)
+{
+    char buf[PARAM_MAX + 1];
+    size_t i, v = 0;
+    int rc = param(call, "limit", buf);
+    if (rc < 0)
+        return 0;
+    *out = def;
+    if (rc == 0)
+        return 1;
+    for (i = 0; buf[i] != '\0'; i++) {
+        if (buf[i] < '0' || buf[i] > '9' || i >= 4) {
+            v = 0;
+            break;
+        }
+        v = v * 10 + (size_t)(buf[i] - '0');
+    }
+    if (v < 1 || v > LIST_MAX) {
+        gw_call_fail(call, 400, "invalid_parameter", "limit must be an integer from 1 to %d",
+                     LIST_MAX);
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* A time query parameter: 1 ok (*us set, text copied; 0 and "" when absent),
+ * 0 after a 400. */
+static int time_param(gw_call *call, const char *name, int64_t *us, char text[PARAM_MAX + 1])
+{
+    int rc = param(call, name, text);
+    *us = 0;
+    if (rc < 0)
+        return 0;
+    if (rc == 0)
+        return 1;
+    if (!parse_time_us(text, us)) {
+        gw_call_fail(call, 400, "invalid_parameter",
+                     "%s must be an RFC 3339 time (2026-01-31T12:00:00Z) or a date "
+                     "(2026-01-31), not before 1970",
+                     name);
+        return 0;
+    }
+    return 1;
+}
+
+/* Every member of a body object must be in `allowed`; otherwise 400. */
+static int members_or_respond(gw_call *call, json_t *body, const char *const *allowed)
+{
+    const char *name;
+    json_t *v;
+    json_object_foreach(body, name, v) {
+        size_t i;
+        char shown[48];
+        (void)v;
+        for (i = 0; allowed[i] != NULL; i++) {
+            if (strcmp(allowed[i], name) == 0)
+                break;
+        }
+        if (allowed[i] == NULL) {
+            echo_safe(name, strlen(name), shown);
+            gw_call_fail(call, 400, "invalid_request", "unknown member in the body: %s", shown);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The body as a JSON object, or NULL after a 4xx. Bodies are small here. */
+static json_t *body_or_respond(gw_call *call)
+{
+    if (call->body_len > BODY_MAX) {
+        gw_call_fail(call, 413, "payload_too_large", "an admin request body is at most %u bytes",
+                     BODY_MAX);
+        return NULL;
+    }
+    return gw_call_json_body(call);
+}
+
+static void set_details(gw_call *call, json_t *details)
+{
+    json_decref(call->audit_details);
+    call->audit_details = details;
+}
+
+static void reply(gw_call *call, int status, json_t *result)
+{
+    if (result == NULL) {
+        gw_call_fail(call, 500, "internal", "out of memory");
+        return;
+    }
+    json_decref(call->result);
+    call->status = status;
+    call->result = result;
+}
+
+/* A library status that is not a client error, as a reply. */
+static void fail_status(gw_call *call, phg_status st, const char *doing)
+{
+    if (st == PHG_ERR_UNAVAILABLE)
+        gw_call_fail(call, 503, "unavailable", "cannot %s: the store is unavailable", doing);
+    else if (st == PHG_ERR_NOMEM)
+        gw_call_fail(call, 503, "unavailable", "cannot %s: out of memory", doing);
+    else
+        gw_call_fail(call, 500, "internal", "cannot %s: %s", doing, phg_strerror(st));
+}
+
+/* ---- key records -------------------------------------------------------------------- */
+
+static json_t *scopes_json(uint32_t scopes)
+{
+    char text[128];
+    json_t *arr = json_array();
+    const char *p = text;
+    phg_apikey_scopes_format(scopes, text, sizeof text);
+    while (arr != NULL && *p != '\0') {
+        size_t n = strcspn(p, " ,");
+        if (n > 0)
+            json_array_append_new(arr, json_stringn(p, n));
+        p += n;
+        while (*p == ' ' || *p == ',')
+            p++;
+    }
+    return arr;
+}
+
+/* A key's record as JSON: the member names of `phigate keys show --json`
+ * (src/cli/store_cmd.c), except scopes, an array here. Never the hash. */
+static json_t *record_json(const phg_apikey_record *r)
+{
+    int64_t now = (int64_t)time(NULL);
+    const char *state = "active";
+    json_t *o;
+
+    if (r->revoked_at)
+        state = "revoked";
+    else if ((r->expires_at && now >= r->expires_at) || (r->grace_until && now >= r->grace_until))
+        state = "expired";
+    else if (r->grace_until)
+        state = "rotating";
+    o = json_pack("{s:s,s:s,s:o,s:s,s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:s}", "id", r->id,
+                  "role", phg_role_name(r->role), "scopes", scopes_json(r->scopes), "user_id",
+                  r->user_id, "description", r->description, "created_by", r->created_by,
+                  "created_at", time_or_null(r->created_at), "expires_at",
+                  time_or_null(r->expires_at), "last_used_at", time_or_null(r->last_used_at),
+                  "revoked_at", time_or_null(r->revoked_at), "grace_until",
+                  time_or_null(r->grace_until), "replaced_by",
+                  r->replaced_by[0] ? json_string(r->replaced_by) : json_null(), "rate_limit",
+                  r->rate_limit[0] ? json_string(r->rate_limit) : json_null(), "state", state);
+    return o;
+}
+
+static int keys_ready_or_respond(const gw_admin_ctx *ctx, gw_call *call)
+{
+    if (ctx->keys != NULL)
+        return 1;
+    gw_call_fail(call, 503, "unavailable", "key management is not available on this instance");
+    return 0;
+}
+
+/* GET /admin/keys?after=&limit= */
+static void keys_list(const gw_admin_ctx *ctx, gw_call *call)
+{
+    static const char *const allowed[] = {"after", "limit", NULL};
+    char after[PARAM_MAX + 1];
+    phg_apikey_record *recs = NULL;
+    size_t limit, n = 0, i;
+    json_t *arr;
+    phg_status st;
+    int rc;
+
+    snprintf(call->action, sizeof call->action, "admin.keys.list");
+    snprintf(call->resource, sizeof call->resource, "keys");
+    if (!query_names_or_respond(call, allowed) || !limit_param(call, LIST_DEFAULT, &limit))
+        return;
+    rc = param(call, "after", after);
+    if (rc < 0)
+        return;
+    if (rc > 0 && !key_id_ok(after)) {
+        gw_call_fail(call, 400, "invalid_parameter",
+                     "after must be a key id (ak_ followed by lowercase letters and digits)");
+        return;
+    }
+    set_details(call, json_pack("{s:s?,s:I}", "after", rc > 0 ? after : NULL, "limit",
+                                (json_int_t)limit));
+    if (!keys_ready_or_respond(ctx, call))
+        return;
+    st = phg_keys_list(ctx->keys, after, limit, &recs, &n);
+    if (st == PHG_ERR_INVALID) {
+        gw_call_fail(call, 400, "invalid_parameter", "after or limit is not valid");
+        return;
+    }
+    if (st != PHG_OK) {
+        fail_status(call, st, "list the keys");
+        return;
+    }
+    arr = json_array();
+    for (i = 0; arr != NULL && i < n; i++)
+        json_array_append_new(arr, record_json(&recs[i]));
+    reply(call, 200,
+          json_pack("{s:o,s:o}", "keys", arr, "next",
+                    n == limit && n > 0 ? json_string(recs[n - 1].id) : json_null()));
+    free(recs);
+}
+
+/* An optional string member: 1 ok (*out NULL when absent or null), 0 after a 400. */
+static int opt_string(gw_call *call, json_t *body, const char *name, size_t max,
+                      const char **out)
+{
+    json_t *v = json_object_get(body, name);
+    *out = NULL;
+    if (v == NULL || json_is_null(v))
+        return 1;
+    if (!json_is_string(v)) {
+        gw_call_fail(call, 400, "invalid_request", "%s must be a string", name);
+        return 0;
+    }
+    if (json_string_length(v) > max || strlen(json_string_value(v)) != json_string_length(v)) {
+        gw_call_fail(call, 400, "invalid_request", "%s must be at most %zu bytes, without NUL",
+                     name, max);
+        return 0;
+    }
+    *out = json_string_value(v);
+    return 1;
+}
+
+static int parse_scopes(gw_call *call, json_t *v, uint32_t *out)
+{
+    size_t i;
+    json_t *item;
+    *out = 0;
+    if (v == NULL || json_is_null(v))
+        return 1;
+    if (!json_is_array(v) || json_array_size(v) > 16) {
+        gw_call_fail(call, 400, "invalid_request",
+                     "scopes must be an array of scope names (phi:encrypt, phi:decrypt, "
+                     "audit:read, keys:admin, webhooks:admin)");
+        return 0;
+    }
+    json_array_foreach(v, i, item) {
+        const char *s = json_string_value(item);
+        uint32_t bit = 0;
+        if (s == NULL || s[0] == '\0' || strlen(s) > 32 || strcspn(s, " ,\t") != strlen(s) ||
+            phg_apikey_scopes_parse(s, &bit) != PHG_OK || bit == 0) {
+            gw_call_fail(call, 400, "invalid_request",
+                         "scopes[%zu]: unknown scope (known: phi:encrypt, phi:decrypt, "
+                         "audit:read, keys:admin, webhooks:admin)",
+                         i);
+            return 0;
+        }
+        *out |= bit;
+    }
+    return 1;
+}
+
+/*
+ * A key was made (created, or issued by a rotation) but the audit log could
+ * not record it: fail closed, revoke it. 1 if it is revoked.
+ */
+static int undo_new_key(const gw_admin_ctx *ctx, const char *id)
+{
+    phg_status st = phg_keys_revoke(ctx->keys, id);
+    /* UNAUDITED: revoked, and the revocation's record failed as well. */
+    return st == PHG_OK || st == PHG_ERR_UNAUDITED;
+}
+
+/* POST /admin/keys */
+static void keys_create(const gw_admin_ctx *ctx, gw_call *call)
+{
+    static const char *const allowed[] = {"role",       "user_id",    "scopes", "description",
+                                          "rate_limit", "expires_at", NULL};
+    json_t *body = NULL, *v;
+    phg_apikey_spec spec;
+    phg_apikey_record rec;
+    char key[PHG_APIKEY_LEN + 1] = "", created_by[PHG_APIKEY_ACTOR_MAX + 1];
+    char err[256] = "";
+    const char *expires = NULL;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.keys.create");
+    snprintf(call->resource, sizeof call->resource, "keys");
+    memset(&spec, 0, sizeof spec);
+    memset(&rec, 0, sizeof rec);
+    if (!query_names_or_respond(call, NULL))
+        return;
+    body = body_or_respond(call);
+    if (body == NULL)
+        return;
+    if (!members_or_respond(call, body, allowed))
+        goto out;
+    v = json_object_get(body, "role");
+    if (!json_is_string(v) || phg_role_parse(json_string_value(v), &spec.role) != PHG_OK) {
+        gw_call_fail(call, 400, "invalid_request", "role is required: \"user\" or \"admin\"");
+        goto out;
+    }
+    v = json_object_get(body, "user_id");
+    if (!json_is_string(v) || !text_ok(json_string_value(v), PHG_APIKEY_USER_MAX)) {
+        gw_call_fail(call, 400, "invalid_request",
+                     "user_id is required: 1 to %d printable characters", PHG_APIKEY_USER_MAX);
+        goto out;
+    }
+    spec.user_id = json_string_value(v);
+    if (!parse_scopes(call, json_object_get(body, "scopes"), &spec.scopes) ||
+        !opt_string(call, body, "description", PHG_APIKEY_DESC_MAX, &spec.description) ||
+        !opt_string(call, body, "rate_limit", PHG_APIKEY_LIMIT_MAX, &spec.rate_limit) ||
+        !opt_string(call, body, "expires_at", TIME_TEXT, &expires))
+        goto out;
+    if (expires != NULL) {
+        int64_t us;
+        if (!parse_time_us(expires, &us)) {
+            gw_call_fail(call, 400, "invalid_request",
+                         "expires_at must be an RFC 3339 time (2027-01-01T00:00:00Z) or null");
+            goto out;
+        }
+        spec.expires_at = us / 1000000;
+        if (spec.expires_at <= (int64_t)time(NULL)) {
+            gw_call_fail(call, 400, "invalid_request", "expires_at is in the past");
+            goto out;
+        }
+    }
+    if (call->id == NULL || call->id->key_id[0] == '\0') {
+        gw_call_fail(call, 403, "forbidden", "the admin API needs an admin key");
+        goto out;
+    }
+    snprintf(created_by, sizeof created_by, "key:%s", call->id->key_id);
+    spec.created_by = created_by;
+    if (!keys_ready_or_respond(ctx, call))
+        goto out;
+    st = phg_keys_create(ctx->keys, &spec, key, &rec, err, sizeof err);
+    if (st == PHG_OK || st == PHG_ERR_UNAUDITED) {
+        snprintf(call->resource, sizeof call->resource, "key:%s", rec.id);
+        set_details(call, json_pack("{s:s,s:s,s:s,s:o}", "key_id", rec.id, "role",
+                                    phg_role_name(rec.role), "user_id", rec.user_id, "scopes",
+                                    scopes_json(rec.scopes)));
+    }
+    if (st == PHG_ERR_UNAUDITED) {
+        /* Fail closed: a key nobody can account for must not work. */
+        int undone = undo_new_key(ctx, rec.id);
+        if (call->audit_details != NULL)
+            json_object_set_new(call->audit_details, "undone", json_boolean(undone));
+        if (undone)
+            gw_call_fail(call, 503, "audit_unavailable",
+                         "the change could not be recorded in the audit log; it was undone "
+                         "(key %s is revoked)",
+                         rec.id);
+        else
+            gw_call_fail(call, 503, "audit_unavailable",
+                         "the change could not be recorded in the audit log, and key %s could "
+                         "not be revoked: revoke it when the store is back",
+                         rec.id);
+        goto out;
+    }
+    if (st == PHG_ERR_INVALID) {
+        gw_call_fail(call, 400, "invalid_request", "%s", err[0] ? err : "the key spec is invalid");
+        goto out;
+    }
+    if (st != PHG_OK) {
+        fail_status(call, st, "create the key");
+        goto out;
+    }
+    /* The only time the key text is shown. */
+    reply(call, 201, json_pack("{s:s,s:o}", "key", key, "record", record_json(&rec)));
+out:
+    phg_wipe(key, sizeof key);
+    json_decref(body);
+}
+
+/* Map the status of a call on one key. */
+static void key_fail(gw_call *call, phg_status st, const char *doing)
+{
+    if (st == PHG_ERR_NOT_FOUND)
+        gw_call_fail(call, 404, "not_found", "no key with that id");
+    else if (st == PHG_ERR_STATE)
+        gw_call_fail(call, 409, "conflict", "cannot %s: the key is revoked or already rotated",
+                     doing);
+    else if (st == PHG_ERR_INVALID)
+        gw_call_fail(call, 400, "invalid_request", "cannot %s: %s", doing, phg_strerror(st));
+    else
+        fail_status(call, st, doing);
+}
+
+/* GET /admin/keys/{id} */
+static void key_get(const gw_admin_ctx *ctx, gw_call *call, const char *id)
+{
+    phg_apikey_record rec;
+    phg_status st;
+    snprintf(call->action, sizeof call->action, "admin.keys.get");
+    set_details(call, json_pack("{s:s}", "key_id", id));
+    if (!query_names_or_respond(call, NULL) || !keys_ready_or_respond(ctx, call))
+        return;
+    st = phg_keys_get(ctx->keys, id, &rec);
+    if (st != PHG_OK) {
+        key_fail(call, st, "read the key");
+        return;
+    }
+    reply(call, 200, record_json(&rec));
+}
+
+/* POST /admin/keys/{id}/rotate {"grace_seconds":N} */
+static void key_rotate(const gw_admin_ctx *ctx, gw_call *call, const char *id)
+{
+    static const char *const allowed[] = {"grace_seconds", NULL};
+    json_t *body = NULL, *v;
+    json_int_t grace = GRACE_DEFAULT_S;
+    phg_apikey_record rec, old;
+    char key[PHG_APIKEY_LEN + 1] = "";
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.keys.rotate");
+    memset(&rec, 0, sizeof rec);
+    if (!query_names_or_respond(call, NULL))
+        return;
+    if (call->body_len > 0) {
+        body = body_or_respond(call);
+        if (body == NULL)
+            return;
+        if (!members_or_respond(call, body, allowed))
+            goto out;
+        v = json_object_get(body, "grace_seconds");
+        if (v != NULL && !json_is_null(v)) {
+            if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+                json_integer_value(v) > GRACE_MAX_S) {
+                gw_call_fail(call, 400, "invalid_request",
+                             "grace_seconds must be an integer from 0 to %d (30 days)",
+                             GRACE_MAX_S);
+                goto out;
+            }
+            grace = json_integer_value(v);
+        }
+    }
+    set_details(call, json_pack("{s:s,s:I}", "key_id", id, "grace_seconds", grace));
+    if (!keys_ready_or_respond(ctx, call))
+        goto out;
+    st = phg_keys_rotate(ctx->keys, id, (int64_t)grace, key, &rec);
+    if (st == PHG_OK || st == PHG_ERR_UNAUDITED)
+        json_object_set_new(call->audit_details, "new_key_id", json_string(rec.id));
+    if (st == PHG_ERR_UNAUDITED) {
+        int undone = undo_new_key(ctx, rec.id);
+        json_object_set_new(call->audit_details, "undone", json_boolean(undone));
+        /* The old key cannot be un-rotated: it keeps working until the end
+         * of its grace period, then stops. */
+        if (undone)
+            gw_call_fail(call, 503, "audit_unavailable",
+                         "the change could not be recorded in the audit log; it was undone: the "
+                         "new key %s is revoked (the old key stays rotated and stops after its "
+                         "grace period; create a new key when the audit log is back)",
+                         rec.id);
+        else
+            gw_call_fail(call, 503, "audit_unavailable",
+                         "the change could not be recorded in the audit log, and the new key %s "
+                         "could not be revoked: revoke it when the store is back",
+                         rec.id);
+        goto out;
+    }
+    if (st != PHG_OK) {
+        key_fail(call, st, "rotate the key");
+        goto out;
+    }
+    v = json_pack("{s:s,s:o}", "key", key, "record", record_json(&rec));
+    if (v != NULL && phg_keys_get(ctx->keys, id, &old) == PHG_OK)
+        json_object_set_new(v, "previous", record_json(&old));
+    reply(call, 201, v);
+out:
+    phg_wipe(key, sizeof key);
+    json_decref(body);
+}
+
+/* POST /admin/keys/{id}/revoke */
+static void key_revoke(const gw_admin_ctx *ctx, gw_call *call, const char *id)
+{
+    phg_apikey_record rec;
+    phg_status st;
+    snprintf(call->action, sizeof call->action, "admin.keys.revoke");
+    set_details(call, json_pack("{s:s}", "key_id", id));
+    if (!query_names_or_respond(call, NULL) || !keys_ready_or_respond(ctx, call))
+        return;
+    st = phg_keys_revoke(ctx->keys, id);
+    if (st == PHG_ERR_UNAUDITED) {
+        gw_call_fail(call, 503, "audit_unavailable",
+                     "the key IS revoked, but the audit record of the revocation could not be "
+                     "written");
+        return;
+    }
+    if (st != PHG_OK) {
+        key_fail(call, st, "revoke the key");
+        return;
+    }
+    st = phg_keys_get(ctx->keys, id, &rec);
+    if (st != PHG_OK) {
+        /* Revoked; only the read back failed. */
+        reply(call, 200, json_pack("{s:s,s:s}", "id", id, "state", "revoked"));
+        return;
+    }
+    reply(call, 200, record_json(&rec));
+}
+
+/* ---- the audit log ------------------------------------------------------------------ */
+
+static int audit_ready_or_respond(const gw_admin_ctx *ctx, gw_call *call)
+{
+    if (ctx->store != NULL)
+        return 1;
+    gw_call_fail(call, 503, "unavailable", "the audit log is not available on this instance");
+    return 0;
+}
+
+/* The records of a page, each parsed from its stored text. */
+static json_t *rows_json(const phg_audit_row *rows, size_t n)
+{
+    json_t *arr = json_array();
+    size_t i;
+    for (i = 0; arr != NULL && i < n; i++) {
+        json_t *r = rows[i].json != NULL
+                        ? json_loads(rows[i].json, JSON_DECODE_ANY, NULL)
+                        : NULL;
+        json_array_append_new(arr, r != NULL ? r : json_null());
+    }
+    return arr;
+}
+
+typedef struct audit_params {
+    char from[PARAM_MAX + 1], to[PARAM_MAX + 1], user_id[PARAM_MAX + 1],
+        key_id[PARAM_MAX + 1], action[PARAM_MAX + 1], outcome[PARAM_MAX + 1],
+        request_id[PARAM_MAX + 1], subject[PARAM_MAX + 1], before[PARAM_MAX + 1];
+} audit_params;
+
+/* Read and validate the filters named in `allowed` into p and f. 1 ok. */
+static int audit_filter_or_respond(gw_call *call, const char *const *allowed, audit_params *p,
+                                   phg_audit_filter *f)
+{
+    struct {
+        const char *name;
+        char *buf;
+    } texts[] = {
+        {"user_id", p->user_id},       {"key_id", p->key_id},   {"action", p->action},
+        {"outcome", p->outcome},       {"request_id", p->request_id},
+        {"subject", p->subject},       {"before", p->before},
+    };
+    size_t i;
+
+    memset(p, 0, sizeof *p);
+    memset(f, 0, sizeof *f);
+    if (!query_names_or_respond(call, allowed) || !limit_param(call, LIST_DEFAULT, &f->limit) ||
+        !time_param(call, "from", &f->from_us, p->from) ||
+        !time_param(call, "to", &f->to_us, p->to))
+        return 0;
+    for (i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        if (param(call, texts[i].name, texts[i].buf) < 0)
+            return 0;
+        if (texts[i].buf[0] != '\0' && !text_ok(texts[i].buf, PARAM_MAX)) {
+            gw_call_fail(call, 400, "invalid_parameter", "%s has control characters",
+                         texts[i].name);
+            return 0;
+        }
+    }
+    if (f->to_us != 0 && f->from_us >= f->to_us) {
+        gw_call_fail(call, 400, "invalid_parameter", "to must be after from");
+        return 0;
+    }
+    if (p->key_id[0] && !key_id_ok(p->key_id)) {
+        gw_call_fail(call, 400, "invalid_parameter",
+                     "key_id must be a key id (ak_ followed by lowercase letters and digits)");
+        return 0;
+    }
+    if (p->request_id[0] && !ulid_ok(p->request_id)) {
+        gw_call_fail(call, 400, "invalid_parameter", "request_id must be a ULID");
+        return 0;
+    }
+    if (p->before[0] && !ulid_ok(p->before)) {
+        gw_call_fail(call, 400, "invalid_parameter", "before must be a record id (a ULID)");
+        return 0;
+    }
+    if (p->outcome[0] && strcmp(p->outcome, "success") != 0 &&
+        strcmp(p->outcome, "denied") != 0 && strcmp(p->outcome, "error") != 0) {
+        gw_call_fail(call, 400, "invalid_parameter", "outcome must be success, denied or error");
+        return 0;
+    }
+    if (p->action[0]) {
+        /* Actions are dotted names: "phi.decrypt", "admin.keys.create". */
+        for (i = 0; p->action[i] != '\0'; i++) {
+            char c = p->action[i];
+            if (!is_lower_alnum((unsigned char)c) && c != '.' && c != '_' && c != '-' && c != ':')
+                break;
+        }
+        if (p->action[i] != '\0' || i > 64) {
+            gw_call_fail(call, 400, "invalid_parameter",
+                         "action must be a name like phi.decrypt ([a-z0-9._:-], at most 64)");
+            return 0;
+        }
+    }
+    f->user_id = p->user_id[0] ? p->user_id : NULL;
+    f->key_id = p->key_id[0] ? p->key_id : NULL;
+    f->action = p->action[0] ? p->action : NULL;
+    f->outcome = p->outcome[0] ? p->outcome : NULL;
+    f->request_id = p->request_id[0] ? p->request_id : NULL;
+    f->subject = p->subject[0] ? p->subject : NULL;
+    f->before_id = p->before[0] ? p->before : NULL;
+    return 1;
+}
+
+static json_t *filter_details(const audit_params *p, const phg_audit_filter *f)
+{
+    json_t *o = json_object();
+    const struct {
+        const char *name, *value;
+    } items[] = {
+        {"from", p->from},       {"to", p->to},           {"user_id", p->user_id},
+        {"key_id", p->key_id},   {"action", p->action},   {"outcome", p->outcome},
+        {"request_id", p->request_id}, {"subject", p->subject}, {"before", p->before},
+    };
+    size_t i;
+    for (i = 0; o != NULL && i < sizeof items / sizeof items[0]; i++) {
+        if (items[i].value[0] != '\0')
+            json_object_set_new(o, items[i].name, json_string(items[i].value));
+    }
+    if (o != NULL)
+        json_object_set_new(o, "limit", json_integer((json_int_t)f->limit));
+    return o;
+}
+
+/* Run the query: 1 and the rows (the caller frees them), or 0 after a reply. */
+static int run_query(const gw_admin_ctx *ctx, gw_call *call, const phg_audit_filter *f,
+                     phg_audit_row **rows, size_t *n)
+{
+    char err[256] = "";
+    phg_status st = phg_audit_query(ctx->store, f, rows, n, err, sizeof err);
+    if (st == PHG_ERR_INVALID) {
+        gw_call_fail(call, 400, "invalid_parameter", "%s", err[0] ? err : "a filter is invalid");
+        return 0;
+    }
+    if (st != PHG_OK) {
+        fail_status(call, st, "query the audit log");
+        return 0;
+    }
+    return 1;
+}
+
+/* GET /admin/audit?... */
+static void audit_query(const gw_admin_ctx *ctx, gw_call *call)
+{
+    static const char *const allowed[] = {"from",       "to",      "user_id", "key_id",
+                                          "action",     "outcome", "request_id",
+                                          "subject",    "before",  "limit",   NULL};
+    audit_params p;
+    phg_audit_filter f;
+    phg_audit_row *rows = NULL;
+    size_t n = 0;
+
+    snprintf(call->action, sizeof call->action, "admin.audit.query");
+    snprintf(call->resource, sizeof call->resource, "audit");
+    if (!audit_filter_or_respond(call, allowed, &p, &f))
+        return;
+    if (f.subject != NULL)
+        snprintf(call->subject, sizeof call->subject, "%s", f.subject);
+    set_details(call, json_pack("{s:o}", "filters", filter_details(&p, &f)));
+    if (!audit_ready_or_respond(ctx, call) || !run_query(ctx, call, &f, &rows, &n))
+        return;
+    json_object_set_new(call->audit_details, "count", json_integer((json_int_t)n));
+    reply(call, 200,
+          json_pack("{s:o,s:o}", "records", rows_json(rows, n), "next",
+                    n == f.limit && n > 0 ? json_string(rows[n - 1].id) : json_null()));
+    phg_audit_rows_free(rows, n);
+}
+
+/*
+ * GET /admin/audit/report?subject=&from=&to=&before=&limit=: the accounting
+ * of disclosures of `phigate audit report --format json`: every record whose
+ * subject is that user, newest first, one page at a time.
+ */
+static void audit_report(const gw_admin_ctx *ctx, gw_call *call)
+{
+    static const char *const allowed[] = {"subject", "from", "to", "before", "limit", NULL};
+    audit_params p;
+    phg_audit_filter f;
+    phg_audit_row *rows = NULL;
+    size_t n = 0;
+
+    snprintf(call->action, sizeof call->action, "admin.audit.report");
+    snprintf(call->resource, sizeof call->resource, "audit");
+    if (!audit_filter_or_respond(call, allowed, &p, &f))
+        return;
+    if (f.subject == NULL) {
+        gw_call_fail(call, 400, "invalid_parameter", "subject is required (the user id)");
+        return;
+    }
+    snprintf(call->subject, sizeof call->subject, "%s", f.subject);
+    set_details(call, json_pack("{s:o}", "filters", filter_details(&p, &f)));
+    if (!audit_ready_or_respond(ctx, call) || !run_query(ctx, call, &f, &rows, &n))
+        return;
+    json_object_set_new(call->audit_details, "count", json_integer((json_int_t)n));
+    reply(call, 200,
+          json_pack("{s:s,s:o,s:o,s:I,s:o,s:o}", "subject", f.subject, "from",
+                    p.from[0] ? json_string(p.from) : json_null(), "to",
+                    p.to[0] ? json_string(p.to) : json_null(), "count", (json_int_t)n,
+                    "accesses", rows_json(rows, n), "next",
+                    n == f.limit && n > 0 ? json_string(rows[n - 1].id) : json_null()));
+    phg_audit_rows_free(rows, n);
+}
+
+/* GET /admin/audit/verify?from=&to= */
+static void audit_verify(const gw_admin_ctx *ctx, gw_call *call)
+{
+    static const char *const allowed[] = {"from", "to", NULL};
+    char from[PARAM_MAX + 1], to[PARAM_MAX + 1];
+    int64_t from_us, to_us;
+    phg_audit_verify_report rep;
+    json_t *res;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.audit.verify");
+    snprintf(call->resource, sizeof call->resource, "audit");
+    if (!query_names_or_respond(call, allowed) || !time_param(call, "from", &from_us, from) ||
+        !time_param(call, "to", &to_us, to))
+        return;
+    if (to_us != 0 && from_us >= to_us) {
+        gw_call_fail(call, 400, "invalid_parameter", "to must be after from");
+        return;
+    }
+    set_details(call, json_pack("{s:s?,s:s?}", "from", from[0] ? from : NULL, "to",
+                                to[0] ? to : NULL));
+    if (!audit_ready_or_respond(ctx, call))
+        return;
+    if (ctx->checkpoint_key == NULL) {
+        gw_call_fail(call, 503, "unavailable", "no checkpoint key: the master key is not loaded");
+        return;
+    }
+    memset(&rep, 0, sizeof rep);
+    st = phg_audit_verify(ctx->store, ctx->checkpoint_key, from_us, to_us, &rep);
+    if (st != PHG_OK) {
+        fail_status(call, st, "verify the audit log");
+        return;
+    }
+    res = json_pack("{s:b,s:I,s:I,s:I}", "ok", rep.ok, "records", (json_int_t)rep.records,
+                    "chains", (json_int_t)rep.chains, "checkpoints",
+                    (json_int_t)rep.checkpoints);
+    if (res != NULL && !rep.ok) {
+        json_object_set_new(res, "chain", json_string(rep.chain));
+        json_object_set_new(res, "seq", json_integer((json_int_t)rep.seq));
+        json_object_set_new(res, "id", rep.id[0] ? json_string(rep.id) : json_null());
+        json_object_set_new(res, "problem", json_string(rep.problem));
+    }
+    if (call->audit_details != NULL) {
+        json_object_set_new(call->audit_details, "ok", json_boolean(rep.ok));
+        json_object_set_new(call->audit_details, "records", json_integer((json_int_t)rep.records));
+    }
+    reply(call, 200, res);
+}
+
+/* ---- the PHI keyring ---------------------------------------------------------------- */
+
+static const char *key_state_name(phg_phi_key_state s)
+{
+    switch (s) {
+    case PHG_PHI_KEY_ACTIVE:
+        return "active";
+    case PHG_PHI_KEY_DECRYPT_ONLY:
+        return "decrypt-only";
+    case PHG_PHI_KEY_DESTROYED:
+        return "destroyed";
+    }
+    return "unknown";
+}
+
+static int keyring_ready_or_respond(const gw_admin_ctx *ctx, gw_call *call)
+{
+    if (ctx->keyring != NULL)
+        return 1;
+    gw_call_fail(call, 503, "unavailable", "no PHI keyring is loaded on this instance");
+    return 0;
+}
+
+/* Find a kid in the keyring; 1 and *info if there. */
+static int keyring_find(phg_keyring *kr, const char *kid, phg_phi_key_info *info)
+{
+    size_t i, n = phg_keyring_count(kr);
+    for (i = 0; i < n; i++) {
+        if (phg_keyring_info(kr, i, info) == PHG_OK && strcmp(info->kid, kid) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/*
+ * Refuse to overwrite a stored keyring that holds what this instance has not
+ * loaded (another instance or the CLI rotated or destroyed since): saving
+ * our view would drop its keys, and the data under them. Every stored kid
+ * must be known here, and every key destroyed there must be destroyed here.
+ * 1 ok; 0 after a reply. Called with keyring_lock held.
+ */
+static int keyring_current_or_respond(const gw_admin_ctx *ctx, gw_call *call)
+{
+    char *text = NULL;
+    size_t len = 0, i;
+    json_t *doc = NULL, *item;
+    phg_status st;
+    int ok = 0;
+
+    if (ctx->store == NULL) {
+        gw_call_fail(call, 503, "unavailable", "no store: the keyring cannot be saved");
+        return 0;
+    }
+    st = phg_store_keyring_get(ctx->store, &text, &len);
+    if (st == PHG_ERR_NOT_FOUND)
+        return 1; /* none stored yet: the first save */
+    if (st != PHG_OK) {
+        fail_status(call, st, "read the stored keyring");
+        return 0;
+    }
+    if (len <= PHG_PHI_KEYRING_TEXT_MAX)
+        doc = json_loadb(text, len, 0, NULL);
+    if (!json_is_array(json_object_get(doc, "keys"))) {
+        gw_call_fail(call, 503, "unavailable",
+                     "the keyring in the store cannot be read; nothing was changed");
+        goto out;
+    }
+    json_array_foreach(json_object_get(doc, "keys"), i, item) {
+        const char *kid = json_string_value(json_object_get(item, "kid"));
+        const char *state = json_string_value(json_object_get(item, "state"));
+        phg_phi_key_info info;
+        if (kid == NULL || !keyring_find(ctx->keyring, kid, &info) ||
+            (state != NULL && strcmp(state, "destroyed") == 0 &&
+             info.state != PHG_PHI_KEY_DESTROYED)) {
+            gw_call_fail(call, 409, "conflict",
+                         "the keyring in the store has changes this instance has not loaded "
+                         "(another instance or the CLI changed it); restart this instance to "
+                         "load them, then retry; nothing was changed");
+            goto out;
+        }
+    }
+    ok = 1;
+out:
+    json_decref(doc);
+    if (text != NULL) {
+        phg_wipe(text, len); /* wrapped DEKs only, but no need to leave them around */
+        free(text);
+    }
+    return ok;
+}
+
+/* Save the in-memory keyring to the store. Called with keyring_lock held. */
+static phg_status keyring_save(const gw_admin_ctx *ctx)
+{
+    char *text = NULL;
+    size_t len = 0;
+    phg_status st = phg_keyring_to_json(ctx->keyring, &text, &len);
+    if (st == PHG_OK)
+        st = phg_store_keyring_put(ctx->store, text, len);
+    if (text != NULL) {
+        phg_wipe(text, len);
+        free(text);
+    }
+    if (st == PHG_OK && unsaved_keyring == ctx->keyring)
+        unsaved_keyring = NULL;
+    else if (st != PHG_OK)
+        unsaved_keyring = ctx->keyring;
+    return st;
+}
+
+/* Before a mutation: the store is current, and a pending state is saved. */
+static int keyring_prepare_or_respond(const gw_admin_ctx *ctx, gw_call *call)
+{
+    if (!keyring_current_or_respond(ctx, call))
+        return 0;
+    if (unsaved_keyring == ctx->keyring && keyring_save(ctx) != PHG_OK) {
+        gw_call_fail(call, 503, "unavailable",
+                     "an earlier keyring change is still not saved to the store, and saving "
+                     "it failed again; nothing new was changed; retry when the store is back");
+        return 0;
+    }
+    return 1;
+}
+
+/* GET /admin/phi/keys */
+static void phi_keys_list(const gw_admin_ctx *ctx, gw_call *call)
+{
+    char primary[PHG_PHI_KID_MAX + 1] = "";
+    json_t *arr;
+    size_t i, n;
+    int unsaved;
+
+    snprintf(call->action, sizeof call->action, "admin.phi.keys.list");
+    snprintf(call->resource, sizeof call->resource, "phi-keyring");
+    if (!query_names_or_respond(call, NULL) || !keyring_ready_or_respond(ctx, call))
+        return;
+    pthread_mutex_lock(&keyring_lock);
+    unsaved = unsaved_keyring == ctx->keyring;
+    (void)phg_keyring_primary(ctx->keyring, primary);
+    arr = json_array();
+    n = phg_keyring_count(ctx->keyring);
+    for (i = 0; arr != NULL && i < n; i++) {
+        phg_phi_key_info info;
+        if (phg_keyring_info(ctx->keyring, i, &info) != PHG_OK)
+            continue;
+        json_array_append_new(arr, json_pack("{s:s,s:s,s:o}", "kid", info.kid, "state",
+                                             key_state_name(info.state), "created",
+                                             time_or_null(info.created_s)));
+    }
+    pthread_mutex_unlock(&keyring_lock);
+    reply(call, 200,
+          json_pack("{s:s,s:o,s:b}", "primary", primary, "keys", arr, "unsaved", unsaved));
+}
+
+/* POST /admin/phi/keys/rotate */
+static void phi_keys_rotate(const gw_admin_ctx *ctx, gw_call *call)
+{
+    char old_kid[PHG_PHI_KID_MAX + 1] = "", new_kid[PHG_PHI_KID_MAX + 1] = "";
+    phg_status st, saved;
+
+    snprintf(call->action, sizeof call->action, "admin.phi.keys.rotate");
+    snprintf(call->resource, sizeof call->resource, "phi-keyring");
+    if (!query_names_or_respond(call, NULL) || !keyring_ready_or_respond(ctx, call))
+        return;
+    pthread_mutex_lock(&keyring_lock);
+    if (!keyring_prepare_or_respond(ctx, call))
+        goto out;
+    (void)phg_keyring_primary(ctx->keyring, old_kid);
+    st = phg_keyring_rotate(ctx->keyring, new_kid);
+    if (st != PHG_OK && st != PHG_ERR_UNAUDITED) {
+        if (st == PHG_ERR_TOO_LARGE)
+            gw_call_fail(call, 409, "conflict", "the keyring is full (%d keys)",
+                         PHG_PHI_KEYRING_KEYS_MAX);
+        else
+            fail_status(call, st, "rotate the keyring");
+        goto out;
+    }
+    set_details(call, json_pack("{s:s,s:s}", "previous", old_kid, "primary", new_kid));
+    /* The change is made (audited or not): the store must hold it, or data
+     * encrypted from now on is under a key that exists only in memory. */
+    saved = keyring_save(ctx);
+    if (saved != PHG_OK) {
+        gw_call_fail(call, 503, "unavailable",
+                     "the keyring was rotated in memory (new primary %s) but could not be "
+                     "saved to the store: until it is, data encrypted now depends on this "
+                     "process; retry this request when the store is back (it saves first)",
+                     new_kid);
+        goto out;
+    }
+    if (st == PHG_ERR_UNAUDITED) {
+        gw_call_fail(call, 503, "audit_unavailable",
+                     "the keyring was rotated (new primary %s) and saved, but its audit record "
+                     "could not be written",
+                     new_kid);
+        goto out;
+    }
+    reply(call, 201, json_pack("{s:s,s:s}", "kid", new_kid, "previous", old_kid));
+out:
+    pthread_mutex_unlock(&keyring_lock);
+}
+
+/* POST /admin/phi/keys/{kid}/destroy {"confirm":"destroy <kid>"} */
+static void phi_key_destroy(const gw_admin_ctx *ctx, gw_call *call, const char *kid)
+{
+    static const char *const allowed[] = {"confirm", NULL};
+    char want[PHG_PHI_KID_MAX + 16];
+    json_t *body = NULL;
+    const char *confirm;
+    phg_phi_key_info info;
+    phg_status st, saved;
+
+    snprintf(call->action, sizeof call->action, "admin.phi.keys.destroy");
+    snprintf(call->resource, sizeof call->resource, "phi-keyring");
+    set_details(call, json_pack("{s:s}", "kid", kid));
+    if (!query_names_or_respond(call, NULL))
+        return;
+    snprintf(want, sizeof want, "destroy %s", kid);
+    if (call->body_len == 0) {
+        gw_call_fail(call, 400, "confirmation_required",
+                     "destroying a data key makes its data unreadable for good; to confirm, "
+                     "send the body {\"confirm\":\"%s\"}",
+                     want);
+        return;
+    }
+    body = body_or_respond(call);
+    if (body == NULL)
+        return;
+    if (!members_or_respond(call, body, allowed))
+        goto out_body;
+    confirm = json_string_value(json_object_get(body, "confirm"));
+    if (confirm == NULL || strcmp(confirm, want) != 0) {
+        gw_call_fail(call, 400, "confirmation_required",
+                     "destroying a data key makes its data unreadable for good; to confirm, "
+                     "send the body {\"confirm\":\"%s\"}",
+                     want);
+        goto out_body;
+    }
+    if (!keyring_ready_or_respond(ctx, call))
+        goto out_body;
+    pthread_mutex_lock(&keyring_lock);
+    if (!keyring_find(ctx->keyring, kid, &info)) {
+        gw_call_fail(call, 404, "not_found", "no data key with that kid");
+        goto out;
+    }
+    if (info.is_primary) {
+        gw_call_fail(call, 409, "conflict",
+                     "%s is the primary key: rotate first (POST /admin/phi/keys/rotate)", kid);
+        goto out;
+    }
+    if (info.state == PHG_PHI_KEY_DESTROYED) {
+        gw_call_fail(call, 409, "conflict", "%s is already destroyed", kid);
+        goto out;
+    }
+    if (!keyring_prepare_or_respond(ctx, call))
+        goto out;
+    st = phg_keyring_destroy(ctx->keyring, kid);
+    if (st == PHG_ERR_NOT_FOUND) {
+        gw_call_fail(call, 404, "not_found", "no data key with that kid");
+        goto out;
+    }
+    if (st == PHG_ERR_STATE) {
+        gw_call_fail(call, 409, "conflict", "%s is the primary key or already destroyed", kid);
+        goto out;
+    }
+    if (st != PHG_OK && st != PHG_ERR_UNAUDITED) {
+        fail_status(call, st, "destroy the key");
+        goto out;
+    }
+    /* Destroyed in memory for good (the DEK is wiped, nothing can undo it);
+     * until the store is written, its wrapped copy there still exists. */
+    saved = keyring_save(ctx);
+    if (saved != PHG_OK) {
+        gw_call_fail(call, 503, "unavailable",
+                     "%s is destroyed in memory but the keyring could not be saved to the "
+                     "store, which still holds it; retry any keyring change when the store is "
+                     "back (it saves first)",
+                     kid);
+        goto out;
+    }
+    if (st == PHG_ERR_UNAUDITED) {
+        gw_call_fail(call, 503, "audit_unavailable",
+                     "%s is destroyed and saved, but its audit record could not be written", kid);
+        goto out;
+    }
+    reply(call, 200, json_pack("{s:s,s:s}", "kid", kid, "state", "destroyed"));
+out:
+    pthread_mutex_unlock(&keyring_lock);
+out_body:
+    json_decref(body);
+}
+
+/* ---- configuration and the OpenAPI document ---------------------------------------- */
+
+static void config_get(const gw_admin_ctx *ctx, gw_call *call)
+{
+    json_t *cfg;
+    snprintf(call->action, sizeof call->action, "admin.config.get");
+    snprintf(call->resource, sizeof call->resource, "config");
+    if (!query_names_or_respond(call, NULL))
+        return;
+    if (ctx->config_json == NULL) {
+        gw_call_fail(call, 503, "unavailable", "the configuration is not available");
+        return;
+    }
+    cfg = ctx->config_json(ctx->config_arg);
+    if (!json_is_object(cfg)) {
+        json_decref(cfg);
+        gw_call_fail(call, 500, "internal", "the configuration could not be rendered");
+        return;
+    }
+    reply(call, 200, cfg);
+}
+
+static void openapi_get(gw_call *call)
+{
+    json_t *doc;
+    snprintf(call->action, sizeof call->action, "admin.openapi.get");
+    snprintf(call->resource, sizeof call->resource, "openapi");
+    if (!query_names_or_respond(call, NULL))
+        return;
+    doc = json_loads(gw_openapi_json, 0, NULL);
+    if (doc == NULL) {
+        gw_call_fail(call, 500, "internal", "the embedded OpenAPI document is not valid JSON");
+        return;
+    }
+    reply(call, 200, doc);
+}
+
+/* ---- routing ------------------------------------------------------------------------ */
+
+static int eq(const char *a, const char *b)
+{
+    return strcmp(a, b) == 0;
+}
+
+static void not_found(gw_call *call)
+{
+    gw_call_fail(call, 404, "not_found", "no such admin endpoint (see GET /admin/openapi.json)");
+}
+
+/* /admin/keys/{id}... : the id is checked before anything else is done with
+ * it; a bad one is a 400 whatever follows. */
+static int key_id_or_respond(gw_call *call, const char *id)
+{
+    if (key_id_ok(id))
+        return 1;
+    gw_call_fail(call, 400, "invalid_parameter",
+                 "key id: must be ak_ followed by lowercase letters and digits");
+    return 0;
+}
+
+static void route(const gw_admin_ctx *ctx, gw_call *call, char **seg, size_t n)
+{
+    if (n == 1 && eq(seg[0], "openapi.json")) {
+        if (method_or_respond(call, "GET"))
+            openapi_get(call);
+    } else if (n == 1 && eq(seg[0], "config")) {
+        if (method_or_respond(call, "GET"))
+            config_get(ctx, call);
+    } else if (n == 1 && eq(seg[0], "keys")) {
+        if (method_is(call, "GET"))
+            keys_list(ctx, call);
+        else if (method_is(call, "POST"))
+            keys_create(ctx, call);
+        else
+            gw_call_fail(call, 405, "method_not_allowed", "use GET or POST");
+    } else if (n == 2 && eq(seg[0], "keys")) {
+        snprintf(call->resource, sizeof call->resource, "key:%s",
+                 key_id_ok(seg[1]) ? seg[1] : "(invalid)");
+        if (method_or_respond(call, "GET") && key_id_or_respond(call, seg[1]))
+            key_get(ctx, call, seg[1]);
+    } else if (n == 3 && eq(seg[0], "keys") && (eq(seg[2], "rotate") || eq(seg[2], "revoke"))) {
+        snprintf(call->resource, sizeof call->resource, "key:%s",
+                 key_id_ok(seg[1]) ? seg[1] : "(invalid)");
+        if (!method_or_respond(call, "POST") || !key_id_or_respond(call, seg[1]))
+            return;
+        if (eq(seg[2], "rotate"))
+            key_rotate(ctx, call, seg[1]);
+        else
+            key_revoke(ctx, call, seg[1]);
+    } else if (n == 1 && eq(seg[0], "audit")) {
+        if (method_or_respond(call, "GET"))
+            audit_query(ctx, call);
+    } else if (n == 2 && eq(seg[0], "audit") && eq(seg[1], "report")) {
+        if (method_or_respond(call, "GET"))
+            audit_report(ctx, call);
+    } else if (n == 2 && eq(seg[0], "audit") && eq(seg[1], "verify")) {
+        if (method_or_respond(call, "GET"))
+            audit_verify(ctx, call);
+    } else if (n == 2 && eq(seg[0], "phi") && eq(seg[1], "keys")) {
+        if (method_or_respond(call, "GET"))
+            phi_keys_list(ctx, call);
+    } else if (n == 3 && eq(seg[0], "phi") && eq(seg[1], "keys") && eq(seg[2], "rotate")) {
+        if (method_or_respond(call, "POST"))
+            phi_keys_rotate(ctx, call);
+    } else if (n == 4 && eq(seg[0], "phi") && eq(seg[1], "keys") && eq(seg[3], "destroy")) {
+        snprintf(call->resource, sizeof call->resource, "phi-keyring");
+        if (!method_or_respond(call, "POST"))
+            return;
+        if (!kid_ok(seg[2])) {
+            gw_call_fail(call, 400, "invalid_parameter", "kid: must be 1 to %d lowercase "
+                         "letters and digits", PHG_PHI_KID_MAX);
+            return;
+        }
+        phi_key_destroy(ctx, call, seg[2]);
+    } else {
+        not_found(call);
+    }
+}
+
+void gw_admin_handle(const gw_admin_ctx *ctx, gw_call *call)
+{
+    static const char prefix[] = "/admin/";
+    char path[GW_PATH_MAX + 1], *seg[SEGMENTS_MAX], *p;
+    size_t n = 0, len;
+
+    assert(ctx != NULL && call != NULL);
+    call->status = 0;
+    /* The server checked the role; a second look costs nothing. */
+    if (call->id == NULL || call->id->role != PHG_ROLE_ADMIN) {
+        gw_call_fail(call, 403, "forbidden", "the admin API needs a key with the admin role");
+        return;
+    }
+    if (call->path == NULL || strncmp(call->path, prefix, sizeof prefix - 1) != 0) {
+        not_found(call);
+        return;
+    }
+    len = strlen(call->path + sizeof prefix - 1);
+    if (len == 0 || len > GW_PATH_MAX) {
+        not_found(call);
+        return;
+    }
+    memcpy(path, call->path + sizeof prefix - 1, len + 1);
+    /* Split at '/'. An empty segment (//, a trailing /), "." or ".." matches
+     * no route: 404, never a walk up the tree. */
+    for (p = path;;) {
+        char *slash = strchr(p, '/');
+        if (slash != NULL)
+            *slash = '\0';
+        if (n == SEGMENTS_MAX || *p == '\0') {
+            not_found(call);
+            return;
+        }
+        seg[n++] = p;
+        if (slash == NULL)
+            break;
+        p = slash + 1;
+    }
+    route(ctx, call, seg, n);
+}
