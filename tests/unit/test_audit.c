@@ -2236,12 +2236,75 @@ static void test_keyring_actions_through_the_library(void **state)
 
 /* ---- main ------------------------------------------------------------------------------------------ */
 
+/* The hand-written renderer gives exactly jansson's canonical text (sorted
+ * keys, compact, jansson's escapes) for strings with every kind of escape. */
+static void test_render_equals_jansson(void **state)
+{
+    fx *f = *state;
+    phg_audit *a = open_audit(f, "node-r", 0);
+    /* fields refuse control characters (text_ok); details may hold them */
+    static const char *const tricky[] = {
+        "plain", "quote\" and back\\slash", "\\u0041 \\n", "q\"\"\\\"",
+        "slash / and </script>", "utf-8 \xc3\xa9\xe2\x82\xac\xf0\x9f\x92\x93", "",
+    };
+    static const char *const ctl[] = {"tab\tnl\ncr\rbs\bff\f", "ctl\x01\x1f\x7f", "x"};
+    size_t i, n = 0;
+    char ids[8][PHG_ULID_LEN + 1], err[256] = "";
+    phg_audit_filter q;
+    phg_audit_row *rows = NULL;
+    for (i = 0; i < sizeof tricky / sizeof tricky[0]; i++) {
+        phg_audit_event e = ev_of(i % 2 ? "x.\"act\"" : "http.request", "success");
+        char details[256];
+        json_t *d = json_pack("{s:s,s:i,s:[s,f],s:s}", "note_free", tricky[i], "n", (int)i, "arr",
+                              tricky[i], 48.2, "c", ctl[i % 3]);
+        char *dt = json_dumps(d, JSON_COMPACT);
+        snprintf(details, sizeof details, "%s", dt);
+        free(dt);
+        json_decref(d);
+        e.key_id = tricky[i];
+        e.user_id = tricky[(i + 1) % 7];
+        e.role = i % 2 ? "r\"\\/" : "user"; /* role and request id are short fields */
+        e.resource = tricky[(i + 3) % 7];
+        e.ip = tricky[(i + 4) % 7];
+        e.request_id = i % 2 ? "rid\"/\\" : "";
+        e.subject = tricky[(i + 6) % 7];
+        e.details_json = details;
+        append_ok(a, &e, ids[i]);
+    }
+    phg_audit_close(a);
+    memset(&q, 0, sizeof q);
+    q.limit = 100;
+    EXPECT(phg_audit_query(f->st, &q, &rows, &n, err, sizeof err) == PHG_OK, "query: %s", err);
+    EXPECT(n >= sizeof tricky / sizeof tricky[0], "[%s] %zu records", ENG, n);
+    for (i = 0; i < n; i++) {
+        json_error_t jerr;
+        json_t *rec = json_loads(rows[i].json, 0, &jerr);
+        char *again, *stored;
+        const char *h;
+        EXPECT(rec != NULL, "[%s] stored record does not parse: %s", ENG, jerr.text);
+        json_object_del(rec, "hash");
+        again = json_dumps(rec, JSON_COMPACT | JSON_SORT_KEYS);
+        /* the stored text with its "hash" member taken out */
+        stored = strdup(rows[i].json);
+        h = strstr(stored, ",\"hash\":\"");
+        EXPECT(h != NULL, "no hash member");
+        memmove(stored + (h - stored), h + 9 + 64 + 1, strlen(h + 9 + 64 + 1) + 1);
+        EXPECT(strcmp(again, stored) == 0, "[%s] rendering differs from jansson:\n%s\n%s", ENG,
+               stored, again);
+        free(again);
+        free(stored);
+        json_decref(rec);
+    }
+    phg_audit_rows_free(rows, n);
+}
+
 #define DB_TEST(t) cmocka_unit_test_setup_teardown(t, db_setup, fx_teardown)
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         DB_TEST(test_append_and_read),
+        DB_TEST(test_render_equals_jansson),
         DB_TEST(test_request_context),
         DB_TEST(test_group_commit),
         DB_TEST(test_fail_closed),
