@@ -31,15 +31,15 @@
 #include "gw.h"
 #include "phigate/crypto.h"
 
-#define PARAM_MAX 256                   /* bytes of one query value */
-#define QUERY_MAX 8192                  /* bytes of the whole query string */
-#define BODY_MAX (64u << 10)            /* an admin request body */
-#define SEGMENTS_MAX 6                  /* path segments after /admin/ */
+#define PARAM_MAX 256        /* bytes of one query value */
+#define QUERY_MAX 8192       /* bytes of the whole query string */
+#define BODY_MAX (64u << 10) /* an admin request body */
+#define SEGMENTS_MAX 6       /* path segments after /admin/ */
 #define LIST_DEFAULT 100
 #define LIST_MAX 1000
-#define GRACE_DEFAULT_S 86400           /* rotation: the old key works one more day */
+#define GRACE_DEFAULT_S 86400 /* rotation: the old key works one more day */
 #define GRACE_MAX_S (30 * 86400)
-#define TIME_TEXT 40                    /* an RFC 3339 time as text, with room */
+#define TIME_TEXT 40 /* an RFC 3339 time as text, with room */
 
 /*
  * Keyring mutations (rotate, destroy, and the save that follows) are
@@ -274,7 +274,8 @@ static int query_names_or_respond(gw_call *call, const char *const *allowed)
             if (allowed == NULL || allowed[i] == NULL) {
                 gw_call_fail(call, 400, "invalid_parameter", "unknown query parameter: %s%s",
                              nlen ? shown : "(empty name)",
-                             allowed != NULL && allowed[0] != NULL ? "" : " (this endpoint takes none)");
+                             allowed != NULL && allowed[0] != NULL ? ""
+                                                                   : " (this endpoint takes none)");
                 return 0;
             }
             assert(i < 32);
@@ -447,15 +448,15 @@ static json_t *record_json(const phg_apikey_record *r)
         state = "expired";
     else if (r->grace_until)
         state = "rotating";
-    o = json_pack("{s:s,s:s,s:o,s:s,s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:s}", "id", r->id,
-                  "role", phg_role_name(r->role), "scopes", scopes_json(r->scopes), "user_id",
-                  r->user_id, "description", r->description, "created_by", r->created_by,
-                  "created_at", time_or_null(r->created_at), "expires_at",
-                  time_or_null(r->expires_at), "last_used_at", time_or_null(r->last_used_at),
-                  "revoked_at", time_or_null(r->revoked_at), "grace_until",
-                  time_or_null(r->grace_until), "replaced_by",
-                  r->replaced_by[0] ? json_string(r->replaced_by) : json_null(), "rate_limit",
-                  r->rate_limit[0] ? json_string(r->rate_limit) : json_null(), "state", state);
+    o = json_pack("{s:s,s:s,s:o,s:s,s:s,s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:s}", "id", r->id, "role",
+                  phg_role_name(r->role), "scopes", scopes_json(r->scopes), "user_id", r->user_id,
+                  "description", r->description, "created_by", r->created_by, "created_at",
+                  time_or_null(r->created_at), "expires_at", time_or_null(r->expires_at),
+                  "last_used_at", time_or_null(r->last_used_at), "revoked_at",
+                  time_or_null(r->revoked_at), "grace_until", time_or_null(r->grace_until),
+                  "replaced_by", r->replaced_by[0] ? json_string(r->replaced_by) : json_null(),
+                  "rate_limit", r->rate_limit[0] ? json_string(r->rate_limit) : json_null(),
+                  "state", state);
     return o;
 }
 
@@ -490,8 +491,8 @@ static void keys_list(const gw_admin_ctx *ctx, gw_call *call)
                      "after must be a key id (ak_ followed by lowercase letters and digits)");
         return;
     }
-    set_details(call, json_pack("{s:s?,s:I}", "after", rc > 0 ? after : NULL, "limit",
-                                (json_int_t)limit));
+    set_details(
+        call, json_pack("{s:s?,s:I}", "after", rc > 0 ? after : NULL, "limit", (json_int_t)limit));
     if (!keys_ready_or_respond(ctx, call))
         return;
     st = phg_keys_list(ctx->keys, after, limit, &recs, &n);
@@ -513,8 +514,7 @@ static void keys_list(const gw_admin_ctx *ctx, gw_call *call)
 }
 
 /* An optional string member: 1 ok (*out NULL when absent or null), 0 after a 400. */
-static int opt_string(gw_call *call, json_t *body, const char *name, size_t max,
-                      const char **out)
+static int opt_string(gw_call *call, json_t *body, const char *name, size_t max, const char **out)
 {
     json_t *v = json_object_get(body, name);
     *out = NULL;
@@ -819,18 +819,16 @@ static json_t *rows_json(const phg_audit_row *rows, size_t n)
     json_t *arr = json_array();
     size_t i;
     for (i = 0; arr != NULL && i < n; i++) {
-        json_t *r = rows[i].json != NULL
-                        ? json_loads(rows[i].json, JSON_DECODE_ANY, NULL)
-                        : NULL;
+        json_t *r = rows[i].json != NULL ? json_loads(rows[i].json, JSON_DECODE_ANY, NULL) : NULL;
         json_array_append_new(arr, r != NULL ? r : json_null());
     }
     return arr;
 }
 
 typedef struct audit_params {
-    char from[PARAM_MAX + 1], to[PARAM_MAX + 1], user_id[PARAM_MAX + 1],
-        key_id[PARAM_MAX + 1], action[PARAM_MAX + 1], outcome[PARAM_MAX + 1],
-        request_id[PARAM_MAX + 1], subject[PARAM_MAX + 1], before[PARAM_MAX + 1];
+    char from[PARAM_MAX + 1], to[PARAM_MAX + 1], user_id[PARAM_MAX + 1], key_id[PARAM_MAX + 1],
+        action[PARAM_MAX + 1], outcome[PARAM_MAX + 1], request_id[PARAM_MAX + 1],
+        subject[PARAM_MAX + 1], before[PARAM_MAX + 1];
 } audit_params;
 
 /* Read and validate the filters named in `allowed` into p and f. 1 ok. */
@@ -841,9 +839,9 @@ static int audit_filter_or_respond(gw_call *call, const char *const *allowed, au
         const char *name;
         char *buf;
     } texts[] = {
-        {"user_id", p->user_id},       {"key_id", p->key_id},   {"action", p->action},
-        {"outcome", p->outcome},       {"request_id", p->request_id},
-        {"subject", p->subject},       {"before", p->before},
+        {"user_id", p->user_id}, {"key_id", p->key_id},         {"action", p->action},
+        {"outcome", p->outcome}, {"request_id", p->request_id}, {"subject", p->subject},
+        {"before", p->before},
     };
     size_t i;
 
@@ -879,8 +877,8 @@ static int audit_filter_or_respond(gw_call *call, const char *const *allowed, au
         gw_call_fail(call, 400, "invalid_parameter", "before must be a record id (a ULID)");
         return 0;
     }
-    if (p->outcome[0] && strcmp(p->outcome, "success") != 0 &&
-        strcmp(p->outcome, "denied") != 0 && strcmp(p->outcome, "error") != 0) {
+    if (p->outcome[0] && strcmp(p->outcome, "success") != 0 && strcmp(p->outcome, "denied") != 0 &&
+        strcmp(p->outcome, "error") != 0) {
         gw_call_fail(call, 400, "invalid_parameter", "outcome must be success, denied or error");
         return 0;
     }
@@ -913,9 +911,15 @@ static json_t *filter_details(const audit_params *p, const phg_audit_filter *f)
     const struct {
         const char *name, *value;
     } items[] = {
-        {"from", p->from},       {"to", p->to},           {"user_id", p->user_id},
-        {"key_id", p->key_id},   {"action", p->action},   {"outcome", p->outcome},
-        {"request_id", p->request_id}, {"subject", p->subject}, {"before", p->before},
+        {"from", p->from},
+        {"to", p->to},
+        {"user_id", p->user_id},
+        {"key_id", p->key_id},
+        {"action", p->action},
+        {"outcome", p->outcome},
+        {"request_id", p->request_id},
+        {"subject", p->subject},
+        {"before", p->before},
     };
     size_t i;
     for (i = 0; o != NULL && i < sizeof items / sizeof items[0]; i++) {
@@ -947,9 +951,9 @@ static int run_query(const gw_admin_ctx *ctx, gw_call *call, const phg_audit_fil
 /* GET /admin/audit?... */
 static void audit_query(const gw_admin_ctx *ctx, gw_call *call)
 {
-    static const char *const allowed[] = {"from",       "to",      "user_id", "key_id",
-                                          "action",     "outcome", "request_id",
-                                          "subject",    "before",  "limit",   NULL};
+    static const char *const allowed[] = {"from",   "to",      "user_id",    "key_id",
+                                          "action", "outcome", "request_id", "subject",
+                                          "before", "limit",   NULL};
     audit_params p;
     phg_audit_filter f;
     phg_audit_row *rows = NULL;
@@ -1000,8 +1004,8 @@ static void audit_report(const gw_admin_ctx *ctx, gw_call *call)
     reply(call, 200,
           json_pack("{s:s,s:o,s:o,s:I,s:o,s:o}", "subject", f.subject, "from",
                     p.from[0] ? json_string(p.from) : json_null(), "to",
-                    p.to[0] ? json_string(p.to) : json_null(), "count", (json_int_t)n,
-                    "accesses", rows_json(rows, n), "next",
+                    p.to[0] ? json_string(p.to) : json_null(), "count", (json_int_t)n, "accesses",
+                    rows_json(rows, n), "next",
                     n == f.limit && n > 0 ? json_string(rows[n - 1].id) : json_null()));
     phg_audit_rows_free(rows, n);
 }
@@ -1025,8 +1029,8 @@ static void audit_verify(const gw_admin_ctx *ctx, gw_call *call)
         gw_call_fail(call, 400, "invalid_parameter", "to must be after from");
         return;
     }
-    set_details(call, json_pack("{s:s?,s:s?}", "from", from[0] ? from : NULL, "to",
-                                to[0] ? to : NULL));
+    set_details(call,
+                json_pack("{s:s?,s:s?}", "from", from[0] ? from : NULL, "to", to[0] ? to : NULL));
     if (!audit_ready_or_respond(ctx, call))
         return;
     if (ctx->checkpoint_key == NULL) {
@@ -1039,9 +1043,8 @@ static void audit_verify(const gw_admin_ctx *ctx, gw_call *call)
         fail_status(call, st, "verify the audit log");
         return;
     }
-    res = json_pack("{s:b,s:I,s:I,s:I}", "ok", rep.ok, "records", (json_int_t)rep.records,
-                    "chains", (json_int_t)rep.chains, "checkpoints",
-                    (json_int_t)rep.checkpoints);
+    res = json_pack("{s:b,s:I,s:I,s:I}", "ok", rep.ok, "records", (json_int_t)rep.records, "chains",
+                    (json_int_t)rep.chains, "checkpoints", (json_int_t)rep.checkpoints);
     if (res != NULL && !rep.ok) {
         json_object_set_new(res, "chain", json_string(rep.chain));
         json_object_set_new(res, "seq", json_integer((json_int_t)rep.seq));
@@ -1455,8 +1458,10 @@ static void route(const gw_admin_ctx *ctx, gw_call *call, char **seg, size_t n)
         if (!method_or_respond(call, "POST"))
             return;
         if (!kid_ok(seg[2])) {
-            gw_call_fail(call, 400, "invalid_parameter", "kid: must be 1 to %d lowercase "
-                         "letters and digits", PHG_PHI_KID_MAX);
+            gw_call_fail(call, 400, "invalid_parameter",
+                         "kid: must be 1 to %d lowercase "
+                         "letters and digits",
+                         PHG_PHI_KID_MAX);
             return;
         }
         phi_key_destroy(ctx, call, seg[2]);

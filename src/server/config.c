@@ -103,8 +103,8 @@ static const setting settings[] = {
 #define N_SETTINGS (sizeof settings / sizeof settings[0])
 _Static_assert(N_SETTINGS <= 32, "loader.file_seen has one bit per setting");
 
-static const char *const sections[] = {"server", "upstream", "store", "audit", "phi", "log",
-                                       "admin"};
+static const char *const sections[] = {"server", "upstream", "store", "audit",
+                                       "phi",    "log",      "admin"};
 
 /* The keys of a [route:NAME] section, as bits of route_seen. */
 enum { RK_METHODS = 1, RK_PREFIX = 2, RK_ROLE = 4, RK_SCOPES = 8 };
@@ -113,9 +113,9 @@ typedef struct loader {
     gw_config *cfg;
     char *err;
     size_t err_len;
-    int failed;          /* err holds the first failure; later ones are dropped */
-    const char *file;    /* the INI file's path, for messages */
-    uint32_t file_seen;  /* settings given by the file, one bit per settings[] entry */
+    int failed;         /* err holds the first failure; later ones are dropped */
+    const char *file;   /* the INI file's path, for messages */
+    uint32_t file_seen; /* settings given by the file, one bit per settings[] entry */
     uint8_t route_seen[GW_ROUTES_MAX];
 } loader;
 
@@ -218,11 +218,24 @@ static int parse_size(const char *s, unsigned long long *out)
         s++;
     if (*s != '\0') {
         switch (*s) {
-        case 'b': case 'B': mult = 1; break;
-        case 'k': case 'K': mult = 1ULL << 10; break;
-        case 'm': case 'M': mult = 1ULL << 20; break;
-        case 'g': case 'G': mult = 1ULL << 30; break;
-        default: return 0;
+        case 'b':
+        case 'B':
+            mult = 1;
+            break;
+        case 'k':
+        case 'K':
+            mult = 1ULL << 10;
+            break;
+        case 'm':
+        case 'M':
+            mult = 1ULL << 20;
+            break;
+        case 'g':
+        case 'G':
+            mult = 1ULL << 30;
+            break;
+        default:
+            return 0;
         }
         if (mult > 1 && strcasecmp(s + 1, "") != 0 && strcasecmp(s + 1, "b") != 0 &&
             strcasecmp(s + 1, "ib") != 0)
@@ -379,14 +392,16 @@ static int set_upstream(gw_config *cfg, const char *v, char *why, size_t len)
     }
     if (an == 0 || an >= sizeof authority ||
         !split_host_port(authority, 1, host, sizeof host, &port, 0)) {
-        snprintf(why, len, "upstream.url: not an http://HOST[:PORT][/BASE] URL (bad host or "
-                           "port 1..65535)");
+        snprintf(why, len,
+                 "upstream.url: not an http://HOST[:PORT][/BASE] URL (bad host or "
+                 "port 1..65535)");
         return -1;
     }
-    if (slash != NULL && (strpbrk(slash, "?# ") != NULL || has_control(slash) ||
-                          strstr(slash, "..") != NULL)) {
-        snprintf(why, len, "upstream.url: the base path must not hold a query, fragment, "
-                           "space, control character or \"..\"");
+    if (slash != NULL &&
+        (strpbrk(slash, "?# ") != NULL || has_control(slash) || strstr(slash, "..") != NULL)) {
+        snprintf(why, len,
+                 "upstream.url: the base path must not hold a query, fragment, "
+                 "space, control character or \"..\"");
         return -1;
     }
     bn = slash != NULL ? strlen(slash) : 0;
@@ -558,8 +573,7 @@ static int set_trusted(gw_config *cfg, const char *v, char *why, size_t len)
         memcpy(item, p, n);
         item[n] = '\0';
         if (inet_pton(AF_INET, item, &a4) != 1 && inet_pton(AF_INET6, item, &a6) != 1) {
-            snprintf(why, len, "server.trusted_proxy: not an IP address (\"%s\")",
-                     quote(item, q));
+            snprintf(why, len, "server.trusted_proxy: not an IP address (\"%s\")", quote(item, q));
             return -1;
         }
         if (o + n + 2 > sizeof out) {
@@ -578,8 +592,7 @@ static int set_trusted(gw_config *cfg, const char *v, char *why, size_t len)
 }
 
 /* Apply one value to one setting. 0, or -1 with why. */
-static int apply(gw_config *cfg, const setting *s, const char *v, source src, char *why,
-                 size_t len)
+static int apply(gw_config *cfg, const setting *s, const char *v, source src, char *why, size_t len)
 {
     char *field = (char *)cfg + s->offset, q[QUOTE_MAX + 4];
     unsigned long long n;
@@ -1007,8 +1020,8 @@ static int prepare(loader *ld, char *text, size_t n)
                 size_t k;
                 if (!route_name_ok(name + 6, nn - 6)) {
                     char tmp[QUOTE_MAX + 1];
-                    snprintf(tmp, sizeof tmp, "%.*s", (int)(nn - 6 < QUOTE_MAX ? nn - 6 : QUOTE_MAX),
-                             name + 6);
+                    snprintf(tmp, sizeof tmp, "%.*s",
+                             (int)(nn - 6 < QUOTE_MAX ? nn - 6 : QUOTE_MAX), name + 6);
                     fail(ld,
                          "%s line %d: route name \"%s\" is not 1..63 characters of "
                          "[A-Za-z0-9._-]",
@@ -1115,8 +1128,7 @@ static void store_from_file(loader *ld, const setting *s, const char *path)
         return;
     }
     if (rc != 0) {
-        fail(ld, "store.url: cannot read %s: %s (from PHIGATE_STORE_FILE)", path,
-             strerror(errno));
+        fail(ld, "store.url: cannot read %s: %s (from PHIGATE_STORE_FILE)", path, strerror(errno));
         return;
     }
     cap = n;
@@ -1149,8 +1161,8 @@ static void load_env(loader *ld)
                 fail(ld, "store.url: set only one of PHIGATE_STORE, PHIGATE_STORE_URL and "
                          "PHIGATE_STORE_FILE");
             else
-                fail(ld, "%s.%s: %s and %s are both set: use one", s->section, s->key,
-                     s->shortcut, name);
+                fail(ld, "%s.%s: %s and %s are both set: use one", s->section, s->key, s->shortcut,
+                     name);
             return;
         }
         if (file != NULL)
@@ -1327,24 +1339,19 @@ json_t *gw_config_json(const gw_config *cfg)
         "s:{s:s,s:s,s:i,s:s,s:i,s:i,s:i},"
         "s:{s:s},s:{s:s},s:{s:I},s:{s:s},s:{s:b},"
         "s:o}",
-        "config_file", cfg->config_file,
-        "server", "listen", listen, "listen_host", cfg->listen_host, "listen_port",
-        cfg->listen_port, "threads", cfg->threads, "tls_cert", cfg->tls_cert, "tls_key",
-        cfg->tls_key, "tls", cfg->tls_cert[0] != '\0', "max_connections", cfg->max_connections,
-        "max_header_bytes", (json_int_t)cfg->max_header_bytes, "max_body_bytes",
-        (json_int_t)cfg->max_body_bytes, "header_timeout_ms", cfg->header_timeout_ms,
-        "idle_timeout_ms", cfg->idle_timeout_ms, "drain_timeout_ms", cfg->drain_timeout_ms,
-        "trusted_proxy", cfg->trusted_proxy,
-        "upstream", "url", cfg->upstream_url, "host", cfg->upstream_host, "port",
-        cfg->upstream_port, "base", cfg->upstream_base, "connect_timeout_ms",
-        cfg->upstream_connect_timeout_ms, "timeout_ms", cfg->upstream_timeout_ms, "pool",
-        cfg->upstream_pool,
-        "store", "url", cfg->store_display,
-        "audit", "chain", cfg->audit_chain,
-        "phi", "batch_max", (json_int_t)cfg->phi_batch_max,
-        "log", "level", cfg->log_level,
-        "admin", "enabled", cfg->admin_enabled != 0,
-        "routes", routes);
+        "config_file", cfg->config_file, "server", "listen", listen, "listen_host",
+        cfg->listen_host, "listen_port", cfg->listen_port, "threads", cfg->threads, "tls_cert",
+        cfg->tls_cert, "tls_key", cfg->tls_key, "tls", cfg->tls_cert[0] != '\0', "max_connections",
+        cfg->max_connections, "max_header_bytes", (json_int_t)cfg->max_header_bytes,
+        "max_body_bytes", (json_int_t)cfg->max_body_bytes, "header_timeout_ms",
+        cfg->header_timeout_ms, "idle_timeout_ms", cfg->idle_timeout_ms, "drain_timeout_ms",
+        cfg->drain_timeout_ms, "trusted_proxy", cfg->trusted_proxy, "upstream", "url",
+        cfg->upstream_url, "host", cfg->upstream_host, "port", cfg->upstream_port, "base",
+        cfg->upstream_base, "connect_timeout_ms", cfg->upstream_connect_timeout_ms, "timeout_ms",
+        cfg->upstream_timeout_ms, "pool", cfg->upstream_pool, "store", "url", cfg->store_display,
+        "audit", "chain", cfg->audit_chain, "phi", "batch_max", (json_int_t)cfg->phi_batch_max,
+        "log", "level", cfg->log_level, "admin", "enabled", cfg->admin_enabled != 0, "routes",
+        routes);
     return root;
 }
 

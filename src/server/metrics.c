@@ -227,10 +227,9 @@ char *gw_metrics_render(phg_audit *audit, size_t *len)
         for (i = 0; i <= N_BUCKETS; i++) {
             for (s = 0; s < SHARDS; s++)
                 cum += load(&shards[s].buckets[c][i]);
-            out_printf(&o,
-                       "phigate_http_request_duration_seconds_bucket{class=\"%s\",le=\"%s\"} %llu\n",
-                       class_name[c], i < N_BUCKETS ? bucket_text[i] : "+Inf",
-                       (unsigned long long)cum);
+            out_printf(
+                &o, "phigate_http_request_duration_seconds_bucket{class=\"%s\",le=\"%s\"} %llu\n",
+                class_name[c], i < N_BUCKETS ? bucket_text[i] : "+Inf", (unsigned long long)cum);
         }
         for (s = 0; s < SHARDS; s++)
             ns += load(&shards[s].duration_ns[c]);
@@ -269,8 +268,7 @@ char *gw_metrics_render(phg_audit *audit, size_t *len)
         phg_audit_stats st;
         memset(&st, 0, sizeof st);
         phg_audit_get_stats(audit, &st);
-        family(&o, "phigate_audit_queue_depth", "gauge",
-               "Audit records waiting for the writer.");
+        family(&o, "phigate_audit_queue_depth", "gauge", "Audit records waiting for the writer.");
         out_printf(&o, "phigate_audit_queue_depth %zu\n", st.queue_depth);
         family(&o, "phigate_audit_records_total", "counter", "Audit records made durable.");
         out_printf(&o, "phigate_audit_records_total %llu\n", (unsigned long long)st.appended);

@@ -29,8 +29,9 @@
  *   invalid_request. "items" must be an array of 1..batch_max items
  *   ([phi] batch_max, default 1000): an empty array is 400 invalid_request,
  *   more than batch_max is 413 batch_too_large.
- *   plaintext: a JSON string (jansson guarantees valid UTF-8; "\u0000" is
- *   allowed and kept), 0..65536 bytes of UTF-8. ciphertext: a JSON string of
+ *   plaintext: a JSON string, 0..65536 bytes of UTF-8 (the body parser
+ *   guarantees valid UTF-8 and refuses "\u0000" anywhere in the body: 400
+ *   invalid_json). ciphertext: a JSON string of
  *   at most PHG_PHI_CIPHERTEXT_MAX_LEN(65536) bytes (the longest ciphertext
  *   of a 64 KiB plaintext).
  *
@@ -145,15 +146,24 @@ typedef enum item_err {
 static const char *err_code(item_err e)
 {
     switch (e) {
-    case IE_NONE: return "ok";
-    case IE_INVALID_REQUEST: return "invalid_request";
-    case IE_INVALID_CONTEXT: return "invalid_context";
-    case IE_TOO_LARGE: return "too_large";
-    case IE_FORBIDDEN: return "forbidden";
-    case IE_INVALID_CIPHERTEXT: return "invalid_ciphertext";
-    case IE_DECRYPT_FAILED: return "decrypt_failed";
-    case IE_NOT_UTF8: return "not_utf8";
-    case IE_INTERNAL: return "internal";
+    case IE_NONE:
+        return "ok";
+    case IE_INVALID_REQUEST:
+        return "invalid_request";
+    case IE_INVALID_CONTEXT:
+        return "invalid_context";
+    case IE_TOO_LARGE:
+        return "too_large";
+    case IE_FORBIDDEN:
+        return "forbidden";
+    case IE_INVALID_CIPHERTEXT:
+        return "invalid_ciphertext";
+    case IE_DECRYPT_FAILED:
+        return "decrypt_failed";
+    case IE_NOT_UTF8:
+        return "not_utf8";
+    case IE_INTERNAL:
+        return "internal";
     }
     return "internal";
 }
@@ -161,15 +171,24 @@ static const char *err_code(item_err e)
 static int err_status(item_err e)
 {
     switch (e) {
-    case IE_NONE: return 200;
-    case IE_INVALID_REQUEST: return 400;
-    case IE_INVALID_CONTEXT: return 400;
-    case IE_TOO_LARGE: return 413;
-    case IE_FORBIDDEN: return 403;
-    case IE_INVALID_CIPHERTEXT: return 400;
-    case IE_DECRYPT_FAILED: return 400;
-    case IE_NOT_UTF8: return 422;
-    case IE_INTERNAL: return 500;
+    case IE_NONE:
+        return 200;
+    case IE_INVALID_REQUEST:
+        return 400;
+    case IE_INVALID_CONTEXT:
+        return 400;
+    case IE_TOO_LARGE:
+        return 413;
+    case IE_FORBIDDEN:
+        return 403;
+    case IE_INVALID_CIPHERTEXT:
+        return 400;
+    case IE_DECRYPT_FAILED:
+        return 400;
+    case IE_NOT_UTF8:
+        return 422;
+    case IE_INTERNAL:
+        return 500;
     }
     return 500;
 }
@@ -177,16 +196,16 @@ static int err_status(item_err e)
 /* One item of a call, single or batch. */
 typedef struct work_item {
     item_err err;
-    char msg[192];                              /* the error message (no input echoed) */
+    char msg[192]; /* the error message (no input echoed) */
     char context[PHG_PHI_CONTEXT_MAX + 1];
     size_t context_len;
-    int has_user;                               /* the context was valid */
+    int has_user; /* the context was valid */
     char user_id[CTX_VALUE_MAX + 1];
     int has_field;
     char field[CTX_VALUE_MAX + 1];
-    const char *in;                             /* plaintext or ciphertext, in the body */
+    const char *in; /* plaintext or ciphertext, in the body */
     size_t in_len;
-    uint8_t *out;                               /* ciphertext or plaintext (secret: wiped) */
+    uint8_t *out; /* ciphertext or plaintext (secret: wiped) */
     size_t out_cap;
     size_t out_len;
 } work_item;
@@ -278,7 +297,8 @@ int gw_phi_context(json_t *ctx, char *out, size_t out_len, char *err, size_t err
         snprintf(err, err_len, "the context has more than %d members", CTX_MEMBERS_MAX);
         return -1;
     }
-    json_object_foreach(ctx, key, v) {
+    json_object_foreach(ctx, key, v)
+    {
         if (!is_name(key)) {
             snprintf(err, err_len, "a context member name is not [a-z0-9_]{1,64}");
             return -1;
@@ -301,7 +321,8 @@ int gw_phi_context(json_t *ctx, char *out, size_t out_len, char *err, size_t err
             return -1;
         }
         vl = strlen(value);
-        if (o + (i > 0) + nl + 1 + vl > PHG_PHI_CONTEXT_MAX || o + (i > 0) + nl + 1 + vl >= out_len) {
+        if (o + (i > 0) + nl + 1 + vl > PHG_PHI_CONTEXT_MAX ||
+            o + (i > 0) + nl + 1 + vl >= out_len) {
             snprintf(err, err_len, "the context is longer than %d bytes", PHG_PHI_CONTEXT_MAX);
             phg_wipe(value, sizeof value);
             out[0] = '\0';
@@ -333,11 +354,11 @@ static void prepare_item(phi_op op, const phg_identity *id, json_t *item, work_i
         item_fail(w, IE_INVALID_REQUEST, "each item must be a JSON object");
         return;
     }
-    json_object_foreach(item, key, v) {
+    json_object_foreach(item, key, v)
+    {
         if (strcmp(key, "context") != 0 && strcmp(key, data_name) != 0) {
             char msg[128];
-            snprintf(msg, sizeof msg, "unknown member; an item has only context and %s",
-                     data_name);
+            snprintf(msg, sizeof msg, "unknown member; an item has only context and %s", data_name);
             item_fail(w, IE_INVALID_REQUEST, msg);
             return;
         }
@@ -390,10 +411,14 @@ static void prepare_item(phi_op op, const phg_identity *id, json_t *item, work_i
 static item_err map_open_status(phg_status rc)
 {
     switch (rc) {
-    case PHG_OK: return IE_NONE;
-    case PHG_ERR_FORMAT: return IE_INVALID_CIPHERTEXT;
-    case PHG_ERR_AUTH: return IE_DECRYPT_FAILED;
-    default: return IE_INTERNAL;
+    case PHG_OK:
+        return IE_NONE;
+    case PHG_ERR_FORMAT:
+        return IE_INVALID_CIPHERTEXT;
+    case PHG_ERR_AUTH:
+        return IE_DECRYPT_FAILED;
+    default:
+        return IE_INTERNAL;
     }
 }
 
@@ -439,8 +464,8 @@ static int run_items(const gw_phi_ctx *ctx, phi_op op, work_item *w, size_t n)
             item_err e;
             if (w[i].err != IE_NONE)
                 continue;
-            st = phg_phi_rewrap(ctx->keyring, w[i].context, w[i].context_len, w[i].in,
-                                w[i].in_len, (char *)w[i].out, w[i].out_cap, &w[i].out_len);
+            st = phg_phi_rewrap(ctx->keyring, w[i].context, w[i].context_len, w[i].in, w[i].in_len,
+                                (char *)w[i].out, w[i].out_cap, &w[i].out_len);
             e = map_open_status(st);
             if (e == IE_INTERNAL)
                 goto out;
@@ -503,8 +528,9 @@ static json_t *item_result(phi_op op, work_item *w, int *internal)
          * ours goes at once. */
         phg_wipe(w->out, w->out_cap);
         if (s == NULL) {
-            item_fail(w, IE_NOT_UTF8, "the plaintext is not UTF-8 text and cannot be returned "
-                                      "as a JSON string");
+            item_fail(w, IE_NOT_UTF8,
+                      "the plaintext is not UTF-8 text and cannot be returned "
+                      "as a JSON string");
             return NULL;
         }
         r = json_object();
@@ -538,7 +564,8 @@ static int list_add(json_t *list, const char *s)
     json_t *v;
     if (json_array_size(list) >= AUDIT_LIST_MAX)
         return 0;
-    json_array_foreach(list, i, v) {
+    json_array_foreach(list, i, v)
+    {
         if (strcmp(json_string_value(v), s) == 0)
             return 0;
     }
@@ -636,7 +663,7 @@ void gw_phi_handle(const gw_phi_ctx *ctx, gw_call *call)
     }
     if ((call->id->scopes & ops[found].scopes) != ops[found].scopes) {
         gw_call_fail(call, 403, "forbidden",
-                     op == OP_REWRAP ? "this key lacks the scopes phi:encrypt and phi:decrypt"
+                     op == OP_REWRAP    ? "this key lacks the scopes phi:encrypt and phi:decrypt"
                      : op == OP_ENCRYPT ? "this key lacks the scope phi:encrypt"
                                         : "this key lacks the scope phi:decrypt");
         return;
@@ -663,14 +690,14 @@ void gw_phi_handle(const gw_phi_ctx *ctx, gw_call *call)
             goto out;
         }
         if (n > batch_max) {
-            gw_call_fail(call, 413, "batch_too_large", "a batch has at most %zu items",
-                         batch_max);
+            gw_call_fail(call, 413, "batch_too_large", "a batch has at most %zu items", batch_max);
             goto out;
         }
     } else {
         const char *key;
         json_t *v;
-        json_object_foreach(body, key, v) {
+        json_object_foreach(body, key, v)
+        {
             if (strcmp(key, "context") != 0 && strcmp(key, data_name) != 0) {
                 gw_call_fail(call, 400, "invalid_request",
                              "unknown member; the body has either items, or context and %s",

@@ -694,6 +694,22 @@ static int is_hop_header(const char *k)
     return 0;
 }
 
+/* An exact entry of a comma list (config.c stores it without spaces). */
+static int ip_in_list(const char *list, const char *ip)
+{
+    size_t n = strlen(ip);
+    const char *p = list;
+    while (*p) {
+        size_t m = strcspn(p, ",");
+        if (m == n && memcmp(p, ip, n) == 0)
+            return 1;
+        p += m;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
 static struct evhttp_connection *pool_take(gw_loop *l, int *fresh)
 {
     gw_config *cfg = cur_cfg();
@@ -955,7 +971,7 @@ static void forward(gw_req *r)
     evhttp_add_header(out, "X-Phigate-Scopes", scopes);
     evhttp_add_header(out, "X-Request-Id", r->request_id);
     /* X-Forwarded-For from the client is kept only behind a trusted proxy */
-    if (prev_xff != NULL && cfg->trusted_proxy[0] != '\0' && strstr(cfg->trusted_proxy, r->ip))
+    if (prev_xff != NULL && ip_in_list(cfg->trusted_proxy, r->ip))
         snprintf(xff, sizeof xff, "%s, %s", prev_xff, r->ip);
     else
         snprintf(xff, sizeof xff, "%s", r->ip);
@@ -1599,11 +1615,15 @@ static int resolve_upstream(gw_server *s, const gw_config *cfg, char *err, size_
     memcpy(&s->up_addr, res->ai_addr, res->ai_addrlen);
     s->up_addr_len = res->ai_addrlen;
     freeaddrinfo(res);
-    if (cfg->upstream_port == 80)
-        snprintf(s->up_hostport, sizeof s->up_hostport, "%s", cfg->upstream_host);
-    else
-        snprintf(s->up_hostport, sizeof s->up_hostport, "%s:%d", cfg->upstream_host,
-                 cfg->upstream_port);
+    {
+        int v6 = strchr(cfg->upstream_host, ':') != NULL;
+        if (cfg->upstream_port == 80)
+            snprintf(s->up_hostport, sizeof s->up_hostport, v6 ? "[%s]" : "%s",
+                     cfg->upstream_host);
+        else
+            snprintf(s->up_hostport, sizeof s->up_hostport, v6 ? "[%s]:%d" : "%s:%d",
+                     cfg->upstream_host, cfg->upstream_port);
+    }
     return 0;
 }
 

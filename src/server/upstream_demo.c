@@ -87,7 +87,8 @@ static void reply_json(struct evhttp_request *req, int status, json_t *body)
     evhttp_add_header(out, "Content-Type", "application/json");
     if (buf == NULL || text == NULL) {
         if (buf != NULL)
-            evbuffer_add_printf(buf, "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}");
+            evbuffer_add_printf(
+                buf, "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}");
         evhttp_send_reply(req, 500, "Internal Server Error", buf);
     } else {
         evbuffer_add(buf, text, strlen(text));
@@ -139,8 +140,8 @@ static demo_user *find_user(gw_demo_upstream *u, const char *user_id, int create
 /* The user id header, checked: NULL after replying 400. */
 static const char *user_or_respond(struct evhttp_request *req)
 {
-    const char *user = evhttp_find_header(evhttp_request_get_input_headers(req),
-                                          "X-Phigate-User-Id");
+    const char *user =
+        evhttp_find_header(evhttp_request_get_input_headers(req), "X-Phigate-User-Id");
     json_t *probe;
     if (user == NULL || user[0] == '\0') {
         reply_error(req, 400, "missing_user", "the X-Phigate-User-Id header is required");
@@ -174,7 +175,8 @@ static void post_readings(gw_demo_upstream *u, struct evhttp_request *req)
                     len == 0 ? "the body is empty" : "the body exceeds 1 MiB");
         return;
     }
-    body = json_loadb((const char *)evbuffer_pullup(in, -1), len, JSON_REJECT_DUPLICATES, &jerr);
+    body = json_loadb((const char *)evbuffer_pullup(in, -1), len,
+                      JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (body == NULL) {
         reply_error(req, 400, "invalid_json", "the body is not valid JSON");
         return;
@@ -195,7 +197,8 @@ static void post_readings(gw_demo_upstream *u, struct evhttp_request *req)
         return;
     }
     n = json_array_size(body);
-    json_array_foreach(body, i, v) {
+    json_array_foreach(body, i, v)
+    {
         if (!json_is_object(v)) {
             json_decref(body);
             reply_error(req, 400, "invalid_reading", "every reading must be a JSON object");
@@ -289,7 +292,8 @@ static void whoami(struct evhttp_request *req, const char *method, const char *p
         if (val != NULL) /* a value that is not UTF-8 is left out */
             json_object_set_new(obj, name, val);
     }
-    reply_json(req, 200, json_pack("{s:s,s:s,s:o}", "method", method, "path", path, "headers", obj));
+    reply_json(req, 200,
+               json_pack("{s:s,s:s,s:o}", "method", method, "path", path, "headers", obj));
 }
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -383,6 +387,9 @@ int gw_demo_upstream_start(int port, int *port_out, gw_demo_upstream **out)
     evhttp_set_max_headers_size(u->http, DEMO_HEADERS_MAX);
     evhttp_set_timeout(u->http, DEMO_TIMEOUT_S);
     evhttp_set_default_content_type(u->http, "application/json");
+    /* Read (and drop) an oversized body before answering 413, so that the
+     * client sees the answer rather than a reset. */
+    evhttp_set_flags(u->http, EVHTTP_SERVER_LINGERING_CLOSE);
     evhttp_set_gencb(u->http, on_request, u);
     sock = evhttp_bind_socket_with_handle(u->http, "127.0.0.1", (ev_uint16_t)port);
     if (sock == NULL)

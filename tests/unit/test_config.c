@@ -38,14 +38,31 @@ static char g_err[1024];
 
 /* Every environment variable config.c reads. */
 static const char *const ENV_NAMES[] = {
-    "PHIGATE_CONFIG", "PHIGATE_LISTEN", "PHIGATE_UPSTREAM", "PHIGATE_STORE", "PHIGATE_STORE_FILE",
-    "PHIGATE_THREADS", "PHIGATE_SERVER_LISTEN", "PHIGATE_SERVER_THREADS",
-    "PHIGATE_SERVER_TLS_CERT", "PHIGATE_SERVER_TLS_KEY", "PHIGATE_SERVER_MAX_CONNECTIONS",
-    "PHIGATE_SERVER_MAX_HEADER_BYTES", "PHIGATE_SERVER_MAX_BODY_BYTES",
-    "PHIGATE_SERVER_HEADER_TIMEOUT_MS", "PHIGATE_SERVER_IDLE_TIMEOUT_MS",
-    "PHIGATE_SERVER_DRAIN_TIMEOUT_MS", "PHIGATE_SERVER_TRUSTED_PROXY", "PHIGATE_UPSTREAM_URL",
-    "PHIGATE_UPSTREAM_CONNECT_TIMEOUT_MS", "PHIGATE_UPSTREAM_TIMEOUT_MS", "PHIGATE_UPSTREAM_POOL",
-    "PHIGATE_STORE_URL", "PHIGATE_AUDIT_CHAIN", "PHIGATE_PHI_BATCH_MAX", "PHIGATE_LOG_LEVEL",
+    "PHIGATE_CONFIG",
+    "PHIGATE_LISTEN",
+    "PHIGATE_UPSTREAM",
+    "PHIGATE_STORE",
+    "PHIGATE_STORE_FILE",
+    "PHIGATE_THREADS",
+    "PHIGATE_SERVER_LISTEN",
+    "PHIGATE_SERVER_THREADS",
+    "PHIGATE_SERVER_TLS_CERT",
+    "PHIGATE_SERVER_TLS_KEY",
+    "PHIGATE_SERVER_MAX_CONNECTIONS",
+    "PHIGATE_SERVER_MAX_HEADER_BYTES",
+    "PHIGATE_SERVER_MAX_BODY_BYTES",
+    "PHIGATE_SERVER_HEADER_TIMEOUT_MS",
+    "PHIGATE_SERVER_IDLE_TIMEOUT_MS",
+    "PHIGATE_SERVER_DRAIN_TIMEOUT_MS",
+    "PHIGATE_SERVER_TRUSTED_PROXY",
+    "PHIGATE_UPSTREAM_URL",
+    "PHIGATE_UPSTREAM_CONNECT_TIMEOUT_MS",
+    "PHIGATE_UPSTREAM_TIMEOUT_MS",
+    "PHIGATE_UPSTREAM_POOL",
+    "PHIGATE_STORE_URL",
+    "PHIGATE_AUDIT_CHAIN",
+    "PHIGATE_PHI_BATCH_MAX",
+    "PHIGATE_LOG_LEVEL",
     "PHIGATE_ADMIN_ENABLED",
 };
 
@@ -304,27 +321,39 @@ static void test_bad_values(void **state)
 {
     static const bad_case cases[] = {
         {"[server]\nmax_body_bytes = abc\n", "server.max_body_bytes: not a size (\"abc\")"},
-        {"[server]\nmax_body_bytes = 0\n", "server.max_body_bytes: 0 is out of range (1..1073741824)"},
+        {"[server]\nmax_body_bytes = 0\n",
+         "server.max_body_bytes: 0 is out of range (1..1073741824)"},
         {"[server]\nmax_body_bytes = 2g\n", "server.max_body_bytes: 2147483648 is out of range"},
         {"[server]\nmax_body_bytes = 1.5m\n", "server.max_body_bytes: not a size"},
-        {"[server]\nmax_body_bytes = 99999999999999999999999\n", "server.max_body_bytes: not a size"},
+        {"[server]\nmax_body_bytes = 99999999999999999999999\n",
+         "server.max_body_bytes: not a size"},
         {"[server]\nmax_body_bytes = 5kk\n", "server.max_body_bytes: not a size"},
-        {"[server]\nmax_header_bytes = 1023\n", "server.max_header_bytes: 1023 is out of range (1024..1048576)"},
+        {"[server]\nmax_header_bytes = 1023\n",
+         "server.max_header_bytes: 1023 is out of range (1024..1048576)"},
         {"[server]\nmax_header_bytes = 2MiB\n", "server.max_header_bytes: 2097152 is out of range"},
         {"[server]\nthreads = 257\n", "server.threads: 257 is out of range (0..256)"},
         {"[server]\nthreads = -1\n", "server.threads: not a number (\"-1\")"},
         {"[server]\nthreads = four\n", "server.threads: not a number (\"four\")"},
-        {"[server]\nmax_connections = 0\n", "server.max_connections: 0 is out of range (1..1000000)"},
-        {"[server]\nmax_connections = 1000001\n", "server.max_connections: 1000001 is out of range"},
-        {"[server]\nheader_timeout_ms = 10s\n", "server.header_timeout_ms: not a number of milliseconds (\"10s\")"},
-        {"[server]\nidle_timeout_ms = 3600001\n", "server.idle_timeout_ms: 3600001 is out of range (1..3600000)"},
+        {"[server]\nmax_connections = 0\n",
+         "server.max_connections: 0 is out of range (1..1000000)"},
+        {"[server]\nmax_connections = 1000001\n",
+         "server.max_connections: 1000001 is out of range"},
+        {"[server]\nheader_timeout_ms = 10s\n",
+         "server.header_timeout_ms: not a number of milliseconds (\"10s\")"},
+        {"[server]\nidle_timeout_ms = 3600001\n",
+         "server.idle_timeout_ms: 3600001 is out of range (1..3600000)"},
         {"[server]\ndrain_timeout_ms = 0\n", "server.drain_timeout_ms: 0 is out of range"},
-        {"[server]\ntrusted_proxy = 10.0.0.1, proxy.local\n", "server.trusted_proxy: not an IP address (\"proxy.local\")"},
+        {"[server]\ntrusted_proxy = 10.0.0.1, proxy.local\n",
+         "server.trusted_proxy: not an IP address (\"proxy.local\")"},
         {"[server]\nlisten = localhost\n", "server.listen: not HOST:PORT"},
-        {"[server]\ntls_cert = /nonexistent/cert.pem\n", "server.tls_key: set tls_cert and tls_key together"},
-        {"[server]\ntls_key = /nonexistent/key.pem\n", "server.tls_cert: set tls_cert and tls_key together"},
-        {"[server]\ntls_cert = /nonexistent/c.pem\ntls_key = /nonexistent/k.pem\n", "server.tls_cert: cannot read \"/nonexistent/c.pem\""},
-        {"[upstream]\nurl = https://api.example\n", "upstream.url: https upstreams are not supported yet"},
+        {"[server]\ntls_cert = /nonexistent/cert.pem\n",
+         "server.tls_key: set tls_cert and tls_key together"},
+        {"[server]\ntls_key = /nonexistent/key.pem\n",
+         "server.tls_cert: set tls_cert and tls_key together"},
+        {"[server]\ntls_cert = /nonexistent/c.pem\ntls_key = /nonexistent/k.pem\n",
+         "server.tls_cert: cannot read \"/nonexistent/c.pem\""},
+        {"[upstream]\nurl = https://api.example\n",
+         "upstream.url: https upstreams are not supported yet"},
         {"[upstream]\nurl = ftp://api.example\n", "upstream.url: not an http://"},
         {"[upstream]\nurl = http://:80/\n", "upstream.url: not an http://"},
         {"[upstream]\nurl = http://api:0\n", "upstream.url: not an http://"},
@@ -342,7 +371,8 @@ static void test_bad_values(void **state)
         {"[route:a]\nprefix = v1\n", "route:a.prefix: must start with '/'"},
         {"[route:a]\nprefix = /v1/../admin\n", "route:a.prefix: must start with '/'"},
         {"[route:a]\nprefix = /v1\nrole = root\n", "route:a.role: not user or admin (\"root\")"},
-        {"[route:a]\nprefix = /v1\nscopes = phi:decrypt phi:everything\n", "route:a.scopes: unknown scope \"phi:everything\""},
+        {"[route:a]\nprefix = /v1\nscopes = phi:decrypt phi:everything\n",
+         "route:a.scopes: unknown scope \"phi:everything\""},
         {"[route:a]\nprefix = /v1\nmethods = GET,P0ST\n", "route:a.methods: not * or a comma list"},
         {"[route:a]\nprefix = /v1\nmethods = ,\n", "route:a.methods: not * or a comma list"},
         {"[route:a]\nmethods = GET\n", "route:a.prefix: not set"},
@@ -442,9 +472,8 @@ static void test_precedence(void **state)
 
     /* a bad value says where it came from */
     setenv("PHIGATE_SERVER_IDLE_TIMEOUT_MS", "abc", 1);
-    expect_err(load_flags(&flags),
-               "server.idle_timeout_ms: not a number of milliseconds (\"abc\") "
-               "(from PHIGATE_SERVER_IDLE_TIMEOUT_MS)");
+    expect_err(load_flags(&flags), "server.idle_timeout_ms: not a number of milliseconds (\"abc\") "
+                                   "(from PHIGATE_SERVER_IDLE_TIMEOUT_MS)");
     unsetenv("PHIGATE_SERVER_IDLE_TIMEOUT_MS");
     flags.listen = "127.0.0.1:70000";
     expect_err(load_flags(&flags), "(from --listen)");
@@ -526,9 +555,10 @@ static void test_sizes(void **state)
         const char *text;
         size_t want;
     } cases[] = {
-        {"1", 1}, {"512", 512}, {"1b", 1}, {"1k", 1024}, {"1K", 1024}, {"1kb", 1024},
-        {"1KiB", 1024}, {"3 KiB", 3072}, {"1m", 1 << 20}, {"10MiB", 10 << 20}, {"1MB", 1 << 20},
-        {"1g", 1u << 30}, {"1GiB", 1u << 30},
+        {"1", 1},           {"512", 512},        {"1b", 1},        {"1k", 1024},
+        {"1K", 1024},       {"1kb", 1024},       {"1KiB", 1024},   {"3 KiB", 3072},
+        {"1m", 1 << 20},    {"10MiB", 10 << 20}, {"1MB", 1 << 20}, {"1g", 1u << 30},
+        {"1GiB", 1u << 30},
     };
     size_t i;
     gw_flags flags = {0};
@@ -630,11 +660,12 @@ static void test_json(void **state)
     char *dump;
     (void)state;
     setenv("PHIGATE_STORE", "postgres://phigate:s3cret@db.example/phigate?password=s3cret", 1);
-    flags.config_file = write_file("j.ini", "[server]\nmax_body_bytes = 1m\nlisten = [::]:0\n"
-                                            "[upstream]\nurl = http://[::1]:9000/base\n"
-                                            "[route:dec]\nmethods = POST\nprefix = /v1/phi/decrypt\n"
-                                            "scopes = phi:decrypt,audit:read\n"
-                                            "[route:adm]\nprefix = /internal\nrole = admin\n");
+    flags.config_file =
+        write_file("j.ini", "[server]\nmax_body_bytes = 1m\nlisten = [::]:0\n"
+                            "[upstream]\nurl = http://[::1]:9000/base\n"
+                            "[route:dec]\nmethods = POST\nprefix = /v1/phi/decrypt\n"
+                            "scopes = phi:decrypt,audit:read\n"
+                            "[route:adm]\nprefix = /internal\nrole = admin\n");
     expect_ok(load_flags(&flags));
     j = gw_config_json(g_cfg);
     assert_non_null(j);
@@ -642,9 +673,9 @@ static void test_json(void **state)
     assert_non_null(dump);
     expect_no_secret(dump);
     assert_non_null(strstr(dump, "postgres://phigate:***@db.example/phigate?password=***"));
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "server"),
-                                                        "max_body_bytes")),
-                     1 << 20);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(j, "server"), "max_body_bytes")),
+        1 << 20);
     assert_string_equal(json_string_value(json_object_get(json_object_get(j, "server"), "listen")),
                         "[::]:0");
     assert_string_equal(json_string_value(json_object_get(json_object_get(j, "upstream"), "host")),
@@ -680,15 +711,30 @@ static void test_listen(void **state)
         const char *text, *host;
         int port;
     } good[] = {
-        {"127.0.0.1:8080", "127.0.0.1", 8080}, {"0.0.0.0:0", "0.0.0.0", 0},
-        {"localhost:65535", "localhost", 65535}, {"[::1]:8443", "::1", 8443},
-        {"[::]:1", "::", 1}, {"[fe80::1%eth0]:80", "fe80::1%eth0", 80},
+        {"127.0.0.1:8080", "127.0.0.1", 8080},
+        {"0.0.0.0:0", "0.0.0.0", 0},
+        {"localhost:65535", "localhost", 65535},
+        {"[::1]:8443", "::1", 8443},
+        {"[::]:1", "::", 1},
+        {"[fe80::1%eth0]:80", "fe80::1%eth0", 80},
         {"gw-1.example.org:00080", "gw-1.example.org", 80},
     };
     static const char *const bad[] = {
-        "", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:+80",
-        ":8080", "::1:8080", "[::1]8080", "[::1]", "[zz::]:80", "[::1:80", "host:80x",
-        "ho st:80", "127.0.0.1:999999",
+        "",
+        "127.0.0.1",
+        "127.0.0.1:",
+        "127.0.0.1:65536",
+        "127.0.0.1:-1",
+        "127.0.0.1:+80",
+        ":8080",
+        "::1:8080",
+        "[::1]8080",
+        "[::1]",
+        "[zz::]:80",
+        "[::1:80",
+        "host:80x",
+        "ho st:80",
+        "127.0.0.1:999999",
     };
     gw_flags flags = {0};
     size_t i;
@@ -742,7 +788,8 @@ static void test_upstream(void **state)
     expect_err(load_flags(&flags), "upstream.url: the base path");
 }
 
-/* ---- limits of the file ----------------------------------------------------------------------- */
+/* ---- limits of the file -----------------------------------------------------------------------
+ */
 
 static void test_file_size_limit(void **state)
 {
@@ -815,8 +862,7 @@ static void test_tls_files(void **state)
     (void)state;
     snprintf(text, sizeof text, "[server]\ntls_cert = %s\n", cert);
     expect_err(load_text(text), "server.tls_key: set tls_cert and tls_key together");
-    snprintf(text, sizeof text, "[server]\ntls_cert = %s\ntls_key = %s/missing.pem\n", cert,
-             g_dir);
+    snprintf(text, sizeof text, "[server]\ntls_cert = %s\ntls_key = %s/missing.pem\n", cert, g_dir);
     expect_err(load_text(text), "server.tls_key: cannot read");
     snprintf(text, sizeof text, "[server]\ntls_cert = %s\ntls_key = %s\n", cert, cert);
     expect_ok(load_text(text));
@@ -838,7 +884,8 @@ static void test_too_many_routes(void **state)
     free(text);
 }
 
-/* ---- route matching --------------------------------------------------------------------------- */
+/* ---- route matching ---------------------------------------------------------------------------
+ */
 
 static const char *match(const char *method, const char *path)
 {
@@ -856,13 +903,14 @@ static void test_route_match(void **state)
     expect_ok(load_flags(&flags));
     assert_null(gw_route_match(g_cfg, "GET", "/"));
 
-    flags.config_file = write_file("r.ini", "[route:v1]\nprefix = /v1\n"
-                                            "[route:read]\nmethods = GET,HEAD\nprefix = /v1/read\n"
-                                            "[route:internal]\nprefix = /internal\nrole = admin\n"
-                                            "[route:files]\nprefix = /files/\n"
-                                            "[route:dup-first]\nprefix = /dup\nscopes = phi:encrypt\n"
-                                            "[route:dup-second]\nprefix = /dup\n"
-                                            "[route:post-all]\nmethods = POST\nprefix = /\n");
+    flags.config_file =
+        write_file("r.ini", "[route:v1]\nprefix = /v1\n"
+                            "[route:read]\nmethods = GET,HEAD\nprefix = /v1/read\n"
+                            "[route:internal]\nprefix = /internal\nrole = admin\n"
+                            "[route:files]\nprefix = /files/\n"
+                            "[route:dup-first]\nprefix = /dup\nscopes = phi:encrypt\n"
+                            "[route:dup-second]\nprefix = /dup\n"
+                            "[route:post-all]\nmethods = POST\nprefix = /\n");
     expect_ok(load_flags(&flags));
     /* prefix boundaries */
     assert_string_equal(match("GET", "/v1/read"), "read");
