@@ -1,0 +1,1353 @@
+/*
+ * tests/unit/test_admin_api.c: the admin API (src/server/admin_api.c,
+ * gw_admin_handle in gw.h) against its contract in docs/api.md and
+ * src/server/openapi.json, on a real store: every endpoint's success and
+ * its errors; ids and filters checked before the store (path traversal,
+ * SQL-injection strings); wrong methods; unknown query parameters; the
+ * destroy confirmation; a user-role key refused; fail-closed behaviour when
+ * the audit log cannot record a key change (the new key is revoked); a
+ * keyring that cannot be saved, or that another instance changed; and that no
+ * key text ever reaches call->audit_details.
+ *
+ * The calls are built by hand (gw_call) the way server.c builds them. Every
+ * test runs on SQLite and on PostgreSQL (testdb.h).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "gw.h"
+#include "phigate/crypto.h"
+#include "testdb.h"
+
+#define EXPECT(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fail_msg(__VA_ARGS__);                                                                 \
+        }                                                                                          \
+    } while (0)
+
+#define ENG tdb_engine_name(g_engine)
+
+#define EXPECT_RC(got, want)                                                                       \
+    do {                                                                                           \
+        phg_status got_ = (got), want_ = (want);                                                   \
+        EXPECT(got_ == want_, "[%s] %s: got %s, want %s", ENG, #got, phg_status_name(got_),        \
+               phg_status_name(want_));                                                            \
+    } while (0)
+
+#define ADMIN_KEY_ID "ak_admintest00000001"
+
+/* ---- fixture --------------------------------------------------------------------------- */
+
+typedef struct fx {
+    testdb db;
+    phg_store *st;
+    phg_masterkeys *mk;
+    phg_keys *keys;
+    phg_audit *audit;
+    phg_keyring *kr;
+    uint8_t cp_key[32];
+    gw_admin_ctx ctx;
+    phg_identity admin, user;
+} fx;
+
+static json_t *config_cb(void *arg)
+{
+    (void)arg;
+    return json_pack("{s:{s:s,s:i},s:{s:s}}", "server", "listen_host", "127.0.0.1", "listen_port",
+                     8080, "store", "url", "sqlite:/tmp/x.db");
+}
+
+static void save_keyring(fx *f, phg_keyring *kr)
+{
+    char *text = NULL;
+    size_t len = 0;
+    EXPECT_RC(phg_keyring_to_json(kr, &text, &len), PHG_OK);
+    EXPECT_RC(phg_store_keyring_put(f->st, text, len), PHG_OK);
+    free(text);
+}
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof *f);
+    char err[PHG_STORE_ERR_MAX] = "", mktext[PHG_FERNET_KEY_TEXT_LEN + 1];
+    phg_keys_options ko;
+    phg_audit_options ao;
+    phg_request_context rc;
+
+    if (f == NULL)
+        return -1;
+    *state = f;
+    tdb_create(&f->db, g_engine, "admin");
+    EXPECT_RC(tdb_open_store(&f->db, 4, &f->st, err, sizeof err), PHG_OK);
+    EXPECT(phg_store_migrate(f->st, NULL, NULL, err, sizeof err) == PHG_OK, "migrate: %s", err);
+    EXPECT_RC(phg_fernet_key_generate(mktext), PHG_OK);
+    EXPECT_RC(phg_phi_masterkeys_parse(mktext, strlen(mktext), &f->mk), PHG_OK);
+    EXPECT_RC(phg_audit_checkpoint_key(f->mk, f->cp_key), PHG_OK);
+    phg_audit_options_init(&ao);
+    ao.chain = "gw-test";
+    EXPECT_RC(phg_audit_open(f->st, &ao, f->cp_key, &f->audit), PHG_OK);
+    phg_keys_options_init(&ko);
+    ko.start_poller = 0;
+    EXPECT_RC(phg_keys_open(f->st, &ko, &f->keys), PHG_OK);
+    phg_keys_set_audit(f->keys, f->audit);
+    EXPECT_RC(phg_keyring_create(f->mk, NULL, &f->kr), PHG_OK);
+    phg_keyring_set_audit(f->kr, f->audit);
+    save_keyring(f, f->kr);
+
+    f->ctx.store = f->st;
+    f->ctx.keys = f->keys;
+    f->ctx.audit = f->audit;
+    f->ctx.keyring = f->kr;
+    f->ctx.mk = f->mk;
+    f->ctx.checkpoint_key = f->cp_key;
+    f->ctx.config_json = config_cb;
+    f->ctx.config_arg = NULL;
+
+    snprintf(f->admin.key_id, sizeof f->admin.key_id, ADMIN_KEY_ID);
+    snprintf(f->admin.user_id, sizeof f->admin.user_id, "root");
+    f->admin.role = PHG_ROLE_ADMIN;
+    f->admin.scopes = PHG_SCOPE_ALL;
+    snprintf(f->user.key_id, sizeof f->user.key_id, "ak_usertest000000001");
+    snprintf(f->user.user_id, sizeof f->user.user_id, "42");
+    f->user.role = PHG_ROLE_USER;
+    f->user.scopes = PHG_SCOPE_ALL;
+
+    /* What server.c sets before calling the handler. */
+    memset(&rc, 0, sizeof rc);
+    snprintf(rc.request_id, sizeof rc.request_id, "01JD8X3Q4ZK5M6N7P8R9S0T1V2");
+    snprintf(rc.key_id, sizeof rc.key_id, ADMIN_KEY_ID);
+    snprintf(rc.user_id, sizeof rc.user_id, "root");
+    snprintf(rc.role, sizeof rc.role, "admin");
+    phg_request_context_set(&rc);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    if (f == NULL)
+        return 0;
+    phg_request_context_set(NULL);
+    phg_keys_close(f->keys);
+    phg_keyring_free(f->kr);
+    phg_audit_close(f->audit);
+    phg_phi_masterkeys_free(f->mk);
+    phg_store_close(f->st);
+    tdb_drop(&f->db);
+    free(f);
+    return 0;
+}
+
+/* ---- calls ----------------------------------------------------------------------------- */
+
+/* Invariants of every reply: an error has no result and a code; a success a
+ * result and no code; audit_details never holds a key text. */
+static void check_reply(const gw_call *c)
+{
+    if (c->status >= 400) {
+        EXPECT(c->result == NULL, "%s %s: error %d with a result", c->method, c->path, c->status);
+        EXPECT(c->err_code[0] != '\0' && c->err_msg[0] != '\0', "%s %s: error without code",
+               c->method, c->path);
+        EXPECT(strstr(c->err_msg, "phg_") == NULL, "a key text in a message: %s", c->err_msg);
+    } else {
+        EXPECT(c->status >= 200 && c->status < 300, "%s %s: status %d", c->method, c->path,
+               c->status);
+        EXPECT(c->result != NULL, "%s %s: success without a result", c->method, c->path);
+    }
+    if (c->audit_details != NULL) {
+        char *text = json_dumps(c->audit_details, JSON_COMPACT);
+        EXPECT(json_is_object(c->audit_details), "audit_details not an object");
+        EXPECT(text != NULL && strstr(text, "phg_") == NULL, "key text in audit_details: %s",
+               text ? text : "?");
+        free(text);
+    }
+}
+
+static void call_as(fx *f, gw_call *c, const phg_identity *id, const char *method, const char *path,
+                    const char *query, const char *body)
+{
+    memset(c, 0, sizeof *c);
+    c->method = method;
+    c->path = path;
+    c->query = query;
+    c->body = body;
+    c->body_len = body != NULL ? strlen(body) : 0;
+    c->content_type = body != NULL ? "application/json" : NULL;
+    c->id = id;
+    c->request_id = "01JD8X3Q4ZK5M6N7P8R9S0T1V2";
+    c->ip = "127.0.0.1";
+    gw_admin_handle(&f->ctx, c);
+    check_reply(c);
+}
+
+static void call(fx *f, gw_call *c, const char *method, const char *path, const char *query,
+                 const char *body)
+{
+    call_as(f, c, &f->admin, method, path, query, body);
+}
+
+static void done(gw_call *c)
+{
+    json_decref(c->result);
+    json_decref(c->audit_details);
+    c->result = NULL;
+    c->audit_details = NULL;
+}
+
+static void expect_status(gw_call *c, int status, const char *code)
+{
+    EXPECT(c->status == status, "[%s] %s %s?%s: status %d (%s: %s), want %d %s", ENG, c->method,
+           c->path, c->query ? c->query : "", c->status, c->err_code, c->err_msg, status,
+           code ? code : "");
+    if (code != NULL)
+        EXPECT(strcmp(c->err_code, code) == 0, "[%s] %s %s: code %s, want %s", ENG, c->method,
+               c->path, c->err_code, code);
+}
+
+/* One call that must fail with status/code (and message containing `word`). */
+static void expect_fail(fx *f, const char *method, const char *path, const char *query,
+                        const char *body, int status, const char *code, const char *word)
+{
+    gw_call c;
+    call(f, &c, method, path, query, body);
+    expect_status(&c, status, code);
+    if (word != NULL)
+        EXPECT(strstr(c.err_msg, word) != NULL, "[%s] %s %s?%s: message \"%s\" lacks \"%s\"", ENG,
+               method, path, query ? query : "", c.err_msg, word);
+    done(&c);
+}
+
+static const char *str_of(json_t *o, const char *name)
+{
+    const char *s = json_string_value(json_object_get(o, name));
+    EXPECT(s != NULL, "member %s missing or not a string", name);
+    return s;
+}
+
+/* Create a key through the API; its id (and text, if key is given). */
+static void create_key(fx *f, const char *body, char id[PHG_APIKEY_ID_MAX + 1],
+                       char key[PHG_APIKEY_LEN + 1])
+{
+    gw_call c;
+    call(f, &c, "POST", "/admin/keys", NULL, body);
+    expect_status(&c, 201, NULL);
+    snprintf(id, PHG_APIKEY_ID_MAX + 1, "%s", str_of(json_object_get(c.result, "record"), "id"));
+    if (key != NULL)
+        snprintf(key, PHG_APIKEY_LEN + 1, "%s", str_of(c.result, "key"));
+    done(&c);
+}
+
+static int verifies(fx *f, const char *key)
+{
+    phg_identity id;
+    phg_apikey_reason why;
+    phg_status st = phg_keys_verify(f->keys, key, strlen(key), &id, &why);
+    return st == PHG_OK && why == PHG_APIKEY_VALID;
+}
+
+/* Make the audit log refuse records (and let it take them again). */
+static void audit_block(fx *f, int on)
+{
+    char err[512];
+    const char *sql;
+    if (f->db.engine == TDB_SQLITE)
+        sql = on ? "CREATE TRIGGER blk_i BEFORE INSERT ON audit_chains BEGIN SELECT "
+                   "RAISE(ABORT, 'blocked'); END; CREATE TRIGGER blk_u BEFORE UPDATE ON "
+                   "audit_chains BEGIN SELECT RAISE(ABORT, 'blocked'); END;"
+                 : "DROP TRIGGER blk_i; DROP TRIGGER blk_u;";
+    else
+        sql = on ? "CREATE FUNCTION blk() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION "
+                   "'blocked'; END $$ LANGUAGE plpgsql; CREATE TRIGGER blk BEFORE INSERT OR "
+                   "UPDATE ON audit_chains FOR EACH ROW EXECUTE FUNCTION blk();"
+                 : "DROP TRIGGER blk ON audit_chains; DROP FUNCTION blk();";
+    EXPECT(tdb_exec(&f->db, sql, err, sizeof err) == 0, "[%s] %s: %s", ENG, sql, err);
+}
+
+/* Make the store refuse keyring writes. */
+static void keyring_block(fx *f, int on)
+{
+    char err[512];
+    const char *sql;
+    if (f->db.engine == TDB_SQLITE)
+        sql = on ? "CREATE TRIGGER kblk_i BEFORE INSERT ON phi_keyring BEGIN SELECT "
+                   "RAISE(ABORT, 'blocked'); END; CREATE TRIGGER kblk_u BEFORE UPDATE ON "
+                   "phi_keyring BEGIN SELECT RAISE(ABORT, 'blocked'); END;"
+                 : "DROP TRIGGER kblk_i; DROP TRIGGER kblk_u;";
+    else
+        sql = on ? "CREATE FUNCTION kblk() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION "
+                   "'blocked'; END $$ LANGUAGE plpgsql; CREATE TRIGGER kblk BEFORE INSERT OR "
+                   "UPDATE ON phi_keyring FOR EACH ROW EXECUTE FUNCTION kblk();"
+                 : "DROP TRIGGER kblk ON phi_keyring; DROP FUNCTION kblk();";
+    EXPECT(tdb_exec(&f->db, sql, err, sizeof err) == 0, "[%s] %s: %s", ENG, sql, err);
+}
+
+/* ---- role, routing, methods ------------------------------------------------------------ */
+
+static void test_user_role_refused(void **state)
+{
+    fx *f = *state;
+    gw_call c;
+    call_as(f, &c, &f->user, "GET", "/admin/keys", NULL, NULL);
+    expect_status(&c, 403, "forbidden");
+    done(&c);
+    call_as(f, &c, &f->user, "POST", "/admin/phi/keys/rotate", NULL, NULL);
+    expect_status(&c, 403, "forbidden");
+    done(&c);
+    call_as(f, &c, NULL, "GET", "/admin/config", NULL, NULL);
+    expect_status(&c, 403, "forbidden");
+    done(&c);
+    /* Nothing was rotated by the refused call. */
+    EXPECT(phg_keyring_count(f->kr) == 1, "keyring changed by a user key");
+}
+
+static void test_not_found(void **state)
+{
+    fx *f = *state;
+    static const char *const paths[] = {
+        "/admin/",
+        "/admin/nope",
+        "/admin/keys/",
+        "/admin//keys",
+        "/admin/keys/../../etc",
+        "/admin/keys/ak_abc/../../etc",
+        "/admin/keys/ak_abc/delete",
+        "/admin/phi/keys/../../../etc/passwd",
+        "/admin/audit/x",
+        "/admin/phi",
+        "/admin/phi/keys/abc",
+        "/admin/phi/keys/abc/destroy/now",
+        "/admin/a/b/c/d/e/f/g/h",
+        "/adminkeys",
+        "/v1/admin/keys",
+        "/admin/./keys",
+        "/admin/openapi.json/x",
+    };
+    size_t i;
+    for (i = 0; i < sizeof paths / sizeof paths[0]; i++)
+        expect_fail(f, "GET", paths[i], NULL, NULL, 404, "not_found", NULL);
+    /* A traversal that lands on a key id position is a 400, before any lookup. */
+    expect_fail(f, "GET", "/admin/keys/..", NULL, NULL, 400, "invalid_parameter", "key id");
+    expect_fail(f, "POST", "/admin/keys/../rotate", NULL, NULL, 400, "invalid_parameter", "key id");
+    expect_fail(f, "POST", "/admin/phi/keys/../destroy", NULL, "{}", 400, "invalid_parameter",
+                "kid");
+}
+
+static void test_wrong_methods(void **state)
+{
+    fx *f = *state;
+    static const struct {
+        const char *method, *path;
+    } cases[] = {
+        {"POST", "/admin/openapi.json"},
+        {"PUT", "/admin/config"},
+        {"DELETE", "/admin/keys"},
+        {"PATCH", "/admin/keys"},
+        {"DELETE", "/admin/keys/ak_abc"},
+        {"POST", "/admin/keys/ak_abc"},
+        {"GET", "/admin/keys/ak_abc/rotate"},
+        {"GET", "/admin/keys/ak_abc/revoke"},
+        {"POST", "/admin/audit"},
+        {"DELETE", "/admin/audit/report"},
+        {"POST", "/admin/audit/verify"},
+        {"POST", "/admin/phi/keys"},
+        {"GET", "/admin/phi/keys/rotate"},
+        {"GET", "/admin/phi/keys/abc/destroy"},
+        {"DELETE", "/admin/phi/keys/abc/destroy"},
+    };
+    size_t i;
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        expect_fail(f, cases[i].method, cases[i].path, NULL, NULL, 405, "method_not_allowed", NULL);
+}
+
+/* ---- openapi, config -------------------------------------------------------------------- */
+
+static void test_openapi_and_config(void **state)
+{
+    fx *f = *state;
+    static const char *const admin_paths[] = {
+        "/admin/openapi.json",
+        "/admin/config",
+        "/admin/keys",
+        "/admin/keys/{id}",
+        "/admin/keys/{id}/rotate",
+        "/admin/keys/{id}/revoke",
+        "/admin/audit",
+        "/admin/audit/report",
+        "/admin/audit/verify",
+        "/admin/phi/keys",
+        "/admin/phi/keys/rotate",
+        "/admin/phi/keys/{kid}/destroy",
+        "/v1/phi/encrypt",
+        "/v1/phi/decrypt",
+        "/v1/phi/rewrap",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    };
+    json_t *want;
+    gw_call c;
+    size_t i;
+
+    call(f, &c, "GET", "/admin/openapi.json", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "openapi"), "3.1.0") == 0, "not OpenAPI 3.1");
+    for (i = 0; i < sizeof admin_paths / sizeof admin_paths[0]; i++)
+        EXPECT(json_object_get(json_object_get(c.result, "paths"), admin_paths[i]) != NULL,
+               "the OpenAPI document lacks %s", admin_paths[i]);
+    EXPECT(json_object_get(json_object_get(json_object_get(c.result, "components"), "schemas"),
+                           "Error") != NULL,
+           "no Error schema");
+    EXPECT(strcmp(c.action, "admin.openapi.get") == 0, "action %s", c.action);
+    done(&c);
+
+    call(f, &c, "GET", "/admin/config", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    want = config_cb(NULL);
+    EXPECT(json_equal(c.result, want), "config is not the callback's");
+    json_decref(want);
+    EXPECT(strcmp(c.action, "admin.config.get") == 0 && strcmp(c.resource, "config") == 0,
+           "action %s resource %s", c.action, c.resource);
+    done(&c);
+
+    expect_fail(f, "GET", "/admin/config", "verbose=1", NULL, 400, "invalid_parameter", "verbose");
+    f->ctx.config_json = NULL;
+    expect_fail(f, "GET", "/admin/config", NULL, NULL, 503, "unavailable", NULL);
+    f->ctx.config_json = config_cb;
+}
+
+/* ---- keys ----------------------------------------------------------------------------- */
+
+static void test_keys_create_get(void **state)
+{
+    fx *f = *state;
+    char body[512], expires[32], id[PHG_APIKEY_ID_MAX + 1], key[PHG_APIKEY_LEN + 1], path[128];
+    time_t later = time(NULL) + 86400 * 30;
+    struct tm tm;
+    json_t *rec, *scopes;
+    gw_call c;
+
+    gmtime_r(&later, &tm);
+    strftime(expires, sizeof expires, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(body, sizeof body,
+             "{\"role\":\"user\",\"user_id\":\"42\",\"scopes\":[\"phi:encrypt\",\"phi:decrypt\"],"
+             "\"description\":\"sync service\",\"rate_limit\":\"100/1m\",\"expires_at\":\"%s\"}",
+             expires);
+    call(f, &c, "POST", "/admin/keys", NULL, body);
+    expect_status(&c, 201, NULL);
+    snprintf(key, sizeof key, "%s", str_of(c.result, "key"));
+    EXPECT(phg_apikey_check_format(key, strlen(key)) == PHG_APIKEY_VALID, "not a key: shape");
+    rec = json_object_get(c.result, "record");
+    snprintf(id, sizeof id, "%s", str_of(rec, "id"));
+    EXPECT(strcmp(str_of(rec, "role"), "user") == 0, "role");
+    EXPECT(strcmp(str_of(rec, "user_id"), "42") == 0, "user_id");
+    EXPECT(strcmp(str_of(rec, "created_by"), "key:" ADMIN_KEY_ID) == 0, "created_by %s",
+           str_of(rec, "created_by"));
+    EXPECT(strcmp(str_of(rec, "description"), "sync service") == 0, "description");
+    EXPECT(strcmp(str_of(rec, "rate_limit"), "100/1m") == 0, "rate_limit");
+    EXPECT(strcmp(str_of(rec, "expires_at"), expires) == 0, "expires_at %s",
+           str_of(rec, "expires_at"));
+    EXPECT(strcmp(str_of(rec, "state"), "active") == 0, "state");
+    EXPECT(json_is_null(json_object_get(rec, "revoked_at")) &&
+               json_is_null(json_object_get(rec, "replaced_by")) &&
+               json_is_null(json_object_get(rec, "last_used_at")),
+           "fresh key has revoked_at/replaced_by/last_used_at");
+    scopes = json_object_get(rec, "scopes");
+    EXPECT(json_array_size(scopes) == 2 &&
+               strcmp(json_string_value(json_array_get(scopes, 0)), "phi:encrypt") == 0 &&
+               strcmp(json_string_value(json_array_get(scopes, 1)), "phi:decrypt") == 0,
+           "scopes");
+    EXPECT(json_object_get(rec, "hash") == NULL, "the hash is shown");
+    EXPECT(strcmp(c.action, "admin.keys.create") == 0, "action %s", c.action);
+    snprintf(path, sizeof path, "key:%s", id);
+    EXPECT(strcmp(c.resource, path) == 0, "resource %s", c.resource);
+    EXPECT(strcmp(str_of(c.audit_details, "key_id"), id) == 0, "details key_id");
+    done(&c);
+    EXPECT(verifies(f, key), "the key shown does not verify");
+
+    snprintf(path, sizeof path, "/admin/keys/%s", id);
+    call(f, &c, "GET", path, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "id"), id) == 0, "get: id");
+    EXPECT(json_object_get(c.result, "key") == NULL, "get shows a key text");
+    EXPECT(strcmp(c.action, "admin.keys.get") == 0, "action %s", c.action);
+    done(&c);
+
+    /* An admin key, no scopes, no optional member. */
+    create_key(f, "{\"role\":\"admin\",\"user_id\":\"ops\"}", id, NULL);
+    snprintf(path, sizeof path, "/admin/keys/%s", id);
+    call(f, &c, "GET", path, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "role"), "admin") == 0, "role admin");
+    EXPECT(json_array_size(json_object_get(c.result, "scopes")) == 0, "scopes not empty");
+    EXPECT(json_is_null(json_object_get(c.result, "expires_at")), "expires_at not null");
+    done(&c);
+
+    /* Unknown, well-formed id. */
+    expect_fail(f, "GET", "/admin/keys/ak_0000000000000000", NULL, NULL, 404, "not_found", NULL);
+    phg_wipe(key, sizeof key);
+}
+
+static void test_keys_create_bad_input(void **state)
+{
+    fx *f = *state;
+    static const struct {
+        const char *body, *word;
+    } cases[] = {
+        {"{\"user_id\":\"42\"}", "role"},
+        {"{\"role\":\"root\",\"user_id\":\"42\"}", "role"},
+        {"{\"role\":1,\"user_id\":\"42\"}", "role"},
+        {"{\"role\":\"user\"}", "user_id"},
+        {"{\"role\":\"user\",\"user_id\":\"\"}", "user_id"},
+        {"{\"role\":\"user\",\"user_id\":42}", "user_id"},
+        {"{\"role\":\"user\",\"user_id\":\"a\\nb\"}", "user_id"},
+        {"{\"role\":\"user\",\"user_id\":\"42\",\"scopes\":\"phi:encrypt\"}", "scopes"},
+        {"{\"role\":\"user\",\"user_id\":\"42\",\"scopes\":[\"phi:everything\"]}", "scopes[0]"},
+        {"{\"role\":\"user\",\"user_id\":\"42\",\"scopes\":[\"phi:encrypt\",\"phi:decrypt,"
+         "keys:admin\"]}",
+         "scopes[1]"},
+        {"{\"role\":\"user\",\"user_id\":\"42\",\"scopes\":[1]}", "scopes[0]"},
+        {"{\"role\":\"user\",\"user_id\":\"42\",\"admin\":true}", "admin"},
+        {"{\"role\":\"user\",\"user_id\":\"42\",\"expires_at\":\"tomorrow\"}", "expires_at"},
+        {"{\"role\":\"user\",\"user_id\":\"42\",\"expires_at\":\"2001-01-01T00:00:00Z\"}",
+         "expires_at"},
+        {"{\"role\":\"user\",\"user_id\":\"42\",\"expires_at\":\"2030-02-30T00:00:00Z\"}",
+         "expires_at"},
+        {"{\"role\":\"user\",\"user_id\":\"42\",\"description\":7}", "description"},
+        {"{\"role\":\"user\",\"user_id\":\"42\",\"rate_limit\":\"lots\"}", "rate limit"},
+        {"{\"role\":\"user\",\"user_id\":\"' OR 1=1--\",\"key_id\":\"x\"}", "key_id"},
+    };
+    char big[1024];
+    size_t i;
+    gw_call c;
+
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        expect_fail(f, "POST", "/admin/keys", NULL, cases[i].body, 400, "invalid_request",
+                    cases[i].word);
+    /* A description over 256 bytes. */
+    memset(big, 'd', sizeof big);
+    snprintf(big, sizeof big, "{\"role\":\"user\",\"user_id\":\"42\",\"description\":\"%0300d\"}",
+             0);
+    expect_fail(f, "POST", "/admin/keys", NULL, big, 400, "invalid_request", "description");
+    expect_fail(f, "POST", "/admin/keys", NULL, "{\"role\":", 400, "invalid_json", NULL);
+    expect_fail(f, "POST", "/admin/keys", NULL, "[1,2]", 400, "invalid_json", NULL);
+    expect_fail(f, "POST", "/admin/keys", NULL, NULL, 415, "unsupported_media_type", NULL);
+    expect_fail(f, "POST", "/admin/keys", "role=user", "{}", 400, "invalid_parameter", "role");
+    /* Wrong content type. */
+    memset(&c, 0, sizeof c);
+    c.method = "POST";
+    c.path = "/admin/keys";
+    c.body = "{\"role\":\"user\",\"user_id\":\"42\"}";
+    c.body_len = strlen(c.body);
+    c.content_type = "text/plain";
+    c.id = &f->admin;
+    gw_admin_handle(&f->ctx, &c);
+    check_reply(&c);
+    expect_status(&c, 415, "unsupported_media_type");
+    done(&c);
+    /* A body over the admin limit. */
+    {
+        size_t n = (64u << 10) + 10;
+        char *huge = malloc(n + 1);
+        assert_non_null(huge);
+        memset(huge, ' ', n);
+        huge[0] = '{';
+        huge[n - 1] = '}';
+        huge[n] = '\0';
+        expect_fail(f, "POST", "/admin/keys", NULL, huge, 413, "payload_too_large", NULL);
+        free(huge);
+    }
+    /* None of that made a key. */
+    {
+        phg_apikey_record *recs = NULL;
+        size_t n = 99;
+        EXPECT_RC(phg_keys_list(f->keys, "", 10, &recs, &n), PHG_OK);
+        EXPECT(n == 0, "a refused request made %zu keys", n);
+        free(recs);
+    }
+}
+
+static void test_keys_list(void **state)
+{
+    fx *f = *state;
+    char ids[5][PHG_APIKEY_ID_MAX + 1], next[PHG_APIKEY_ID_MAX + 1], q[128];
+    size_t i, seen = 0;
+    gw_call c;
+
+    for (i = 0; i < 5; i++)
+        create_key(f, "{\"role\":\"user\",\"user_id\":\"u\"}", ids[i], NULL);
+    call(f, &c, "GET", "/admin/keys", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_array_size(json_object_get(c.result, "keys")) == 5, "list: %zu keys",
+           json_array_size(json_object_get(c.result, "keys")));
+    EXPECT(json_is_null(json_object_get(c.result, "next")), "next on the only page");
+    EXPECT(json_object_get(json_array_get(json_object_get(c.result, "keys"), 0), "key") == NULL,
+           "a listed record has a key text");
+    EXPECT(strcmp(c.action, "admin.keys.list") == 0, "action %s", c.action);
+    done(&c);
+
+    /* Pages of 2: 2, 2, 1; ordered by id, none twice. */
+    next[0] = '\0';
+    for (i = 0; i < 3; i++) {
+        json_t *keys;
+        size_t j;
+        if (next[0])
+            snprintf(q, sizeof q, "limit=2&after=%s", next);
+        else
+            snprintf(q, sizeof q, "limit=2");
+        call(f, &c, "GET", "/admin/keys", q, NULL);
+        expect_status(&c, 200, NULL);
+        keys = json_object_get(c.result, "keys");
+        EXPECT(json_array_size(keys) == (i < 2 ? 2u : 1u), "page %zu: %zu keys", i,
+               json_array_size(keys));
+        for (j = 0; j < json_array_size(keys); j++) {
+            const char *id = str_of(json_array_get(keys, j), "id");
+            EXPECT(next[0] == '\0' || strcmp(id, next) > 0, "page %zu not after %s", i, next);
+            seen++;
+        }
+        if (i < 2)
+            snprintf(next, sizeof next, "%s", str_of(c.result, "next"));
+        else
+            EXPECT(json_is_null(json_object_get(c.result, "next")), "next on the last page");
+        done(&c);
+    }
+    EXPECT(seen == 5, "pages gave %zu keys", seen);
+
+    /* Bad parameters: all 400 before the store. */
+    expect_fail(f, "GET", "/admin/keys", "limit=0", NULL, 400, "invalid_parameter", "limit");
+    expect_fail(f, "GET", "/admin/keys", "limit=1001", NULL, 400, "invalid_parameter", "limit");
+    expect_fail(f, "GET", "/admin/keys", "limit=-1", NULL, 400, "invalid_parameter", "limit");
+    expect_fail(f, "GET", "/admin/keys", "limit=10abc", NULL, 400, "invalid_parameter", "limit");
+    expect_fail(f, "GET", "/admin/keys", "limit=99999999999999999999", NULL, 400,
+                "invalid_parameter", "limit");
+    expect_fail(f, "GET", "/admin/keys", "after=%27%20OR%201%3D1--", NULL, 400, "invalid_parameter",
+                "after");
+    expect_fail(f, "GET", "/admin/keys", "after=ak_x%00y", NULL, 400, "invalid_parameter", "NUL");
+    expect_fail(f, "GET", "/admin/keys", "after=AK_ABC", NULL, 400, "invalid_parameter", "after");
+    expect_fail(f, "GET", "/admin/keys", "offset=3", NULL, 400, "invalid_parameter", "offset");
+    expect_fail(f, "GET", "/admin/keys", "limit=1&limit=2", NULL, 400, "invalid_parameter",
+                "more than once");
+    expect_fail(f, "GET", "/admin/keys", "%3Cscript%3E=1", NULL, 400, "invalid_parameter",
+                "unknown query parameter");
+    {
+        char longq[400];
+        memset(longq, 0, sizeof longq);
+        memcpy(longq, "after=ak_", 9);
+        memset(longq + 9, 'a', 300);
+        expect_fail(f, "GET", "/admin/keys", longq, NULL, 400, "invalid_parameter", "too long");
+    }
+    /* Empty parameters are as if absent. */
+    call(f, &c, "GET", "/admin/keys", "after=&limit=", NULL);
+    expect_status(&c, 200, NULL);
+    done(&c);
+}
+
+static void test_keys_ids_checked(void **state)
+{
+    fx *f = *state;
+    static const char *const bad[] = {
+        "' OR 1=1--",
+        "ak_' OR '1'='1",
+        "ak_",
+        "AK_abc",
+        "ak_ABC",
+        "ak_abc;DROP TABLE api_keys",
+        "ak_abc def",
+        "xk_abc",
+        "ak_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "%00",
+        "..",
+        "ak_\xc3\xa9",
+    };
+    char path[256];
+    size_t i;
+
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(path, sizeof path, "/admin/keys/%s", bad[i]);
+        expect_fail(f, "GET", path, NULL, NULL, 400, "invalid_parameter", "key id");
+        snprintf(path, sizeof path, "/admin/keys/%s/revoke", bad[i]);
+        expect_fail(f, "POST", path, NULL, NULL, 400, "invalid_parameter", "key id");
+        snprintf(path, sizeof path, "/admin/keys/%s/rotate", bad[i]);
+        expect_fail(f, "POST", path, NULL, NULL, 400, "invalid_parameter", "key id");
+    }
+    /* The table is still there and holds nothing: no injected SQL ran. */
+    {
+        phg_apikey_record *recs = NULL;
+        size_t n = 99;
+        EXPECT_RC(phg_keys_list(f->keys, "", 10, &recs, &n), PHG_OK);
+        EXPECT(n == 0, "%zu keys", n);
+        free(recs);
+    }
+}
+
+static void test_keys_rotate_revoke(void **state)
+{
+    fx *f = *state;
+    char id[PHG_APIKEY_ID_MAX + 1], key[PHG_APIKEY_LEN + 1], id2[PHG_APIKEY_ID_MAX + 1],
+        key2[PHG_APIKEY_LEN + 1], path[128];
+    json_t *prev;
+    gw_call c;
+    int64_t now = (int64_t)time(NULL);
+
+    create_key(f, "{\"role\":\"user\",\"user_id\":\"42\",\"scopes\":[\"phi:encrypt\"]}", id, key);
+    snprintf(path, sizeof path, "/admin/keys/%s/rotate", id);
+    /* Bad grace values first: nothing happens. */
+    expect_fail(f, "POST", path, NULL, "{\"grace_seconds\":-1}", 400, "invalid_request",
+                "grace_seconds");
+    expect_fail(f, "POST", path, NULL, "{\"grace_seconds\":2592001}", 400, "invalid_request",
+                "grace_seconds");
+    expect_fail(f, "POST", path, NULL, "{\"grace_seconds\":\"1d\"}", 400, "invalid_request",
+                "grace_seconds");
+    expect_fail(f, "POST", path, NULL, "{\"grace\":10}", 400, "invalid_request", "grace");
+    expect_fail(f, "POST", path, NULL, "nope", 400, "invalid_json", NULL);
+
+    /* No body: the default grace (one day). */
+    call(f, &c, "POST", path, NULL, NULL);
+    expect_status(&c, 201, NULL);
+    snprintf(key2, sizeof key2, "%s", str_of(c.result, "key"));
+    snprintf(id2, sizeof id2, "%s", str_of(json_object_get(c.result, "record"), "id"));
+    EXPECT(strcmp(id2, id) != 0, "rotation kept the id");
+    EXPECT(json_array_size(json_object_get(json_object_get(c.result, "record"), "scopes")) == 1,
+           "scopes not carried over");
+    prev = json_object_get(c.result, "previous");
+    EXPECT(strcmp(str_of(prev, "replaced_by"), id2) == 0, "previous.replaced_by");
+    EXPECT(strcmp(str_of(prev, "state"), "rotating") == 0, "previous.state %s",
+           str_of(prev, "state"));
+    {
+        char lo[32], hi[32];
+        time_t a = (time_t)(now + 86400), b = (time_t)(now + 86400 + 60);
+        struct tm tm;
+        gmtime_r(&a, &tm);
+        strftime(lo, sizeof lo, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        gmtime_r(&b, &tm);
+        strftime(hi, sizeof hi, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        EXPECT(strcmp(str_of(prev, "grace_until"), lo) >= 0 &&
+                   strcmp(str_of(prev, "grace_until"), hi) <= 0,
+               "grace_until %s not one day from now", str_of(prev, "grace_until"));
+    }
+    EXPECT(strcmp(c.action, "admin.keys.rotate") == 0, "action %s", c.action);
+    EXPECT(strcmp(str_of(c.audit_details, "new_key_id"), id2) == 0, "details new_key_id");
+    done(&c);
+    EXPECT(verifies(f, key2), "the new key does not verify");
+    EXPECT(verifies(f, key), "the old key stopped inside its grace period");
+
+    /* Rotating a rotated key: conflict. */
+    expect_fail(f, "POST", path, NULL, NULL, 409, "conflict", NULL);
+
+    /* Grace 0: the old key stops at once. */
+    snprintf(path, sizeof path, "/admin/keys/%s/rotate", id2);
+    call(f, &c, "POST", path, NULL, "{\"grace_seconds\":0}");
+    expect_status(&c, 201, NULL);
+    done(&c);
+    EXPECT(!verifies(f, key2), "grace 0: the old key still works");
+
+    /* Revoke. */
+    snprintf(path, sizeof path, "/admin/keys/%s/revoke", id);
+    call(f, &c, "POST", path, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "state"), "revoked") == 0, "state %s",
+           str_of(c.result, "state"));
+    EXPECT(!json_is_null(json_object_get(c.result, "revoked_at")), "revoked_at null");
+    EXPECT(strcmp(c.action, "admin.keys.revoke") == 0, "action %s", c.action);
+    snprintf(path, sizeof path, "key:%s", id);
+    EXPECT(strcmp(c.resource, path) == 0, "resource %s", c.resource);
+    done(&c);
+    EXPECT(!verifies(f, key), "a revoked key verifies");
+    /* Twice is fine. */
+    snprintf(path, sizeof path, "/admin/keys/%s/revoke", id);
+    call(f, &c, "POST", path, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    done(&c);
+    /* Rotating a revoked key: conflict. Unknown ids: 404. */
+    snprintf(path, sizeof path, "/admin/keys/%s/rotate", id);
+    expect_fail(f, "POST", path, NULL, NULL, 409, "conflict", NULL);
+    expect_fail(f, "POST", "/admin/keys/ak_0000000000000000/rotate", NULL, NULL, 404, "not_found",
+                NULL);
+    expect_fail(f, "POST", "/admin/keys/ak_0000000000000000/revoke", NULL, NULL, 404, "not_found",
+                NULL);
+    expect_fail(f, "POST", "/admin/keys/ak_0000000000000000/revoke", "now=1", NULL, 400,
+                "invalid_parameter", "now");
+    phg_wipe(key, sizeof key);
+    phg_wipe(key2, sizeof key2);
+}
+
+/* The audit log refuses records: key changes fail closed. */
+static void test_keys_unaudited(void **state)
+{
+    fx *f = *state;
+    char id[PHG_APIKEY_ID_MAX + 1], key[PHG_APIKEY_LEN + 1], path[128], made[PHG_APIKEY_ID_MAX + 1];
+    phg_apikey_record rec;
+    gw_call c;
+
+    create_key(f, "{\"role\":\"user\",\"user_id\":\"42\"}", id, key);
+    audit_block(f, 1);
+
+    /* create: the key is made, its record fails, it is revoked, 503. */
+    call(f, &c, "POST", "/admin/keys", NULL, "{\"role\":\"user\",\"user_id\":\"43\"}");
+    expect_status(&c, 503, "audit_unavailable");
+    EXPECT(strstr(c.err_msg, "undone") != NULL, "message: %s", c.err_msg);
+    snprintf(made, sizeof made, "%s", str_of(c.audit_details, "key_id"));
+    EXPECT(json_is_true(json_object_get(c.audit_details, "undone")), "not undone");
+    done(&c);
+    EXPECT_RC(phg_keys_get(f->keys, made, &rec), PHG_OK);
+    EXPECT(rec.revoked_at != 0, "the unaudited key %s is not revoked", made);
+
+    /* rotate: the new key is revoked; the old one stays rotated. */
+    snprintf(path, sizeof path, "/admin/keys/%s/rotate", id);
+    call(f, &c, "POST", path, NULL, "{\"grace_seconds\":600}");
+    expect_status(&c, 503, "audit_unavailable");
+    snprintf(made, sizeof made, "%s", str_of(c.audit_details, "new_key_id"));
+    done(&c);
+    EXPECT_RC(phg_keys_get(f->keys, made, &rec), PHG_OK);
+    EXPECT(rec.revoked_at != 0, "the unaudited rotated key %s is not revoked", made);
+    EXPECT(verifies(f, key), "the old key stopped inside its grace");
+
+    /* revoke: done, says so. */
+    snprintf(path, sizeof path, "/admin/keys/%s/revoke", id);
+    call(f, &c, "POST", path, NULL, NULL);
+    expect_status(&c, 503, "audit_unavailable");
+    EXPECT(strstr(c.err_msg, "IS revoked") != NULL, "message: %s", c.err_msg);
+    done(&c);
+    EXPECT(!verifies(f, key), "the key was not revoked");
+
+    /* The audit log back: things work again. */
+    audit_block(f, 0);
+    create_key(f, "{\"role\":\"user\",\"user_id\":\"44\"}", id, NULL);
+    phg_wipe(key, sizeof key);
+}
+
+/* ---- audit ----------------------------------------------------------------------------- */
+
+static void append(fx *f, const char *action, const char *user, const char *subject,
+                   const char *outcome, const char *request_id, char id[PHG_ULID_LEN + 1])
+{
+    phg_audit_event e;
+    char local[PHG_ULID_LEN + 1];
+    memset(&e, 0, sizeof e);
+    e.action = action;
+    e.user_id = user;
+    e.key_id = "ak_someone0000000001";
+    e.subject = subject;
+    e.outcome = outcome;
+    e.request_id = request_id;
+    e.resource = "GET /v1/readings";
+    e.details_json = "{\"step\":\"abcdef\"}";
+    EXPECT_RC(phg_audit_append(f->audit, &e, id != NULL ? id : local), PHG_OK);
+}
+
+static size_t count_records(gw_call *c, const char *member)
+{
+    json_t *arr = json_object_get(c->result, member);
+    EXPECT(json_is_array(arr), "no %s array", member);
+    return json_array_size(arr);
+}
+
+static void test_audit_query(void **state)
+{
+    fx *f = *state;
+    char rid[PHG_ULID_LEN + 1], q[512], first[PHG_ULID_LEN + 1], next[PHG_ULID_LEN + 1];
+    json_t *recs;
+    gw_call c;
+    size_t i;
+
+    EXPECT_RC(phg_ulid_new_text(rid), PHG_OK);
+    append(f, "phi.decrypt", "42", "42", "success", rid, first);
+    append(f, "phi.decrypt", "43", "43", "denied", NULL, NULL);
+    append(f, "http.request", "42", "42", "success", NULL, NULL);
+    append(f, "phi.encrypt", "44", "43", "error", NULL, NULL);
+
+    call(f, &c, "GET", "/admin/audit", "action=phi.decrypt", NULL);
+    expect_status(&c, 200, NULL);
+    recs = json_object_get(c.result, "records");
+    EXPECT(json_array_size(recs) == 2, "action filter: %zu", json_array_size(recs));
+    for (i = 0; i < 2; i++)
+        EXPECT(strcmp(str_of(json_array_get(recs, i), "action"), "phi.decrypt") == 0,
+               "wrong action");
+    EXPECT(strcmp(str_of(json_array_get(recs, 0), "id"), str_of(json_array_get(recs, 1), "id")) > 0,
+           "not newest first");
+    EXPECT(json_is_null(json_object_get(c.result, "next")), "next");
+    EXPECT(strcmp(c.action, "admin.audit.query") == 0 && strcmp(c.resource, "audit") == 0,
+           "action %s resource %s", c.action, c.resource);
+    EXPECT(strcmp(str_of(json_object_get(c.audit_details, "filters"), "action"), "phi.decrypt") ==
+               0,
+           "details filters");
+    done(&c);
+
+    snprintf(q, sizeof q, "request_id=%s", rid);
+    call(f, &c, "GET", "/admin/audit", q, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(count_records(&c, "records") == 1, "request_id filter");
+    EXPECT(strcmp(str_of(json_array_get(json_object_get(c.result, "records"), 0), "id"), first) ==
+               0,
+           "request_id: wrong record");
+    done(&c);
+
+    call(f, &c, "GET", "/admin/audit", "user_id=42&outcome=success", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(count_records(&c, "records") == 2, "user+outcome filter: %zu",
+           count_records(&c, "records"));
+    done(&c);
+
+    call(f, &c, "GET", "/admin/audit", "subject=43", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(count_records(&c, "records") == 2, "subject filter");
+    EXPECT(strcmp(c.subject, "43") == 0, "call subject %s", c.subject);
+    done(&c);
+
+    call(f, &c, "GET", "/admin/audit", "key_id=ak_someone0000000001&action=phi.encrypt", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(count_records(&c, "records") == 1, "key_id filter");
+    done(&c);
+
+    /* A SQL-injection string as a user id is only a value that matches nothing. */
+    call(f, &c, "GET", "/admin/audit", "user_id=%27%20OR%201%3D1--", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(count_records(&c, "records") == 0, "an injected user_id matched %zu",
+           count_records(&c, "records"));
+    done(&c);
+
+    /* Paging: limit 2, then before=next. */
+    call(f, &c, "GET", "/admin/audit", "user_id=42&limit=1", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(count_records(&c, "records") == 1, "limit 1");
+    snprintf(next, sizeof next, "%s", str_of(c.result, "next"));
+    done(&c);
+    snprintf(q, sizeof q, "user_id=42&limit=1&before=%s", next);
+    call(f, &c, "GET", "/admin/audit", q, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(count_records(&c, "records") == 1, "page 2");
+    EXPECT(strcmp(str_of(json_array_get(json_object_get(c.result, "records"), 0), "id"), first) ==
+               0,
+           "page 2 is not the oldest");
+    done(&c);
+
+    /* Times: a range around now (an offset too), then one in the past. */
+    {
+        time_t a = time(NULL) - 3600, b = time(NULL) + 3600;
+        char ta[32], tb[32];
+        struct tm tm;
+        gmtime_r(&a, &tm);
+        strftime(ta, sizeof ta, "%Y-%m-%dT%H:%M:%S.5Z", &tm);
+        /* b as local time at +02:00 */
+        b += 7200;
+        gmtime_r(&b, &tm);
+        strftime(tb, sizeof tb, "%Y-%m-%dT%H:%M:%S%%2B02:00", &tm);
+        snprintf(q, sizeof q, "from=%s&to=%s&action=phi.decrypt", ta, tb);
+        call(f, &c, "GET", "/admin/audit", q, NULL);
+        expect_status(&c, 200, NULL);
+        EXPECT(count_records(&c, "records") == 2, "time range: %zu", count_records(&c, "records"));
+        done(&c);
+    }
+    call(f, &c, "GET", "/admin/audit", "from=2001-01-01&to=2001-01-02", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(count_records(&c, "records") == 0, "old range");
+    done(&c);
+
+    /* Bad filters: 400 naming the parameter. */
+    expect_fail(f, "GET", "/admin/audit", "from=yesterday", NULL, 400, "invalid_parameter", "from");
+    expect_fail(f, "GET", "/admin/audit", "to=2026-13-01", NULL, 400, "invalid_parameter", "to");
+    expect_fail(f, "GET", "/admin/audit", "from=2026-02-30", NULL, 400, "invalid_parameter",
+                "from");
+    expect_fail(f, "GET", "/admin/audit", "from=2026-01-01T25:00:00Z", NULL, 400,
+                "invalid_parameter", "from");
+    expect_fail(f, "GET", "/admin/audit", "from=2026-01-02&to=2026-01-01", NULL, 400,
+                "invalid_parameter", "after");
+    expect_fail(f, "GET", "/admin/audit", "request_id=%27%20OR%201%3D1--", NULL, 400,
+                "invalid_parameter", "request_id");
+    expect_fail(f, "GET", "/admin/audit", "key_id=%27%20OR%201%3D1--", NULL, 400,
+                "invalid_parameter", "key_id");
+    expect_fail(f, "GET", "/admin/audit", "before=notaulid", NULL, 400, "invalid_parameter",
+                "before");
+    expect_fail(f, "GET", "/admin/audit", "outcome=maybe", NULL, 400, "invalid_parameter",
+                "outcome");
+    expect_fail(f, "GET", "/admin/audit", "action=phi.decrypt%27--", NULL, 400, "invalid_parameter",
+                "action");
+    expect_fail(f, "GET", "/admin/audit", "user_id=a%0Ab", NULL, 400, "invalid_parameter",
+                "user_id");
+    expect_fail(f, "GET", "/admin/audit", "limit=5000", NULL, 400, "invalid_parameter", "limit");
+    expect_fail(f, "GET", "/admin/audit", "sort=asc", NULL, 400, "invalid_parameter", "sort");
+    expect_fail(f, "GET", "/admin/audit", "subject=1&subject=2", NULL, 400, "invalid_parameter",
+                "subject");
+    f->ctx.store = NULL;
+    expect_fail(f, "GET", "/admin/audit", NULL, NULL, 503, "unavailable", NULL);
+    f->ctx.store = f->st;
+}
+
+static void test_audit_report(void **state)
+{
+    fx *f = *state;
+    char q[256], next[PHG_ULID_LEN + 1], ids[3][PHG_ULID_LEN + 1];
+    json_t *acc;
+    gw_call c;
+
+    append(f, "phi.decrypt", "dr-who", "42", "success", NULL, ids[0]);
+    append(f, "phi.decrypt", "dr-who", "43", "success", NULL, NULL);
+    append(f, "http.request", "nurse", "42", "denied", NULL, ids[1]);
+    append(f, "phi.encrypt", "42", "42", "success", NULL, ids[2]);
+
+    expect_fail(f, "GET", "/admin/audit/report", NULL, NULL, 400, "invalid_parameter", "subject");
+    expect_fail(f, "GET", "/admin/audit/report", "user_id=42", NULL, 400, "invalid_parameter",
+                "user_id");
+    expect_fail(f, "GET", "/admin/audit/report", "subject=42&from=soon", NULL, 400,
+                "invalid_parameter", "from");
+
+    call(f, &c, "GET", "/admin/audit/report", "subject=42&from=2020-01-01", NULL);
+    expect_status(&c, 200, NULL);
+    acc = json_object_get(c.result, "accesses");
+    EXPECT(json_array_size(acc) == 3, "report: %zu accesses", json_array_size(acc));
+    EXPECT(json_integer_value(json_object_get(c.result, "count")) == 3, "count");
+    EXPECT(strcmp(str_of(c.result, "subject"), "42") == 0, "subject");
+    EXPECT(strcmp(str_of(c.result, "from"), "2020-01-01") == 0, "from echo");
+    EXPECT(json_is_null(json_object_get(c.result, "to")), "to not null");
+    EXPECT(strcmp(str_of(json_array_get(acc, 0), "id"), ids[2]) == 0 &&
+               strcmp(str_of(json_array_get(acc, 2), "id"), ids[0]) == 0,
+           "not newest first");
+    EXPECT(strcmp(str_of(json_object_get(json_array_get(acc, 1), "details"), "subject"), "42") == 0,
+           "record subject");
+    EXPECT(strcmp(c.subject, "42") == 0, "call subject %s", c.subject);
+    EXPECT(strcmp(c.action, "admin.audit.report") == 0, "action %s", c.action);
+    done(&c);
+
+    call(f, &c, "GET", "/admin/audit/report", "subject=42&limit=2", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(count_records(&c, "accesses") == 2, "page 1");
+    snprintf(next, sizeof next, "%s", str_of(c.result, "next"));
+    done(&c);
+    snprintf(q, sizeof q, "subject=42&limit=2&before=%s", next);
+    call(f, &c, "GET", "/admin/audit/report", q, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(count_records(&c, "accesses") == 1, "page 2");
+    EXPECT(json_is_null(json_object_get(c.result, "next")), "next on the last page");
+    done(&c);
+
+    call(f, &c, "GET", "/admin/audit/report", "subject=%27%20OR%20%271%27%3D%271", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(count_records(&c, "accesses") == 0, "injected subject matched");
+    done(&c);
+}
+
+static void test_audit_verify(void **state)
+{
+    fx *f = *state;
+    char err[512], sql[256];
+    gw_call c;
+
+    append(f, "phi.decrypt", "42", "42", "success", NULL, NULL);
+    append(f, "test.tamper", "42", "42", "success", NULL, NULL);
+    append(f, "phi.decrypt", "42", "42", "success", NULL, NULL);
+
+    call(f, &c, "GET", "/admin/audit/verify", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_is_true(json_object_get(c.result, "ok")), "an intact log is not ok");
+    EXPECT(json_integer_value(json_object_get(c.result, "records")) >= 3, "records");
+    EXPECT(json_integer_value(json_object_get(c.result, "chains")) >= 1, "chains");
+    EXPECT(json_object_get(c.result, "checkpoints") != NULL, "checkpoints");
+    EXPECT(json_object_get(c.result, "problem") == NULL, "a problem when ok");
+    EXPECT(strcmp(c.action, "admin.audit.verify") == 0, "action %s", c.action);
+    done(&c);
+
+    call(f, &c, "GET", "/admin/audit/verify", "from=2020-01-01&to=2099-01-01T00:00:00Z", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_is_true(json_object_get(c.result, "ok")), "ranged: not ok");
+    done(&c);
+
+    expect_fail(f, "GET", "/admin/audit/verify", "from=x", NULL, 400, "invalid_parameter", "from");
+    expect_fail(f, "GET", "/admin/audit/verify", "chain=a", NULL, 400, "invalid_parameter",
+                "chain");
+
+    /* Edit a record behind the library's back. */
+    if (f->db.engine == TDB_SQLITE) {
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        snprintf(sql, sizeof sql,
+                 "UPDATE audit_%04d_%02d SET record = replace(record, '\"step\":\"abcdef\"', "
+                 "'\"step\":\"abcdeg\"') WHERE action = 'test.tamper'",
+                 tm.tm_year + 1900, tm.tm_mon + 1);
+    } else {
+        snprintf(sql, sizeof sql,
+                 "UPDATE audit_log SET record = replace(record, '\"step\":\"abcdef\"', "
+                 "'\"step\":\"abcdeg\"') WHERE action = 'test.tamper'");
+    }
+    EXPECT(tdb_exec(&f->db, sql, err, sizeof err) == 0, "[%s] %s: %s", ENG, sql, err);
+    call(f, &c, "GET", "/admin/audit/verify", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_is_false(json_object_get(c.result, "ok")), "a tampered log is ok");
+    EXPECT(strcmp(str_of(c.result, "chain"), "gw-test") == 0, "chain");
+    EXPECT(strstr(str_of(c.result, "problem"), "edited") != NULL, "problem %s",
+           str_of(c.result, "problem"));
+    EXPECT(json_is_integer(json_object_get(c.result, "seq")), "seq");
+    done(&c);
+
+    f->ctx.checkpoint_key = NULL;
+    expect_fail(f, "GET", "/admin/audit/verify", NULL, NULL, 503, "unavailable", NULL);
+    f->ctx.checkpoint_key = f->cp_key;
+}
+
+/* ---- PHI keyring -------------------------------------------------------------------------- */
+
+/* The stored keyring: number of keys, primary, and the state of kid. */
+static void stored_keyring(fx *f, size_t *n, char primary[PHG_PHI_KID_MAX + 1], const char *kid,
+                           char state[32])
+{
+    char *text = NULL;
+    size_t len = 0, i;
+    json_t *doc, *item;
+    EXPECT_RC(phg_store_keyring_get(f->st, &text, &len), PHG_OK);
+    doc = json_loadb(text, len, 0, NULL);
+    free(text);
+    EXPECT(doc != NULL, "stored keyring is not JSON");
+    *n = json_array_size(json_object_get(doc, "keys"));
+    snprintf(primary, PHG_PHI_KID_MAX + 1, "%s", str_of(doc, "primary"));
+    state[0] = '\0';
+    json_array_foreach(json_object_get(doc, "keys"), i, item) {
+        if (kid != NULL && strcmp(str_of(item, "kid"), kid) == 0)
+            snprintf(state, 32, "%s", str_of(item, "state"));
+    }
+    json_decref(doc);
+}
+
+static void test_phi_keyring(void **state)
+{
+    fx *f = *state;
+    char first[PHG_PHI_KID_MAX + 1], second[PHG_PHI_KID_MAX + 1], primary[PHG_PHI_KID_MAX + 1];
+    char path[128], body[128], st[32], ct[256];
+    size_t n, ct_len;
+    json_t *keys;
+    gw_call c;
+
+    call(f, &c, "GET", "/admin/phi/keys", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    snprintf(first, sizeof first, "%s", str_of(c.result, "primary"));
+    keys = json_object_get(c.result, "keys");
+    EXPECT(json_array_size(keys) == 1, "one key at first");
+    EXPECT(strcmp(str_of(json_array_get(keys, 0), "kid"), first) == 0, "kid");
+    EXPECT(strcmp(str_of(json_array_get(keys, 0), "state"), "active") == 0, "state");
+    EXPECT(strlen(str_of(json_array_get(keys, 0), "created")) == 20, "created");
+    EXPECT(json_object_get(json_array_get(keys, 0), "wrapped") == NULL, "wrapped DEK shown");
+    EXPECT(json_is_false(json_object_get(c.result, "unsaved")), "unsaved");
+    EXPECT(strcmp(c.action, "admin.phi.keys.list") == 0 && strcmp(c.resource, "phi-keyring") == 0,
+           "action %s resource %s", c.action, c.resource);
+    done(&c);
+    expect_fail(f, "GET", "/admin/phi/keys", "all=1", NULL, 400, "invalid_parameter", "all");
+
+    /* Data under the first key, to see it die. */
+    EXPECT_RC(
+        phg_phi_encrypt(f->kr, "user_id=42", 10, (const uint8_t *)"72", 2, ct, sizeof ct, &ct_len),
+        PHG_OK);
+
+    call(f, &c, "POST", "/admin/phi/keys/rotate", NULL, NULL);
+    expect_status(&c, 201, NULL);
+    snprintf(second, sizeof second, "%s", str_of(c.result, "kid"));
+    EXPECT(strcmp(second, first) != 0, "rotation kept the kid");
+    EXPECT(strcmp(str_of(c.result, "previous"), first) == 0, "previous");
+    EXPECT(strcmp(c.action, "admin.phi.keys.rotate") == 0, "action %s", c.action);
+    EXPECT(strcmp(str_of(c.audit_details, "primary"), second) == 0, "details");
+    done(&c);
+    stored_keyring(f, &n, primary, first, st);
+    EXPECT(n == 2 && strcmp(primary, second) == 0 && strcmp(st, "decrypt-only") == 0,
+           "stored after rotate: %zu keys, primary %s, first %s", n, primary, st);
+
+    /* Destroy: confirmation first. */
+    snprintf(path, sizeof path, "/admin/phi/keys/%s/destroy", first);
+    expect_fail(f, "POST", path, NULL, NULL, 400, "confirmation_required", "destroy ");
+    {
+        char want[64];
+        snprintf(want, sizeof want, "{\"confirm\":\"destroy %s\"}", first);
+        expect_fail(f, "POST", path, NULL, "{}", 400, "confirmation_required", want);
+    }
+    expect_fail(f, "POST", path, NULL, "{\"confirm\":\"yes\"}", 400, "confirmation_required", NULL);
+    snprintf(body, sizeof body, "{\"confirm\":\"destroy %s \"}", first);
+    expect_fail(f, "POST", path, NULL, body, 400, "confirmation_required", NULL);
+    snprintf(body, sizeof body, "{\"confirm\":\"destroy %s\"}", second);
+    expect_fail(f, "POST", path, NULL, body, 400, "confirmation_required", NULL);
+    snprintf(body, sizeof body, "{\"confirm\":\"destroy %s\",\"force\":true}", first);
+    expect_fail(f, "POST", path, NULL, body, 400, "invalid_request", "force");
+    expect_fail(f, "POST", path, NULL, "not json", 400, "invalid_json", NULL);
+    EXPECT(phg_keyring_count(f->kr) == 2, "count");
+
+    /* The primary cannot go. */
+    snprintf(path, sizeof path, "/admin/phi/keys/%s/destroy", second);
+    snprintf(body, sizeof body, "{\"confirm\":\"destroy %s\"}", second);
+    expect_fail(f, "POST", path, NULL, body, 409, "conflict", "rotate first");
+    /* Unknown and malformed kids. */
+    expect_fail(f, "POST", "/admin/phi/keys/zz99/destroy", NULL, "{\"confirm\":\"destroy zz99\"}",
+                404, "not_found", NULL);
+    {
+        static const char *const bad[] = {
+            "ABC", "a-b", "%27%20OR%201=1--", "' OR 1=1--", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "a;b", ".."};
+        size_t i;
+        for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            snprintf(path, sizeof path, "/admin/phi/keys/%s/destroy", bad[i]);
+            expect_fail(f, "POST", path, NULL, "{\"confirm\":\"destroy x\"}", 400,
+                        "invalid_parameter", "kid");
+        }
+    }
+
+    /* Now for real. */
+    snprintf(path, sizeof path, "/admin/phi/keys/%s/destroy", first);
+    snprintf(body, sizeof body, "{\"confirm\":\"destroy %s\"}", first);
+    call(f, &c, "POST", path, NULL, body);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "kid"), first) == 0 &&
+               strcmp(str_of(c.result, "state"), "destroyed") == 0,
+           "destroy reply");
+    EXPECT(strcmp(c.action, "admin.phi.keys.destroy") == 0, "action %s", c.action);
+    EXPECT(strcmp(str_of(c.audit_details, "kid"), first) == 0, "details");
+    done(&c);
+    stored_keyring(f, &n, primary, first, st);
+    EXPECT(strcmp(st, "destroyed") == 0, "stored state %s", st);
+    {
+        uint8_t out[64];
+        size_t out_len = 0;
+        EXPECT(phg_phi_decrypt(f->kr, "user_id=42", 10, ct, ct_len, out, sizeof out, &out_len) ==
+                   PHG_ERR_AUTH,
+               "data under a destroyed key still opens");
+    }
+    expect_fail(f, "POST", path, NULL, body, 409, "conflict", "already destroyed");
+
+    call(f, &c, "GET", "/admin/phi/keys", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    keys = json_object_get(c.result, "keys");
+    EXPECT(json_array_size(keys) == 2, "keys");
+    EXPECT(strcmp(str_of(json_array_get(keys, 0), "state"), "destroyed") == 0, "state 0");
+    EXPECT(strcmp(str_of(json_array_get(keys, 1), "state"), "active") == 0, "state 1");
+    done(&c);
+
+    f->ctx.keyring = NULL;
+    expect_fail(f, "GET", "/admin/phi/keys", NULL, NULL, 503, "unavailable", NULL);
+    f->ctx.keyring = f->kr;
+}
+
+/* The store refuses the keyring: the change is said to be unsaved, and is
+ * saved by the next change once the store is back. */
+static void test_phi_keyring_unsaved(void **state)
+{
+    fx *f = *state;
+    char kid[PHG_PHI_KID_MAX + 1], primary[PHG_PHI_KID_MAX + 1], st[32];
+    size_t n;
+    gw_call c;
+
+    keyring_block(f, 1);
+    call(f, &c, "POST", "/admin/phi/keys/rotate", NULL, NULL);
+    expect_status(&c, 503, "unavailable");
+    EXPECT(strstr(c.err_msg, "could not be saved") != NULL, "message: %s", c.err_msg);
+    done(&c);
+    EXPECT(phg_keyring_count(f->kr) == 2, "rotated in memory");
+    EXPECT_RC(phg_keyring_primary(f->kr, kid), PHG_OK);
+
+    call(f, &c, "GET", "/admin/phi/keys", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_is_true(json_object_get(c.result, "unsaved")), "unsaved not shown");
+    done(&c);
+
+    /* Still refused: nothing new is changed. */
+    call(f, &c, "POST", "/admin/phi/keys/rotate", NULL, NULL);
+    expect_status(&c, 503, "unavailable");
+    EXPECT(strstr(c.err_msg, "still not saved") != NULL, "message: %s", c.err_msg);
+    done(&c);
+    EXPECT(phg_keyring_count(f->kr) == 2, "rotated again while unsaved");
+
+    keyring_block(f, 0);
+    call(f, &c, "POST", "/admin/phi/keys/rotate", NULL, NULL);
+    expect_status(&c, 201, NULL);
+    EXPECT(strcmp(str_of(c.result, "previous"), kid) == 0, "previous");
+    done(&c);
+    stored_keyring(f, &n, primary, kid, st);
+    EXPECT(n == 3 && strcmp(st, "decrypt-only") == 0, "stored: %zu keys, %s %s", n, kid, st);
+
+    call(f, &c, "GET", "/admin/phi/keys", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_is_false(json_object_get(c.result, "unsaved")), "still unsaved");
+    done(&c);
+}
+
+/* The audit log refuses records: keyring changes cannot be undone, so they
+ * are saved, and the answer says the record is missing. */
+static void test_phi_keyring_unaudited(void **state)
+{
+    fx *f = *state;
+    char first[PHG_PHI_KID_MAX + 1], kid[PHG_PHI_KID_MAX + 1], primary[PHG_PHI_KID_MAX + 1];
+    char st[32], path[128], body[128];
+    size_t n;
+    gw_call c;
+
+    EXPECT_RC(phg_keyring_primary(f->kr, first), PHG_OK);
+    audit_block(f, 1);
+    call(f, &c, "POST", "/admin/phi/keys/rotate", NULL, NULL);
+    expect_status(&c, 503, "audit_unavailable");
+    EXPECT(strstr(c.err_msg, "saved") != NULL, "message: %s", c.err_msg);
+    done(&c);
+    EXPECT_RC(phg_keyring_primary(f->kr, kid), PHG_OK);
+    EXPECT(strcmp(kid, first) != 0, "not rotated");
+    stored_keyring(f, &n, primary, first, st);
+    EXPECT(n == 2 && strcmp(primary, kid) == 0, "the unaudited rotation is not saved");
+
+    snprintf(path, sizeof path, "/admin/phi/keys/%s/destroy", first);
+    snprintf(body, sizeof body, "{\"confirm\":\"destroy %s\"}", first);
+    call(f, &c, "POST", path, NULL, body);
+    expect_status(&c, 503, "audit_unavailable");
+    EXPECT(strstr(c.err_msg, "destroyed and saved") != NULL, "message: %s", c.err_msg);
+    done(&c);
+    stored_keyring(f, &n, primary, first, st);
+    EXPECT(strcmp(st, "destroyed") == 0, "the unaudited destroy is not saved: %s", st);
+    audit_block(f, 0);
+}
+
+/* Another instance changed the stored keyring: ours must not overwrite it. */
+static void test_phi_keyring_stale(void **state)
+{
+    fx *f = *state;
+    char *text = NULL;
+    size_t len = 0, n;
+    phg_keyring *other = NULL;
+    char primary[PHG_PHI_KID_MAX + 1], st[32], other_kid[PHG_PHI_KID_MAX + 1];
+    gw_call c;
+
+    EXPECT_RC(phg_store_keyring_get(f->st, &text, &len), PHG_OK);
+    EXPECT_RC(phg_keyring_from_json(text, len, f->mk, NULL, &other, NULL), PHG_OK);
+    free(text);
+    EXPECT_RC(phg_keyring_rotate(other, other_kid), PHG_OK);
+    save_keyring(f, other);
+
+    call(f, &c, "POST", "/admin/phi/keys/rotate", NULL, NULL);
+    expect_status(&c, 409, "conflict");
+    EXPECT(strstr(c.err_msg, "restart") != NULL, "message: %s", c.err_msg);
+    done(&c);
+    EXPECT(phg_keyring_count(f->kr) == 1, "rotated anyway");
+    stored_keyring(f, &n, primary, NULL, st);
+    EXPECT(n == 2 && strcmp(primary, other_kid) == 0, "the other instance's keyring was lost");
+    phg_keyring_free(other);
+}
+
+/* ---- main --------------------------------------------------------------------------------- */
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_user_role_refused),   T(test_not_found),
+        T(test_wrong_methods),       T(test_openapi_and_config),
+        T(test_keys_create_get),     T(test_keys_create_bad_input),
+        T(test_keys_list),           T(test_keys_ids_checked),
+        T(test_keys_rotate_revoke),  T(test_keys_unaudited),
+        T(test_audit_query),         T(test_audit_report),
+        T(test_audit_verify),        T(test_phi_keyring),
+        T(test_phi_keyring_unsaved), T(test_phi_keyring_unaudited),
+        T(test_phi_keyring_stale),
+    };
+    int failed = cmocka_run_group_tests_name("admin_api sqlite", tests, tdb_group_sqlite, NULL);
+    failed += cmocka_run_group_tests_name("admin_api postgres", tests, tdb_group_postgres, NULL);
+    return failed;
+}
