@@ -80,7 +80,8 @@ static void use_pthreads(void)
 static void reply_json(struct evhttp_request *req, int status, json_t *body)
 {
     struct evbuffer *buf = evbuffer_new();
-    char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+    /* 15 significant digits: 48.2 stays 48.2 in the demo */
+    char *text = body != NULL ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
 
     evhttp_remove_header(out, "Content-Type");
