@@ -227,14 +227,20 @@ static void complete_on_loop(gw_req *r)
     gw_loop *l = r->loop;
     uint64_t one = 1;
     ssize_t w;
+    int was_empty;
     pthread_mutex_lock(&l->mu);
     r->next = NULL;
+    was_empty = l->done_head == NULL;
     if (l->done_tail)
         l->done_tail->next = r;
     else
         l->done_head = r;
     l->done_tail = r;
     pthread_mutex_unlock(&l->mu);
+    /* one wake-up per batch: the loop takes the whole queue when it wakes,
+     * so a push onto a non-empty queue is already covered */
+    if (!was_empty)
+        return;
     do {
         w = write(l->efd, &one, sizeof one);
     } while (w < 0 && errno == EINTR);
