@@ -1385,14 +1385,14 @@ static phg_status find_orphans(phg_store *store, const chain_list *heads, int64_
     return rc;
 }
 
-phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t from_us,
-                            int64_t to_us, phg_audit_verify_report *rep)
+static phg_status verify_keys(phg_store *store, const uint8_t (*keys)[32], size_t n_keys,
+                              int64_t from_us, int64_t to_us, phg_audit_verify_report *rep)
 {
     chain_list heads = {NULL, 0, 0};
     size_t c, i;
     phg_status rc;
 
-    assert(store != NULL && key != NULL && rep != NULL);
+    assert(store != NULL && keys != NULL && n_keys > 0 && rep != NULL);
     memset(rep, 0, sizeof *rep);
     rep->ok = 1;
     rc = phg_internal_store_audit_chains(store, collect_cp, &heads);
@@ -1423,14 +1423,21 @@ phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t fro
         /* Checkpoints first: a forged one means nothing else can be trusted. */
         for (i = 0; i < cps.n; i++) {
             char mac[65];
+            size_t k;
+            int good = 0;
             rep->checkpoints++;
-            rc = checkpoint_mac(key, cps.items[i].chain, cps.items[i].seq, cps.items[i].hash,
-                                cps.items[i].ts_us, mac);
-            if (rc != PHG_OK) {
-                free(cps.items);
-                goto out;
+            /* signed under any of the master keys given: a checkpoint made
+             * before a master-key rotation still verifies */
+            for (k = 0; k < n_keys && !good; k++) {
+                rc = checkpoint_mac(keys[k], cps.items[i].chain, cps.items[i].seq,
+                                    cps.items[i].hash, cps.items[i].ts_us, mac);
+                if (rc != PHG_OK) {
+                    free(cps.items);
+                    goto out;
+                }
+                good = phg_ct_equal(mac, cps.items[i].mac, 64);
             }
-            if (!phg_ct_equal(mac, cps.items[i].mac, 64)) {
+            if (!good) {
                 fail(&w, NULL, cps.items[i].seq, "checkpoint forged or signed with another key");
                 break;
             }
@@ -1469,5 +1476,35 @@ phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t fro
         rc = find_orphans(store, &heads, from_us, to_us, rep);
 out:
     free(heads.items);
+    return rc;
+}
+
+phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t from_us,
+                            int64_t to_us, phg_audit_verify_report *rep)
+{
+    assert(key != NULL);
+    return verify_keys(store, (const uint8_t(*)[32])key, 1, from_us, to_us, rep);
+}
+
+phg_status phg_audit_verify_mk(phg_store *store, const phg_masterkeys *mk, int64_t from_us,
+                               int64_t to_us, phg_audit_verify_report *rep)
+{
+    uint8_t(*keys)[32];
+    size_t i;
+    phg_status rc = PHG_OK;
+    assert(mk != NULL);
+    if (mk->n == 0)
+        return PHG_ERR_MASTER_KEY;
+    keys = calloc(mk->n, sizeof *keys);
+    if (keys == NULL)
+        return PHG_ERR_NOMEM;
+    for (i = 0; i < mk->n && rc == PHG_OK; i++)
+        rc = phg_hkdf_sha256(mk->keys[i], PHG_FERNET_KEY_SIZE, NULL, 0,
+                             (const uint8_t *)CHECKPOINT_INFO, strlen(CHECKPOINT_INFO), keys[i],
+                             32);
+    if (rc == PHG_OK)
+        rc = verify_keys(store, (const uint8_t(*)[32])keys, mk->n, from_us, to_us, rep);
+    phg_wipe(keys, mk->n * sizeof *keys);
+    free(keys);
     return rc;
 }

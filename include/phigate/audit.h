@@ -229,6 +229,15 @@ typedef struct phg_audit_verify_report {
 PHG_API phg_status phg_audit_verify(phg_store *store, const uint8_t key[32], int64_t from_us,
                                     int64_t to_us, phg_audit_verify_report *report);
 
+/*
+ * phg_audit_verify with the checkpoint key of every master key of mk (the
+ * first signs; all verify): checkpoints signed before a master-key rotation
+ * still verify while the old key is listed.
+ */
+PHG_API phg_status phg_audit_verify_mk(phg_store *store, const phg_masterkeys *mk,
+                                       int64_t from_us, int64_t to_us,
+                                       phg_audit_verify_report *report);
+
 /* ---- partitions and retention ------------------------------------------------------ */
 
 /* Create the partitions for the month of `now_s` and the next (idempotent). */

@@ -340,7 +340,6 @@ static int audit_verify_cmd(int argc, char **argv)
     phg_masterkeys *mk = NULL;
     phg_audit_verify_report rep;
     int64_t from = 0, to = 0;
-    uint8_t key[32];
     phg_status st;
     int rc;
 
@@ -367,10 +366,7 @@ static int audit_verify_cmd(int argc, char **argv)
     if (rc != CLI_OK)
         goto out;
     rc = CLI_FAIL;
-    if (phg_audit_checkpoint_key(mk, key) != PHG_OK)
-        goto out;
-    st = phg_audit_verify(store, key, from, to, &rep);
-    phg_wipe(key, sizeof key);
+    st = phg_audit_verify_mk(store, mk, from, to, &rep);
     if (st != PHG_OK) {
         cli_error("cannot verify the audit log: %s", phg_strerror(st));
         goto out;

@@ -1038,7 +1038,8 @@ static void audit_verify(const gw_admin_ctx *ctx, gw_call *call)
         return;
     }
     memset(&rep, 0, sizeof rep);
-    st = phg_audit_verify(ctx->store, ctx->checkpoint_key, from_us, to_us, &rep);
+    st = ctx->mk != NULL ? phg_audit_verify_mk(ctx->store, ctx->mk, from_us, to_us, &rep)
+                         : phg_audit_verify(ctx->store, ctx->checkpoint_key, from_us, to_us, &rep);
     if (st != PHG_OK) {
         fail_status(call, st, "verify the audit log");
         return;

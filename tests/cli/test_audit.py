@@ -508,6 +508,26 @@ def test_verify_with_another_master_key_fails(phigate, three, mk):
     assert v.stdout.startswith("BROKEN: chain ") and "checkpoint" in v.stdout, v
 
 
+def test_verify_after_a_master_key_rotation(phigate, three, mk):
+    """Checkpoints signed before a master-key rotation verify while the old key
+    is still listed (NEW,OLD: the first signs, all verify)."""
+    store = three[0]
+    create_key(phigate, store, "bob")  # one more chain, signed under the old key
+    rotated = mk + "," + ADMIN_MASTER_KEY
+    v = verify(phigate, store, "--json", mk=rotated)
+    assert v.rc == 0, v
+    assert v.json()["ok"] is True and v.json()["checkpoints"] == 4
+    # a record written after the rotation is signed by the new key
+    r = run(phigate, "keys", "create", "--role", "user", "--user", "carol",
+            "--store", store.url, "--json", mk=rotated)
+    assert r.rc == 0, r
+    v = verify(phigate, store, "--json", mk=rotated)
+    assert v.rc == 0 and v.json()["checkpoints"] == 5, v
+    # with only the new key, the old checkpoints no longer verify
+    v = verify(phigate, store, mk=mk)
+    assert v.rc == 1 and "checkpoint" in v.stdout, v
+
+
 def test_verify_needs_the_master_key(phigate, three):
     v = verify(phigate, three[0], mk=NO_MASTER_KEY)
     assert_failed(v, 1, "master key")
