@@ -84,6 +84,11 @@ typedef struct cfg_node {
     struct cfg_node *next;
 } cfg_node;
 
+typedef struct kr_node {
+    phg_keyring *kr;
+    struct kr_node *next;
+} kr_node;
+
 typedef struct task {
     void (*fn)(gw_req *r);
     gw_req *r;
@@ -97,7 +102,9 @@ typedef struct gw_server {
     phg_store *store;
     phg_keys *keys;
     phg_audit *audit;
-    phg_keyring *keyring;
+    phg_keyring *keyring;            /* as loaded at start (or after a reload) */
+    _Atomic(phg_keyring *) kr_cur;   /* what requests use; replaced on SIGHUP */
+    kr_node *old_krs;                /* replaced ones, kept until exit */
     phg_masterkeys *mk;
     uint8_t ckey[32];
     gw_admin_ctx admin;
@@ -1096,7 +1103,9 @@ static void set_context(gw_req *r)
 static void admin_work(gw_req *r)
 {
     set_context(r);
-    gw_admin_handle(&g_srv->admin, &r->call);
+    gw_admin_ctx ac = g_srv->admin;
+    ac.keyring = atomic_load(&g_srv->kr_cur);
+    gw_admin_handle(&ac, &r->call);
     phg_request_context_set(NULL);
 }
 
@@ -1476,7 +1485,10 @@ static void on_request(struct evhttp_request *req, void *arg)
     if (r->rc == GW_RC_PHI) {
         call_prepare(r);
         set_context(r);
-        gw_phi_handle(&g_srv->phi, &r->call);
+        gw_phi_ctx pc = g_srv->phi;
+        pc.keyring = atomic_load(&g_srv->kr_cur);
+        pc.batch_max = r->cfg->phi_batch_max;
+        gw_phi_handle(&pc, &r->call);
         phg_request_context_set(NULL);
         call_record(r);
         return;
@@ -1697,6 +1709,35 @@ static int load_keyring(gw_server *s, char *err, size_t err_len)
     return 0;
 }
 
+/* Re-read the PHI keyring from the store (another instance or the CLI may
+ * have rotated it). Requests in flight keep the one they started with; the
+ * replaced one is freed at exit. */
+static void reload_keyring(gw_server *s)
+{
+    char *json = NULL;
+    size_t len = 0;
+    phg_keyring *kr = NULL;
+    phg_keyring_options ko;
+    const char *why = NULL;
+    kr_node *node;
+    phg_status st = phg_store_keyring_get(s->store, &json, &len);
+    phg_keyring_options_init(&ko);
+    if (st == PHG_OK)
+        st = phg_keyring_from_json(json, len, s->mk, &ko, &kr, &why);
+    free(json);
+    node = st == PHG_OK ? malloc(sizeof *node) : NULL;
+    if (node == NULL) {
+        log_msg(PHG_LOG_ERROR, "reload: the PHI keyring could not be re-read; keeping the old one",
+                json_pack("{s:s}", "error", st == PHG_OK ? "out of memory" : phg_strerror(st)));
+        phg_keyring_free(kr);
+        return;
+    }
+    phg_keyring_set_audit(kr, s->audit);
+    node->kr = atomic_exchange(&s->kr_cur, kr);
+    node->next = s->old_krs;
+    s->old_krs = node;
+}
+
 static void reload(gw_server *s)
 {
     gw_config *n = calloc(1, sizeof *n), *old = cur_cfg();
@@ -1706,6 +1747,7 @@ static void reload(gw_server *s)
     if (st != PHG_OK)
         log_msg(PHG_LOG_WARN, "reload: the keys could not be refreshed",
                 json_pack("{s:s}", "error", phg_strerror(st)));
+    reload_keyring(s);
     if (n == NULL)
         return;
     if (gw_config_load(n, &s->flags, err, sizeof err) != 0) {
@@ -1858,6 +1900,7 @@ int gw_serve(const gw_flags *flags, const gw_hooks *hooks)
     }
     phg_keys_set_audit(s->keys, s->audit);
     phg_keyring_set_audit(s->keyring, s->audit);
+    atomic_store(&s->kr_cur, s->keyring);
     s->phi.keyring = s->keyring;
     s->phi.batch_max = cfg->phi_batch_max;
     s->admin.store = s->store;
@@ -1983,7 +2026,15 @@ out:
     }
     phg_keys_close(s->keys);
     phg_audit_close(s->audit); /* commits what is pending: nothing accepted is lost */
-    phg_keyring_free(s->keyring);
+    /* the current keyring, and every one it replaced (the first of which is
+     * s->keyring once a reload happened) */
+    phg_keyring_free(atomic_load(&s->kr_cur) ? atomic_load(&s->kr_cur) : s->keyring);
+    while (s->old_krs) {
+        kr_node *n = s->old_krs;
+        s->old_krs = n->next;
+        phg_keyring_free(n->kr);
+        free(n);
+    }
     phg_store_close(s->store);
     phg_phi_masterkeys_free(s->mk);
     phg_wipe(s->ckey, sizeof s->ckey);
