@@ -911,6 +911,36 @@ phg_status phg_keys_verify(phg_keys *k, const char *key, size_t len, phg_identit
     return rc;
 }
 
+phg_status phg_keys_verify_cached(phg_keys *k, const char *key, size_t len, phg_identity *id,
+                                  phg_apikey_reason *reason, int *need_store)
+{
+    uint8_t hash[32];
+    int64_t index;
+    phg_status rc;
+
+    assert(k != NULL && reason != NULL && need_store != NULL);
+    *need_store = 0;
+    *reason = phg_apikey_check_format(key, len);
+    if (*reason != PHG_APIKEY_VALID)
+        return PHG_ERR_AUTH;
+    rc = hash_key(key, len, hash);
+    if (rc != PHG_OK)
+        return rc;
+    index = index_of(hash);
+    if (verify_indexed(k, hash, index, id, reason)) {
+        rc = *reason == PHG_APIKEY_VALID ? PHG_OK : PHG_ERR_AUTH;
+    } else if (neg_lookup(k, hash, index, reason)) {
+        atomic_fetch_add(&k->negative_hits, 1);
+        rc = PHG_ERR_AUTH;
+    } else {
+        *reason = PHG_APIKEY_UNKNOWN;
+        *need_store = 1;
+        rc = PHG_ERR_AUTH;
+    }
+    phg_wipe(hash, sizeof hash);
+    return rc;
+}
+
 /* ---- changes ------------------------------------------------------------------------- */
 
 static int text_ok(const char *s, size_t min, size_t max)

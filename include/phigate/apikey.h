@@ -160,6 +160,18 @@ typedef struct phg_identity {
 PHG_API PHG_WARN_UNUSED phg_status phg_keys_verify(phg_keys *keys, const char *key, size_t len,
                                                    phg_identity *id, phg_apikey_reason *reason);
 
+/*
+ * phg_keys_verify without the store: the index and the negative cache only,
+ * so it never blocks (for an event loop). When the key is unknown to both,
+ * returns PHG_ERR_AUTH with *reason PHG_APIKEY_UNKNOWN and *need_store 1:
+ * the caller then calls phg_keys_verify where blocking is allowed (a key
+ * created on another instance within the last poll interval is found there).
+ */
+PHG_API PHG_WARN_UNUSED phg_status phg_keys_verify_cached(phg_keys *keys, const char *key,
+                                                          size_t len, phg_identity *id,
+                                                          phg_apikey_reason *reason,
+                                                          int *need_store);
+
 /* Parameters of a new key. */
 typedef struct phg_apikey_spec {
     phg_role role;

@@ -176,6 +176,10 @@ struct gw_req {
     gw_route_class rc;
     phg_identity id;
     int authed;
+    char key[PHG_APIKEY_LEN + 1]; /* only while a store lookup is pending; wiped */
+    size_t key_len;
+    phg_status verify_st;
+    phg_apikey_reason verify_why;
     double t0;
     int stage;
     phg_status audit_status;
@@ -1279,7 +1283,37 @@ static gw_auth_fail reason_metric(phg_apikey_reason why)
     return GW_AF_UNKNOWN;
 }
 
-/* Authenticate; 0 with r->id filled, -1 after deny(). */
+static int auth_result(gw_req *r, phg_status st, phg_apikey_reason why)
+{
+    if (st != PHG_OK) {
+        if (st != PHG_ERR_AUTH) {
+            deny(r, 503, "unavailable", "the key store cannot be reached");
+            return -1;
+        }
+        gw_metrics_auth_fail(reason_metric(why));
+        deny(r, 401, "unauthorized", "the API key is not valid");
+        return -1;
+    }
+    r->authed = 1;
+    return 0;
+}
+
+static void auth_work(gw_req *r)
+{
+    r->verify_st = phg_keys_verify(g_srv->keys, r->key, r->key_len, &r->id, &r->verify_why);
+    phg_wipe(r->key, sizeof r->key);
+}
+
+static void after_auth(gw_req *r);
+
+static void auth_resume(gw_req *r)
+{
+    if (auth_result(r, r->verify_st, r->verify_why) == 0)
+        after_auth(r);
+}
+
+/* Authenticate; 0 with r->id filled, -1 after deny(), 1 when the answer
+ * comes later (auth_resume). */
 static int authenticate(gw_req *r)
 {
     struct evkeyvalq *h = evhttp_request_get_input_headers(r->req);
@@ -1289,6 +1323,7 @@ static int authenticate(gw_req *r)
     size_t len;
     phg_apikey_reason why = PHG_APIKEY_UNKNOWN;
     phg_status st;
+    int need_store = 0;
     TAILQ_FOREACH(kv, h, next)
     {
         if (strcasecmp(kv->key, "Authorization") == 0) {
@@ -1330,18 +1365,22 @@ static int authenticate(gw_req *r)
     len = strlen(key);
     while (len > 0 && (key[len - 1] == ' ' || key[len - 1] == '\t'))
         len--;
-    st = phg_keys_verify(g_srv->keys, key, len, &r->id, &why);
-    if (st != PHG_OK) {
-        if (st != PHG_ERR_AUTH) {
-            deny(r, 503, "unavailable", "the key store cannot be reached");
+    st = phg_keys_verify_cached(g_srv->keys, key, len, &r->id, &why, &need_store);
+    if (need_store && len <= PHG_APIKEY_LEN) {
+        /* not in the index: maybe a key made elsewhere in the last poll
+         * interval. The store is asked on a worker, never on the loop. */
+        memcpy(r->key, key, len);
+        r->key[len] = '\0';
+        r->key_len = len;
+        r->after_worker = auth_resume;
+        if (submit_work(r, auth_work) != 0) {
+            phg_wipe(r->key, sizeof r->key);
+            deny(r, 503, "unavailable", "out of memory");
             return -1;
         }
-        gw_metrics_auth_fail(reason_metric(why));
-        deny(r, 401, "unauthorized", "the API key is not valid");
-        return -1;
+        return 1;
     }
-    r->authed = 1;
-    return 0;
+    return auth_result(r, st, why);
 }
 
 static void handle_health(gw_req *r)
@@ -1396,7 +1435,6 @@ static void on_request(struct evhttp_request *req, void *arg)
     struct evhttp_connection *evcon;
     char *addr = NULL;
     ev_uint16_t port = 0;
-    const gw_route *route;
     size_t plen;
 
     if (r == NULL) {
@@ -1464,7 +1502,13 @@ static void on_request(struct evhttp_request *req, void *arg)
 
     if (authenticate(r) != 0)
         return;
+    after_auth(r);
+}
 
+/* The key is valid: authorize, then answer or forward. */
+static void after_auth(gw_req *r)
+{
+    const gw_route *route;
     if (r->rc == GW_RC_ADMIN && (r->id.role != PHG_ROLE_ADMIN || !r->cfg->admin_enabled)) {
         gw_metrics_auth_fail(GW_AF_FORBIDDEN);
         deny(r, 403, "forbidden",
@@ -1510,7 +1554,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         ev.subject = r->id.role == PHG_ROLE_USER ? r->id.user_id : "";
         snprintf(details, sizeof details, "{\"route\":\"%s\",\"bytes_in\":%zu}",
                  route ? route->name : "",
-                 evbuffer_get_length(evhttp_request_get_input_buffer(req)));
+                 r->req ? evbuffer_get_length(evhttp_request_get_input_buffer(r->req)) : 0);
         ev.details_json = details;
         audit_then(r, ST_PRE_AUDIT, &ev);
     }

@@ -1352,6 +1352,53 @@ static void test_negative_cache(void **state)
     expect_identity(f->keys, unknown, &rec, "late key");
 }
 
+/* The event loop's verify: index and negative cache only; it says when the
+ * store must be asked, and never asks it itself. */
+static void test_verify_cached(void **state)
+{
+    fx *f = *state;
+    phg_apikey_spec s = spec_of("cat");
+    phg_apikey_record rec, late;
+    char key[PHG_APIKEY_LEN + 1], unknown[PHG_APIKEY_LEN + 1];
+    phg_identity id;
+    phg_apikey_reason why;
+    phg_keys_stats s0, s1;
+    uint8_t h[32];
+    int need = -1;
+
+    create_key(f->keys, &s, key, &rec);
+    EXPECT_RC(phg_keys_verify_cached(f->keys, key, PHG_APIKEY_LEN, &id, &why, &need), PHG_OK);
+    EXPECT(need == 0 && strcmp(id.key_id, rec.id) == 0, "indexed key: need %d", need);
+    key[10] ^= 1; /* checksum now wrong */
+    EXPECT_RC(phg_keys_verify_cached(f->keys, key, PHG_APIKEY_LEN, &id, &why, &need),
+              PHG_ERR_AUTH);
+    EXPECT(need == 0 && why != PHG_APIKEY_VALID, "malformed key: need %d", need);
+
+    EXPECT_RC(phg_apikey_generate(unknown), PHG_OK);
+    phg_keys_get_stats(f->keys, &s0);
+    EXPECT_RC(phg_keys_verify_cached(f->keys, unknown, PHG_APIKEY_LEN, &id, &why, &need),
+              PHG_ERR_AUTH);
+    phg_keys_get_stats(f->keys, &s1);
+    EXPECT(need == 1 && why == PHG_APIKEY_UNKNOWN, "unknown key: need %d", need);
+    EXPECT(s1.store_lookups == s0.store_lookups, "[%s] the cached verify asked the store",
+           tdb_engine_name(g_engine));
+    /* the key exists in the store (made by another instance): the blocking
+     * verify the caller then makes finds it, and the cached one knows it */
+    EXPECT_RC(phg_sha256((const uint8_t *)unknown, PHG_APIKEY_LEN, h), PHG_OK);
+    plant(f->st, "ak_elsewhere0000000", h, "else", PHG_SCOPE_PHI_ENCRYPT, &late);
+    EXPECT_RC(phg_keys_verify(f->keys, unknown, PHG_APIKEY_LEN, &id, &why), PHG_OK);
+    EXPECT_RC(phg_keys_verify_cached(f->keys, unknown, PHG_APIKEY_LEN, &id, &why, &need), PHG_OK);
+    EXPECT(need == 0 && strcmp(id.key_id, "ak_elsewhere0000000") == 0, "planted key: need %d",
+           need);
+    /* a key the store does not have: after one store miss, the negative
+     * cache answers and the store is not needed again */
+    EXPECT_RC(phg_apikey_generate(unknown), PHG_OK);
+    EXPECT_RC(phg_keys_verify(f->keys, unknown, PHG_APIKEY_LEN, &id, &why), PHG_ERR_AUTH);
+    EXPECT_RC(phg_keys_verify_cached(f->keys, unknown, PHG_APIKEY_LEN, &id, &why, &need),
+              PHG_ERR_AUTH);
+    EXPECT(need == 0 && why == PHG_APIKEY_UNKNOWN, "negative-cached key: need %d", need);
+}
+
 /* ---- main ------------------------------------------------------------------------------------ */
 
 #define KEYS_TEST(t) cmocka_unit_test_setup_teardown(t, keys_setup, fx_teardown)
@@ -1366,6 +1413,7 @@ int main(void)
     };
     const struct CMUnitTest store_tests[] = {
         KEYS_TEST(test_create_and_verify),
+        KEYS_TEST(test_verify_cached),
         KEYS_TEST(test_revoke),
         KEYS_TEST(test_expiry),
         KEYS_TEST(test_rotate),
