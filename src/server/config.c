@@ -36,6 +36,7 @@
 #include <ini.h>
 
 #include "gw.h"
+#include "text_internal.h"
 #include "phigate/crypto.h"
 
 #define CONFIG_FILE_MAX (1024 * 1024) /* bytes of the INI file */
@@ -162,13 +163,16 @@ static const char *quote(const char *s, char buf[QUOTE_MAX + 4])
     return buf;
 }
 
+/* A control character, or bytes that are not UTF-8 (values from the
+ * environment end up in JSON too). */
 static int has_control(const char *s)
 {
-    for (; *s != '\0'; s++) {
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+    const char *p;
+    for (p = s; *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
             return 1;
     }
-    return 0;
+    return !phg_internal_utf8_valid(s, (size_t)(p - s));
 }
 
 /* Copy s into a field of `size` bytes; 0 if it does not fit. */
@@ -993,6 +997,11 @@ static int prepare(loader *ld, char *text, size_t n)
 
     if (memchr(text, '\0', n) != NULL) {
         fail(ld, "%s: holds a NUL byte: not a text file", ld->file);
+        return -1;
+    }
+    /* every value ends up in JSON (GET /admin/config): UTF-8 only */
+    if (!phg_internal_utf8_valid(text, n)) {
+        fail(ld, "%s: not valid UTF-8", ld->file);
         return -1;
     }
     while (i < n) {
