@@ -29,7 +29,7 @@ test-asan: deps
 	@cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DPHG_SANITIZE=ON >/dev/null
 	@cmake --build $(ASAN_DIR) -j$(JOBS)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	    ctest --test-dir $(ASAN_DIR) --output-on-failure -j$(JOBS) -L 'unit|cli'
+	    ctest --test-dir $(ASAN_DIR) --output-on-failure -j$(JOBS) -L 'unit|cli|e2e'
 
 bench: build
 	./$(BUILD_DIR)/phigate bench phi

@@ -57,6 +57,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h> /* only to answer HTTP/1.1 to an unparseable request line */
 #include <event2/keyvalq_struct.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -142,6 +143,9 @@ struct gw_loop {
     atomic_int cmd_stop_accept, cmd_stop, cmd_reload;
     struct evhttp_connection **pool;
     int n_pool, cap_pool;
+    struct evhttp_connection **dead; /* to free once libevent's callbacks return */
+    int n_dead, cap_dead;
+    struct event *reap_ev;
 };
 
 /* A client connection: its header deadline and the request in progress. */
@@ -205,6 +209,10 @@ struct gw_req {
     int paused;
     int client_gone;
     int finished;
+    int replied;          /* a complete reply was handed to evhttp */
+    int in_forward;       /* inside evhttp_make_request */
+    int sync_failed;      /* the upstream failed inside evhttp_make_request */
+    int close_after;      /* answer with Connection: close */
     int status;           /* sent to the client */
     uint64_t bytes_out;
     double t_up0, up_ms;
@@ -314,6 +322,13 @@ static void *worker_main(void *arg)
         s->whead = t->next;
         if (s->whead == NULL)
             s->wtail = NULL;
+        if (s->wstop) {
+            /* stopping, the loops are gone: an admin action must not run
+             * now, with nobody left to record it */
+            pthread_mutex_unlock(&s->wmu);
+            free(t);
+            continue;
+        }
         pthread_mutex_unlock(&s->wmu);
         t->fn(t->r);
         complete_on_loop(t->r);
@@ -388,6 +403,8 @@ static void conn_arm(gw_conn *c, int ms)
         evtimer_add(c->deadline, &tv);
 }
 
+static void on_conn_close(struct evhttp_connection *evcon, void *arg);
+
 /* Runs right after evhttp has given the new bufferevent its socket. */
 static void on_adopt(evutil_socket_t fd, short what, void *arg)
 {
@@ -397,6 +414,7 @@ static void on_adopt(evutil_socket_t fd, short what, void *arg)
     (void)what;
     c->fd = bufferevent_getfd(c->bev);
     if (c->fd < 0 || c->fd >= g_conns_max) {
+        event_free(c->deadline);
         free(c);
         return;
     }
@@ -406,6 +424,21 @@ static void on_adopt(evutil_socket_t fd, short what, void *arg)
     atomic_fetch_add(&g_srv->connections, 1);
     gw_metrics_connections(1);
     evtimer_assign(c->deadline, c->loop->base, on_deadline, c);
+    {
+        /* evhttp gives the bufferevent its connection as the callback
+         * argument (libevent 2.1 http.c, evhttp_connection_base_bufferevent_new):
+         * with it, the close of a connection that never completes a request
+         * is seen too, and its slot freed at once */
+        bufferevent_event_cb ecb = NULL;
+        void *cbarg = NULL;
+        bufferevent_getcb(c->bev, NULL, NULL, &ecb, &cbarg);
+        if (cbarg != NULL && ecb != NULL &&
+            evhttp_connection_get_bufferevent(cbarg) == c->bev) {
+            c->evcon = cbarg;
+            evhttp_connection_set_closecb(c->evcon, on_conn_close, c);
+            c->has_closecb = 1;
+        }
+    }
     if (atomic_load(&g_srv->connections) > cfg->max_connections) {
         shutdown(c->fd, SHUT_RDWR);
         conn_arm(c, 1000);
@@ -450,6 +483,7 @@ static struct bufferevent *on_new_bev(struct event_base *base, void *arg)
 }
 
 static void req_finish(gw_req *r);
+static void defer_free_ucon(gw_loop *l, struct evhttp_connection *c);
 
 static void on_conn_close(struct evhttp_connection *evcon, void *arg)
 {
@@ -457,26 +491,37 @@ static void on_conn_close(struct evhttp_connection *evcon, void *arg)
     (void)evcon;
     if (c->current != NULL) {
         gw_req *r = c->current;
+        struct evhttp_request *req = r->req;
+        /* evhttp either leaves the request to us (an "orphan": no connection
+         * any more, never freed by evhttp) or frees it right after this
+         * callback (still queued on the connection) */
+        int orphan = req != NULL && evhttp_request_get_connection(req) == NULL;
         r->client_gone = 1;
         r->conn = NULL;
         c->current = NULL;
-        if (r->started) {
-            /* the reply had begun: evhttp frees the request with the
-             * connection, and stops nothing upstream by itself */
+        if (req != NULL && !orphan)
             r->req = NULL;
+        if (r->started || r->replied) {
+            /* the answer was under way: nothing more will come for it */
+            if (orphan) {
+                evhttp_request_free(req);
+                r->req = NULL;
+            }
             if (r->ureq != NULL) {
                 struct evhttp_request *u = r->ureq;
                 r->ureq = NULL;
                 r->upstream_failed = 1;
+                evhttp_request_set_error_cb(u, NULL);
                 evhttp_cancel_request(u);
             }
             if (r->ucon != NULL) {
-                evhttp_connection_free(r->ucon);
+                defer_free_ucon(r->loop, r->ucon);
                 r->ucon = NULL;
             }
             req_finish(r);
         }
-        /* not begun: the request is still ours; answering it frees it */
+        /* otherwise a stage is pending (audit, worker, upstream head): its
+         * answer goes to send_json, which frees an orphan */
     }
     conn_free(c);
 }
@@ -566,7 +611,7 @@ static void on_complete(struct evhttp_request *req, void *arg)
 static void common_headers(gw_req *r, struct evkeyvalq *h)
 {
     evhttp_add_header(h, "X-Request-Id", r->request_id);
-    if (atomic_load(&g_srv->draining))
+    if (atomic_load(&g_srv->draining) || r->close_after)
         evhttp_add_header(h, "Connection", "close");
 }
 
@@ -580,6 +625,7 @@ static void send_json(gw_req *r, int status, const char *text, size_t len)
         if (r->req)
             evhttp_send_reply(r->req, status, NULL, NULL); /* frees the orphan */
         r->req = NULL;
+        r->status = 499; /* nginx's "client closed request" */
         req_finish(r);
         return;
     }
@@ -593,6 +639,7 @@ static void send_json(gw_req *r, int status, const char *text, size_t len)
     if (b != NULL)
         evbuffer_add(b, text, len);
     evhttp_request_set_on_complete_cb(r->req, on_complete, r);
+    r->replied = 1;
     evhttp_send_reply(r->req, status, NULL, b);
     if (b)
         evbuffer_free(b);
@@ -657,7 +704,8 @@ static void audit_then(gw_req *r, int stage, phg_audit_event *ev)
 {
     phg_status st;
     r->stage = stage;
-    st = phg_audit_append_async(g_srv->audit, ev, on_audit_done, r);
+    st = g_srv->audit ? phg_audit_append_async(g_srv->audit, ev, on_audit_done, r)
+                      : PHG_ERR_UNAVAILABLE;
     if (st != PHG_OK) {
         r->audit_status = st;
         resume(r);
@@ -692,7 +740,7 @@ static void outcome_record(gw_req *r)
              (unsigned long long)r->bytes_out, r->up_ms, r->client_gone ? "true" : "false");
     ev.details_json = details;
     /* the outcome is recorded after the fact: nothing waits for it */
-    if (phg_audit_append_async(g_srv->audit, &ev, NULL, NULL) != PHG_OK)
+    if (g_srv->audit == NULL || phg_audit_append_async(g_srv->audit, &ev, NULL, NULL) != PHG_OK)
         log_msg(PHG_LOG_ERROR, "audit: the outcome record was refused",
                 json_pack("{s:s}", "request_id", r->request_id));
 }
@@ -709,6 +757,56 @@ static int is_hop_header(const char *k)
         if (strcasecmp(k, hop[i]) == 0)
             return 1;
     return 0;
+}
+
+/* Is header k named in the Connection header's list (RFC 9110 7.6.1)? */
+static int named_in(const char *list, const char *k)
+{
+    size_t n = strlen(k);
+    const char *p = list;
+    if (p == NULL)
+        return 0;
+    while (*p) {
+        size_t m;
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        m = strcspn(p, ", \t");
+        if (m == n && strncasecmp(p, k, n) == 0)
+            return 1;
+        p += m;
+    }
+    return 0;
+}
+
+static void reap_dead(evutil_socket_t fd, short what, void *arg)
+{
+    gw_loop *l = arg;
+    int i;
+    (void)fd;
+    (void)what;
+    for (i = 0; i < l->n_dead; i++)
+        evhttp_connection_free(l->dead[i]);
+    l->n_dead = 0;
+}
+
+/* Free an upstream connection once libevent's callbacks on it have
+ * returned (freeing it inside them is a use after free). */
+static void defer_free_ucon(gw_loop *l, struct evhttp_connection *c)
+{
+    struct timeval zero = {0, 0};
+    if (l->n_dead == l->cap_dead) {
+        int ncap = l->cap_dead ? l->cap_dead * 2 : 16;
+        void *p = realloc(l->dead, (size_t)ncap * sizeof *l->dead);
+        if (p == NULL) {
+            evhttp_connection_free_on_completion(c); /* best effort */
+            return;
+        }
+        l->dead = p;
+        l->cap_dead = ncap;
+    }
+    l->dead[l->n_dead++] = c;
+    if (l->reap_ev != NULL && !evtimer_pending(l->reap_ev, NULL))
+        evtimer_add(l->reap_ev, &zero);
 }
 
 /* An exact entry of a comma list (config.c stores it without spaces). */
@@ -755,18 +853,27 @@ static struct evhttp_connection *pool_take(gw_loop *l, int *fresh)
     tv.tv_usec = (cfg->upstream_timeout_ms % 1000) * 1000;
     evhttp_connection_set_timeout_tv(c, &tv);
     evhttp_connection_set_retries(c, 0);
+    /* the upstream's response head is bounded like a client's request head;
+     * its body streams through, so it has no limit here */
+    evhttp_connection_set_max_headers_size(c, (ev_ssize_t)(cfg->max_header_bytes * 4));
     return c;
 }
 
 static void pool_give(gw_loop *l, struct evhttp_connection *c)
 {
     gw_config *cfg = cur_cfg();
+    struct bufferevent *ub = evhttp_connection_get_bufferevent(c);
+    if (ub != NULL && evbuffer_get_length(bufferevent_get_input(ub)) > 0) {
+        /* bytes the upstream sent beyond its response: never reuse */
+        defer_free_ucon(l, c);
+        return;
+    }
     if (l->n_pool < cfg->upstream_pool && !atomic_load(&g_srv->draining)) {
         if (l->n_pool == l->cap_pool) {
             int ncap = l->cap_pool ? l->cap_pool * 2 : 16;
             void *p = realloc(l->pool, (size_t)ncap * sizeof *l->pool);
             if (p == NULL) {
-                evhttp_connection_free(c);
+                defer_free_ucon(l, c);
                 return;
             }
             l->pool = p;
@@ -775,7 +882,7 @@ static void pool_give(gw_loop *l, struct evhttp_connection *c)
         l->pool[l->n_pool++] = c;
         return;
     }
-    evhttp_connection_free(c);
+    defer_free_ucon(l, c);
 }
 
 static void on_upstream_error(enum evhttp_request_error err, void *arg)
@@ -801,7 +908,7 @@ static int on_upstream_head(struct evhttp_request *u, void *arg)
     gw_req *r = arg;
     struct evkeyvalq *in = evhttp_request_get_input_headers(u), *out;
     struct evkeyval *kv;
-    int code = evhttp_request_get_response_code(u);
+    int code = evhttp_request_get_response_code(u), chunked;
     if (r->connect_ev) {
         event_free(r->connect_ev);
         r->connect_ev = NULL;
@@ -810,9 +917,13 @@ static int on_upstream_head(struct evhttp_request *u, void *arg)
     if (r->client_gone || r->req == NULL)
         return -1;
     out = evhttp_request_get_output_headers(r->req);
+    /* a chunked response's Content-Length (if the upstream sent both) is
+     * not what goes out: the body is re-framed */
+    chunked = evhttp_find_header(in, "Transfer-Encoding") != NULL;
     TAILQ_FOREACH(kv, in, next)
     {
-        if (is_hop_header(kv->key) || strcasecmp(kv->key, "X-Request-Id") == 0)
+        if (is_hop_header(kv->key) || strcasecmp(kv->key, "X-Request-Id") == 0 ||
+            (chunked && strcasecmp(kv->key, "Content-Length") == 0))
             continue;
         evhttp_add_header(out, kv->key, kv->value);
     }
@@ -880,9 +991,13 @@ static void on_upstream_done(struct evhttp_request *u, void *arg)
         if (ok)
             pool_give(r->loop, ucon);
         else
-            evhttp_connection_free_on_completion(ucon);
+            defer_free_ucon(r->loop, ucon); /* libevent still uses it until we return */
     }
     if (!r->started) {
+        if (r->in_forward) {
+            r->sync_failed = 1; /* forward() answers */
+            return;
+        }
         upstream_fail_reply(r);
         return;
     }
@@ -925,10 +1040,13 @@ static void on_connect_check(evutil_socket_t fd, short what, void *arg)
         r->uerr = EVREQ_HTTP_TIMEOUT;
         r->uerr_set = 1;
         r->upstream_failed = 1;
+        /* neither callback may overwrite the timeout: a cancel reports
+         * REQUEST_CANCEL to the error callback */
+        evhttp_request_set_error_cb(u, NULL);
         evhttp_cancel_request(u); /* on_upstream_done is not called after a cancel */
         r->ureq = NULL;
         if (r->ucon) {
-            evhttp_connection_free(r->ucon);
+            defer_free_ucon(r->loop, r->ucon);
             r->ucon = NULL;
         }
         upstream_fail_reply(r);
@@ -942,9 +1060,11 @@ static void forward(gw_req *r)
     struct evhttp_request *u;
     struct evkeyvalq *in = evhttp_request_get_input_headers(r->req), *out;
     struct evkeyval *kv;
-    char scopes[128], xff[512], uri[GW_PATH_MAX * 2 + 8];
-    const char *prev_xff = NULL;
+    char scopes[128], xff[512], uri[GW_PATH_MAX * 2 + 8], clen[24];
+    const char *prev_xff = NULL, *conn_list;
     enum evhttp_cmd_type cmd = evhttp_request_get_command(r->req);
+    struct evhttp_connection *uc;
+    size_t blen;
 
     if (cfg->upstream_host[0] == '\0') {
         send_error(r, 404, "not_found", "no upstream is configured for this path");
@@ -966,13 +1086,17 @@ static void forward(gw_req *r)
     evhttp_request_set_chunked_cb(u, on_upstream_chunk);
     evhttp_request_set_error_cb(u, on_upstream_error);
     out = evhttp_request_get_output_headers(u);
+    conn_list = evhttp_find_header(in, "Connection");
     TAILQ_FOREACH(kv, in, next)
     {
         const char *k = kv->key;
-        if (is_hop_header(k) || strcasecmp(k, "Authorization") == 0 ||
-            strcasecmp(k, "X-API-Key") == 0 || strncasecmp(k, "X-Phigate-", 10) == 0 ||
-            strcasecmp(k, "X-Request-Id") == 0 || strcasecmp(k, "X-Forwarded-Proto") == 0 ||
-            strcasecmp(k, "Host") == 0 || strcasecmp(k, "Content-Length") == 0)
+        if (is_hop_header(k) || named_in(conn_list, k) || strchr(k, '_') != NULL ||
+            strcasecmp(k, "Authorization") == 0 || strcasecmp(k, "X-API-Key") == 0 ||
+            strncasecmp(k, "X-Phigate-", 10) == 0 || strcasecmp(k, "X-Request-Id") == 0 ||
+            strcasecmp(k, "Host") == 0 || strcasecmp(k, "Content-Length") == 0 ||
+            strcasecmp(k, "Expect") == 0 || strcasecmp(k, "Forwarded") == 0 ||
+            strcasecmp(k, "X-Real-IP") == 0 ||
+            (strncasecmp(k, "X-Forwarded-", 12) == 0 && strcasecmp(k, "X-Forwarded-For") != 0))
             continue;
         if (strcasecmp(k, "X-Forwarded-For") == 0) {
             prev_xff = kv->value;
@@ -994,18 +1118,36 @@ static void forward(gw_req *r)
         snprintf(xff, sizeof xff, "%s", r->ip);
     evhttp_add_header(out, "X-Forwarded-For", xff);
     evhttp_add_header(out, "X-Forwarded-Proto", l->srv->ssl ? "https" : "http");
+    /* The body always travels with its length: libevent 2.1 adds one only
+     * for POST and PUT, and an unframed PATCH body would be read by the
+     * upstream as the next request on this pooled connection. */
+    blen = evbuffer_get_length(evhttp_request_get_input_buffer(r->req));
+    if (blen > 0 || cmd == EVHTTP_REQ_POST || cmd == EVHTTP_REQ_PUT || cmd == EVHTTP_REQ_PATCH) {
+        snprintf(clen, sizeof clen, "%zu", blen);
+        evhttp_add_header(out, "Content-Length", clen);
+    }
     evbuffer_add_buffer(evhttp_request_get_output_buffer(u),
                         evhttp_request_get_input_buffer(r->req));
     snprintf(uri, sizeof uri, "%s%s", cfg->upstream_base, r->raw_uri);
     r->ureq = u;
     r->t_up0 = now_s();
-    if (evhttp_make_request(r->ucon, u, cmd, uri) != 0) {
-        /* evhttp freed u */
+    uc = r->ucon;
+    r->in_forward = 1;
+    if (evhttp_make_request(uc, u, cmd, uri) != 0) {
+        r->in_forward = 0;
+        evhttp_request_free(u); /* 2.1 only dequeues it */
         r->ureq = NULL;
-        evhttp_connection_free(r->ucon);
         r->ucon = NULL;
+        defer_free_ucon(l, uc);
         gw_metrics_upstream_error(GW_UE_CONNECT);
         send_error(r, 502, "bad_gateway", "the upstream could not be reached");
+        return;
+    }
+    r->in_forward = 0;
+    if (r->sync_failed) {
+        /* the connect failed inside evhttp_make_request, which already
+         * called on_upstream_done: answer now that the stack is ours */
+        upstream_fail_reply(r);
         return;
     }
     if (r->ucon_fresh) {
@@ -1120,15 +1262,39 @@ static json_t *config_json_cb(void *arg)
 }
 
 /* /readyz: the store answers, the audit writer is not failing, the upstream
- * accepts a connection. Blocking checks: on a worker. */
+ * accepts a connection. Blocking checks: on a worker, one at a time, and the
+ * answer is kept for a second, so a flood of probes costs one check. */
+static atomic_int ready_running;
+static _Atomic int64_t ready_at_ms;
+static atomic_int ready_bits = -1; /* store | audit << 1 | upstream << 2; -1 none yet */
+static uint64_t ready_prev_failed, ready_prev_appended;
+
+static int64_t mono_ms(void)
+{
+    return (int64_t)(now_s() * 1000.0);
+}
+
+static void ready_result(gw_req *r, int bits)
+{
+    int store_ok = bits & 1, audit_ok = (bits >> 1) & 1, up_ok = (bits >> 2) & 1;
+    r->call.status = (store_ok && up_ok && audit_ok) ? 200 : 503;
+    r->call.result = json_pack("{s:s,s:{s:b,s:b,s:b}}", "status",
+                               r->call.status == 200 ? "ready" : "not_ready", "checks", "store",
+                               store_ok, "audit", audit_ok, "upstream", up_ok);
+}
+
 static void ready_work(gw_req *r)
 {
     gw_config *cfg = r->cfg;
-    int cur = 0, latest = 0, store_ok, up_ok = 1, audit_ok;
+    int cur = 0, latest = 0, store_ok, up_ok = 1, audit_ok, bits;
     phg_audit_stats as;
     store_ok = phg_store_schema_version(g_srv->store, &cur, &latest) == PHG_OK && cur == latest;
     phg_audit_get_stats(g_srv->audit, &as);
-    audit_ok = as.queue_depth < 60000;
+    /* failing: records failed since the last check and none went through */
+    audit_ok = as.queue_depth < 60000 &&
+               !(as.failed > ready_prev_failed && as.appended == ready_prev_appended);
+    ready_prev_failed = as.failed;
+    ready_prev_appended = as.appended;
     if (cfg->upstream_host[0] != '\0') {
         int fd = socket(g_srv->up_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
         struct timeval tv = {cfg->upstream_connect_timeout_ms / 1000,
@@ -1140,10 +1306,11 @@ static void ready_work(gw_req *r)
             close(fd);
         }
     }
-    r->call.status = (store_ok && up_ok && audit_ok) ? 200 : 503;
-    r->call.result = json_pack("{s:s,s:{s:b,s:b,s:b}}", "status",
-                               r->call.status == 200 ? "ready" : "not_ready", "checks", "store",
-                               store_ok, "audit", audit_ok, "upstream", up_ok);
+    bits = store_ok | audit_ok << 1 | up_ok << 2;
+    atomic_store(&ready_bits, bits);
+    atomic_store(&ready_at_ms, mono_ms());
+    atomic_store(&ready_running, 0);
+    ready_result(r, bits);
 }
 
 /* ---- the pipeline ------------------------------------------------------------------------------------------ */
@@ -1392,9 +1559,23 @@ static void handle_health(gw_req *r)
     }
     /* /readyz */
     memset(&r->call, 0, sizeof r->call);
+    {
+        int bits = atomic_load(&ready_bits), expect = 0;
+        if (bits >= 0 && (mono_ms() - atomic_load(&ready_at_ms) < 1000 ||
+                          !atomic_compare_exchange_strong(&ready_running, &expect, 1))) {
+            /* fresh, or a check is running: the last answer */
+            ready_result(r, bits);
+            send_value(r, r->call.status, r->call.result);
+            return;
+        }
+        if (bits < 0)
+            atomic_store(&ready_running, 1);
+    }
     r->after_worker = worker_then_reply;
-    if (submit_work(r, ready_work) != 0)
+    if (submit_work(r, ready_work) != 0) {
+        atomic_store(&ready_running, 0);
         send_error(r, 503, "unavailable", "out of memory");
+    }
 }
 
 static void handle_metrics(gw_req *r)
@@ -1415,6 +1596,7 @@ static void handle_metrics(gw_req *r)
     if (b)
         evbuffer_add(b, text, len);
     evhttp_request_set_on_complete_cb(r->req, on_complete, r);
+    r->replied = 1;
     evhttp_send_reply(r->req, 200, "OK", b);
     if (b)
         evbuffer_free(b);
@@ -1426,21 +1608,33 @@ static void after_admin(gw_req *r)
     call_record(r);
 }
 
-static void on_request(struct evhttp_request *req, void *arg)
+/* A header name is an RFC 9110 token. evhttp keeps whatever precedes the
+ * colon ("Host :"), which the stripping in forward() would not recognise:
+ * such requests are refused. (Names with '_' are tokens; forward() drops
+ * them, as nginx does, because CGI-style upstreams read X_Phigate_Role as
+ * X-Phigate-Role.) */
+static int is_token(const char *s)
 {
-    gw_loop *l = arg;
+    if (*s == '\0')
+        return 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", c) != NULL))
+            return 0;
+    }
+    return 1;
+}
+
+/* A new request of loop l; NULL when out of memory. */
+static gw_req *req_new(gw_loop *l, struct evhttp_request *req)
+{
     gw_req *r = calloc(1, sizeof *r);
-    const struct evhttp_uri *uri;
-    const char *p, *q, *full;
     struct evhttp_connection *evcon;
     char *addr = NULL;
     ev_uint16_t port = 0;
-    size_t plen;
-
-    if (r == NULL) {
-        evhttp_send_error(req, 503, "Service Unavailable");
-        return;
-    }
+    if (r == NULL)
+        return NULL;
     atomic_fetch_add(&g_srv->in_flight, 1);
     r->loop = l;
     r->req = req;
@@ -1460,26 +1654,138 @@ static void on_request(struct evhttp_request *req, void *arg)
         evhttp_connection_get_peer(evcon, &addr, &port);
     snprintf(r->ip, sizeof r->ip, "%s", addr ? addr : "");
     r->rc = GW_RC_OTHER;
+    return r;
+}
 
+static void reply_plain_error(struct evhttp_request *req, int status, const char *code)
+{
+    struct evbuffer *b = evbuffer_new();
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", "application/json");
+    evhttp_add_header(h, "Connection", "close");
+    if (b)
+        evbuffer_add_printf(b, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code,
+                            code);
+    evhttp_send_reply(req, status, NULL, b);
+    if (b)
+        evbuffer_free(b);
+}
+
+/*
+ * libevent 2.1 answers some requests itself, before phigate sees them: a
+ * malformed request line or header block (400), a body over
+ * server.max_body_bytes (413), a method it does not allow (405/501), a
+ * failed Expect (417). It does so through evhttp_send_error, with an HTML
+ * page, and 2.1 has no hook for it (2.2 adds evhttp_set_errorcb). phigate
+ * defines evhttp_send_error itself: the dynamic linker binds libevent's own
+ * calls to this definition (Debian's libevent is not linked -Bsymbolic), so
+ * these answers are JSON with a request id and audited like every other
+ * refusal. tests/e2e checks the 413 and the 400s.
+ */
+void evhttp_send_error(struct evhttp_request *req, int error, const char *reason)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    int fd = bev ? bufferevent_getfd(bev) : -1;
+    gw_conn *c = (g_conns != NULL && fd >= 0 && fd < g_conns_max) ? atomic_load(&g_conns[fd])
+                                                                  : NULL;
+    const char *code, *msg;
+    gw_req *r;
+    (void)reason;
+    switch (error) {
+    case 400:
+        code = "bad_request";
+        msg = "the request is not valid HTTP/1.1 (request line, headers or their size)";
+        break;
+    case 413:
+        code = "payload_too_large";
+        msg = "the body is larger than this server accepts (server.max_body_bytes)";
+        break;
+    case 405:
+        code = "method_not_allowed";
+        msg = "this method is not supported";
+        break;
+    case 417:
+        code = "expectation_failed";
+        msg = "the Expect header cannot be met";
+        break;
+    case 501:
+        code = "not_implemented";
+        msg = "this method is not implemented";
+        break;
+    default:
+        code = "http_error";
+        msg = "the request cannot be served";
+        break;
+    }
+    if (g_srv == NULL || c == NULL || c->bev != bev || (r = req_new(c->loop, req)) == NULL) {
+        /* not a gateway connection (the demo's upstream), or out of memory */
+        reply_plain_error(req, error, code);
+        return;
+    }
+    {
+        const char *full = evhttp_request_get_uri(req);
+        snprintf(r->path, sizeof r->path, "%.*s", full ? (int)strcspn(full, "?") : 1,
+                 full ? full : "-");
+    }
+    r->close_after = 1; /* the stream may be out of step */
+    if (req->major == 0 && req->minor == 0) {
+        /* no request line could be read: answer in HTTP/1.1, as libevent's
+         * own evhttp_send_page_ does (http_struct.h is libevent 2.1's public
+         * description of the request) */
+        req->major = 1;
+        req->minor = 1;
+    }
+    deny(r, error, code, msg);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    gw_loop *l = arg;
+    gw_req *r = req_new(l, req);
+    const struct evhttp_uri *uri;
+    const char *p, *q, *full;
+    struct evkeyval *kv;
+    size_t plen;
+
+    if (r == NULL) {
+        reply_plain_error(req, 503, "unavailable");
+        return;
+    }
     full = evhttp_request_get_uri(req);
     uri = evhttp_request_get_evhttp_uri(req);
     p = uri ? evhttp_uri_get_path(uri) : NULL;
     q = uri ? evhttp_uri_get_query(uri) : NULL;
-    if (full == NULL || p == NULL || full[0] != '/') {
-        send_error(r, 400, "invalid_request", "the request target must be an absolute path");
+    if (full != NULL)
+        snprintf(r->path, sizeof r->path, "%.*s", (int)strcspn(full, "?"), full);
+    /* "//x/y" parses as an authority "x" and a path "/y": refused, like any
+     * target the router could read differently from the upstream */
+    if (full == NULL || p == NULL || full[0] != '/' || full[1] == '/' ||
+        evhttp_uri_get_host(uri) != NULL) {
+        r->close_after = 1;
+        deny(r, 400, "invalid_path", "the request target must be an absolute path");
         return;
+    }
+    TAILQ_FOREACH(kv, evhttp_request_get_input_headers(req), next)
+    {
+        if (!is_token(kv->key)) {
+            r->close_after = 1;
+            deny(r, 400, "invalid_header",
+                 "a header name is not a token (RFC 9110: no spaces or separators)");
+            return;
+        }
     }
     plen = strlen(p);
     r->raw_uri = strdup(full);
     r->query = q ? strdup(q) : NULL;
     if (r->raw_uri == NULL || (q && r->query == NULL)) {
-        send_error(r, 503, "unavailable", "out of memory");
+        deny(r, 503, "unavailable", "out of memory");
         return;
     }
     if (percent_decode_path(p, plen, r->path, sizeof r->path) != 0 || !path_ok(r->path)) {
-        send_error(r, 400, "invalid_path",
-                   "the path is malformed (bad escapes, control characters, '.' or '..' "
-                   "segments, or empty segments)");
+        deny(r, 400, "invalid_path",
+             "the path is malformed (bad escapes, control characters, '.' or '..' "
+             "segments, or empty segments)");
         return;
     }
 
@@ -1625,12 +1931,18 @@ static int loop_init(gw_server *s, gw_loop *l, int idx, int fd)
     evhttp_set_gencb(l->http, on_request, l);
     evhttp_set_bevcb(l->http, on_new_bev, l);
     evhttp_set_default_content_type(l->http, "application/json");
+    /* read (and drop) the rest of a body over the limit, so that the client
+     * sees the 413 instead of a reset; the connection deadline bounds it */
+    evhttp_set_flags(l->http, EVHTTP_SERVER_LINGERING_CLOSE);
     evhttp_set_allowed_methods(l->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                             EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
                                             EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
     apply_limits(l);
     l->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (l->efd < 0)
+        return -1;
+    l->reap_ev = evtimer_new(l->base, reap_dead, l);
+    if (l->reap_ev == NULL)
         return -1;
     l->wake_ev = event_new(l->base, l->efd, EV_READ | EV_PERSIST, on_wake, l);
     if (l->wake_ev == NULL || event_add(l->wake_ev, NULL) != 0)
@@ -1639,14 +1951,38 @@ static int loop_init(gw_server *s, gw_loop *l, int idx, int fd)
     return l->bound ? 0 : -1;
 }
 
+/* Close the client connections (their close callbacks run now) and free
+ * what waits in the completion queue. */
+static void loop_close_http(gw_loop *l)
+{
+    gw_req *r;
+    if (l->http) {
+        evhttp_free(l->http);
+        l->http = NULL;
+    }
+    r = l->done_head;
+    l->done_head = l->done_tail = NULL;
+    while (r != NULL) {
+        gw_req *next = r->next;
+        if (r->req != NULL && !r->client_gone)
+            r->req = NULL; /* freed with its connection */
+        req_free(r);
+        r = next;
+    }
+}
+
 static void loop_free(gw_loop *l)
 {
     int i;
     for (i = 0; i < l->n_pool; i++)
         evhttp_connection_free(l->pool[i]);
     free(l->pool);
+    reap_dead(-1, 0, l);
+    free(l->dead);
     if (l->http)
         evhttp_free(l->http);
+    if (l->reap_ev)
+        event_free(l->reap_ev);
     if (l->wake_ev)
         event_free(l->wake_ev);
     if (l->base)
@@ -1832,7 +2168,6 @@ static void reload(gw_server *s)
         node->next = s->old_cfgs;
         s->old_cfgs = node;
     }
-    s->phi.batch_max = n->phi_batch_max;
     atomic_store_explicit(&s->cfg, n, memory_order_release);
     for (i = 0; i < s->n_loops; i++) {
         atomic_store(&s->loops[i].cmd_reload, 1);
@@ -2049,6 +2384,10 @@ stop:
         pthread_join(s->loops[i].thread, NULL);
     }
 out:
+    /* Teardown order: the loops have stopped (or never ran); workers stop
+     * without taking new tasks; the audit writer commits what it holds and
+     * its last callbacks land in the loops' queues, which still exist; then
+     * the client connections close and the loops are freed. */
     if (n_workers > 0) {
         pthread_mutex_lock(&s->wmu);
         s->wstop = 1;
@@ -2059,7 +2398,17 @@ out:
     }
     if (s->loops) {
         for (i = 0; i < s->n_loops; i++)
+            loop_close_http(&s->loops[i]); /* outcome records of cut streams go out */
+    }
+    phg_keys_close(s->keys);
+    s->keys = NULL;
+    phg_audit_close(s->audit); /* commits what is pending: nothing accepted is lost */
+    s->audit = NULL;
+    if (s->loops) {
+        for (i = 0; i < s->n_loops; i++) {
+            loop_close_http(&s->loops[i]); /* the audit writer's last answers */
             loop_free(&s->loops[i]);
+        }
         free(s->loops);
     }
     if (fds) {
@@ -2068,8 +2417,6 @@ out:
                 close(fds[i]);
         free(fds);
     }
-    phg_keys_close(s->keys);
-    phg_audit_close(s->audit); /* commits what is pending: nothing accepted is lost */
     /* the current keyring, and every one it replaced (the first of which is
      * s->keyring once a reload happened) */
     phg_keyring_free(atomic_load(&s->kr_cur) ? atomic_load(&s->kr_cur) : s->keyring);
