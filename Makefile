@@ -34,6 +34,8 @@ test-asan: deps
 bench: build
 	./$(BUILD_DIR)/phigate bench phi
 	./$(BUILD_DIR)/phigate bench keys
+	@sh scripts/install-bench-deps.sh
+	bash bench/load.sh
 
 # libFuzzer builds of the fuzz drivers (clang), then 60 s on each.
 FUZZ_SECONDS ?= 60
