@@ -1370,9 +1370,14 @@ json_t *gw_config_json(const gw_config *cfg)
 static int method_matches(const gw_route *r, const char *method)
 {
     const char *p = r->methods;
-    size_t mn = strlen(method);
+    size_t mn;
     if (strcmp(p, "*") == 0)
         return 1;
+    /* HEAD is GET without the body: most upstreams run the GET handler for
+     * it, so a rule on GET covers HEAD too */
+    if (strcmp(method, "HEAD") == 0 && method_matches(r, "GET"))
+        return 1;
+    mn = strlen(method);
     while (*p != '\0') {
         size_t n = strcspn(p, ",");
         if (n == mn && memcmp(p, method, n) == 0)
@@ -1421,11 +1426,13 @@ static void normalize_path(const char *path, char *out)
     out[o] = '\0';
 }
 
+/* A segment ends at '/', and also at ';': "/internal;jsessionid=1" is
+ * "/internal" to a servlet container, so it must not miss the route. */
 static int prefix_matches(const char *prefix, size_t pn, const char *path)
 {
     if (strncmp(path, prefix, pn) != 0)
         return 0;
-    return path[pn] == '\0' || path[pn] == '/' || prefix[pn - 1] == '/';
+    return path[pn] == '\0' || path[pn] == '/' || path[pn] == ';' || prefix[pn - 1] == '/';
 }
 
 const gw_route *gw_route_match(const gw_config *cfg, const char *method, const char *path)

@@ -910,7 +910,8 @@ static void test_route_match(void **state)
                             "[route:files]\nprefix = /files/\n"
                             "[route:dup-first]\nprefix = /dup\nscopes = phi:encrypt\n"
                             "[route:dup-second]\nprefix = /dup\n"
-                            "[route:post-all]\nmethods = POST\nprefix = /\n");
+                            "[route:post-all]\nmethods = POST\nprefix = /\n"
+                            "[route:secret]\nmethods = GET\nprefix = /secret\nrole = admin\n");
     expect_ok(load_flags(&flags));
     /* prefix boundaries */
     assert_string_equal(match("GET", "/v1/read"), "read");
@@ -945,6 +946,12 @@ static void test_route_match(void **state)
     assert_string_equal(match("GET", "/x/../internal/keys"), "internal");
     assert_string_equal(match("GET", "/../../internal"), "internal");
     assert_string_equal(match("GET", "/internal/.."), "(none)");
+    /* HEAD is GET without a body: a GET rule covers it */
+    assert_string_equal(match("HEAD", "/secret/x"), "secret");
+    assert_string_equal(match("PUT", "/secret/x"), "(none)");
+    /* ';' ends a segment (path parameters): no way around a route */
+    assert_string_equal(match("GET", "/secret;jsessionid=1"), "secret");
+    assert_string_equal(match("GET", "/internal;x/keys"), "internal");
     /* a long path */
     {
         char *p = malloc(10000);
