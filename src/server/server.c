@@ -929,6 +929,11 @@ static int on_upstream_head(struct evhttp_request *u, void *arg)
     }
     if (evhttp_find_header(out, "Content-Type") == NULL)
         evhttp_add_header(out, "Content-Type", "application/octet-stream");
+    /* an HTTP/1.0 client cannot take chunks: without a length, the end of
+     * the body is the end of the connection */
+    if (r->req->major == 1 && r->req->minor == 0 &&
+        evhttp_find_header(out, "Content-Length") == NULL)
+        r->close_after = 1;
     common_headers(r, out);
     r->status = code;
     r->started = 1;
