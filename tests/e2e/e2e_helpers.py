@@ -179,9 +179,9 @@ class Gateway:
         with open(self.config_path, "w") as f:
             f.write(text)
 
-    def cli(self, *args, timeout=120):
+    def cli(self, *args, timeout=120, input=None):
         proc = subprocess.run([self.bin] + [str(a) for a in args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=timeout,
+                              stderr=subprocess.PIPE, timeout=timeout, input=input,
                               env=clean_env(PHI_MASTER_KEY=self.mk))
         return Result(proc)
 
