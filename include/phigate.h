@@ -12,5 +12,6 @@
 #include "phigate/apikey.h"
 #include "phigate/ulid.h"
 #include "phigate/audit.h"
+#include "phigate/ratelimit.h"
 
 #endif /* PHIGATE_H */

@@ -25,6 +25,7 @@
 #include "phigate/apikey.h"
 #include "phigate/audit.h"
 #include "phigate/phi.h"
+#include "phigate/ratelimit.h"
 #include "phigate/store.h"
 
 /* ---- configuration ------------------------------------------------------------------ */
@@ -219,6 +220,44 @@ typedef struct gw_demo_upstream gw_demo_upstream;
  * X-Phigate-User-Id and serves them back with GET /v1/readings. */
 int gw_demo_upstream_start(int port, int *port_out, gw_demo_upstream **out);
 void gw_demo_upstream_stop(gw_demo_upstream *u);
+
+/* ---- rate limits on Redis (redis_rl.c) --------------------------------------------------- */
+
+struct event_base;
+typedef struct gw_redis gw_redis;
+
+/* "redis://HOST:PORT" (HOST a name or an IPv4/[IPv6] literal; PORT default
+ * 6379; no user, password, database or query). 0, or -1 with why in err. */
+int gw_redis_url_parse(const char *url, char *host, size_t host_len, int *port, char *err,
+                       size_t err_len);
+
+/* Called exactly once, on the loop, for every gw_redis_decide: PHG_OK with
+ * the decision, or PHG_ERR_UNAVAILABLE (Redis down, slow past timeout_ms, or
+ * an error reply) with decision NULL. */
+typedef void (*gw_redis_cb)(void *arg, phg_status status, const phg_rl_decision *decision);
+
+/*
+ * A client of one event loop (base), to the Redis at host:port, single node
+ * or Redis Cluster (found out from the first MOVED, or CLUSTER SLOTS). It
+ * connects lazily and reconnects by itself (at most every 100 ms); it never
+ * blocks the loop. NULL when out of memory.
+ */
+gw_redis *gw_redis_new(struct event_base *base, const char *host, int port, int timeout_ms);
+
+/* Outstanding callbacks are called with PHG_ERR_UNAVAILABLE first. NULL: no-op. */
+void gw_redis_free(gw_redis *r);
+
+/* One decision (mode "check", "peek" or "reset") for key under policy: the
+ * script of phg_rl_redis_script() by EVALSHA, loaded again on NOSCRIPT,
+ * following MOVED/ASK on a cluster. */
+void gw_redis_decide(gw_redis *r, const char *mode, const char *key, size_t key_len,
+                     const phg_rl_policy *policy, gw_redis_cb cb, void *arg);
+
+/* The same, blocking (for worker threads and the CLI): a connection of its
+ * own per call. PHG_ERR_UNAVAILABLE when Redis cannot answer in timeout_ms. */
+phg_status gw_redis_decide_sync(const char *host, int port, int timeout_ms, const char *mode,
+                                const char *key, size_t key_len, const phg_rl_policy *policy,
+                                phg_rl_decision *decision);
 
 /* ---- the server ----------------------------------------------------------------------------- */
 

@@ -1,0 +1,2 @@
+/* bench_ratelimit.c: phigate bench ratelimit (being written). */
+#include "cli.h"

@@ -1,0 +1,2 @@
+/* ratelimit.c: see include/phigate/ratelimit.h (being written). */
+#include "phigate/ratelimit.h"

@@ -1,0 +1,2 @@
+/* ratelimit_redis.c: see include/phigate/ratelimit.h (being written). */
+#include "phigate/ratelimit.h"

@@ -1,0 +1,2 @@
+/* redis_rl.c: see gw.h (being written). */
+#include "gw.h"
