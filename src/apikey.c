@@ -33,6 +33,7 @@
 #include "phigate/apikey.h"
 #include "phigate/audit.h"
 #include "phigate/crypto.h"
+#include "phigate/ratelimit.h"
 #include "store_internal.h"
 #include "text_internal.h"
 
@@ -949,40 +950,46 @@ static int text_ok(const char *s, size_t min, size_t max)
 }
 
 /*
- * A rate-limit override: "" or a comma-separated list of COUNT/WINDOW, where
- * COUNT is 1..999999999 and WINDOW is 1..99999 followed by s, m, h or d
- * ("100/1m,5000/1h"). The rate-limit module gives it meaning; here it is only
- * kept well-formed.
+ * A key's own rate limit: NULL or "" (none: the role's default applies), or
+ * a policy of phigate/ratelimit.h, checked by phg_rl_policy_parse (so that a
+ * limit is refused here for the same reasons as in the configuration) and
+ * kept in its canonical text, which the gateway parses again on every
+ * change. Printable text only, whatever the parser would skip.
  */
-static int limit_ok(const char *s)
+static phg_status limit_canonical(const char *text, char out[PHG_APIKEY_LIMIT_MAX + 1], char *err,
+                                  size_t err_len)
 {
-    if (s == NULL || *s == '\0')
-        return 1;
-    if (strlen(s) > PHG_APIKEY_LIMIT_MAX)
-        return 0;
-    for (;;) {
-        size_t digits = 0;
-        while (*s >= '0' && *s <= '9' && digits < 10) {
-            if (digits == 0 && *s == '0')
-                return 0;
-            s++, digits++;
-        }
-        if (digits == 0 || digits > 9 || *s++ != '/')
-            return 0;
-        digits = 0;
-        while (*s >= '0' && *s <= '9' && digits < 6) {
-            if (digits == 0 && *s == '0')
-                return 0;
-            s++, digits++;
-        }
-        if (digits == 0 || digits > 5 || (*s != 's' && *s != 'm' && *s != 'h' && *s != 'd'))
-            return 0;
-        s++;
-        if (*s == '\0')
-            return 1;
-        if (*s++ != ',')
-            return 0;
+    char why[160];
+    phg_rl_policy policy;
+
+    out[0] = '\0';
+    if (text == NULL || text[0] == '\0')
+        return PHG_OK;
+    if (!text_ok(text, 1, PHG_APIKEY_LIMIT_MAX)) {
+        if (err != NULL && err_len > 0)
+            snprintf(err, err_len,
+                     "rate limit: must be at most %d printable characters, like "
+                     "100/1m,5000/1h",
+                     PHG_APIKEY_LIMIT_MAX);
+        return PHG_ERR_INVALID;
     }
+    why[0] = '\0';
+    if (phg_rl_policy_parse(text, &policy, why, sizeof why) != PHG_OK) {
+        /* The parser's reasons name the rate limit already ("rate limit: a
+         * window of 0", "rate limit, item 2: ..."). */
+        if (err != NULL && err_len > 0)
+            snprintf(err, err_len, "%s%s",
+                     strncmp(why, "rate limit", 10) == 0 ? "" : "rate limit: ",
+                     why[0] ? why : "must look like 100/1m,5000/1h");
+        return PHG_ERR_INVALID;
+    }
+    phg_rl_policy_format(&policy, out, PHG_APIKEY_LIMIT_MAX + 1);
+    if (out[0] == '\0') { /* cannot happen: a policy always has a text */
+        if (err != NULL && err_len > 0)
+            snprintf(err, err_len, "rate limit: cannot be stored");
+        return PHG_ERR_INTERNAL;
+    }
+    return PHG_OK;
 }
 
 static phg_status new_id(char id[PHG_APIKEY_ID_MAX + 1])
@@ -1037,28 +1044,15 @@ void phg_keys_set_audit(phg_keys *k, phg_audit *audit)
  * action's own result; returns it, or PHG_ERR_UNAUDITED when the action
  * succeeded and its record failed.
  */
-static phg_status record_action(phg_keys *k, const char *action, const char *id, phg_status st,
-                                const phg_apikey_record *rec)
+static phg_status record_details(phg_keys *k, const char *action, const char *shown, phg_status st,
+                                 json_t *details)
 {
-    char resource[PHG_APIKEY_ID_MAX + 8], scopes[128];
-    const char *shown = text_ok(id, 1, PHG_APIKEY_ID_MAX) ? id : "(invalid id)";
+    char resource[PHG_APIKEY_ID_MAX + 8];
     phg_audit_event ev;
-    json_t *details;
     char *text;
     phg_status rc;
 
-    if (k->audit == NULL)
-        return st;
     snprintf(resource, sizeof resource, "key:%s", shown);
-    if (st == PHG_OK && rec != NULL) {
-        phg_apikey_scopes_format(rec->scopes, scopes, sizeof scopes);
-        details = json_pack("{s:s,s:s,s:s,s:s}", "key_id", rec->id, "role",
-                            phg_role_name(rec->role), "user_id", rec->user_id, "scopes", scopes);
-    } else if (st == PHG_OK) {
-        details = json_pack("{s:s}", "key_id", shown);
-    } else {
-        details = json_pack("{s:s,s:s}", "key_id", shown, "error", phg_status_name(st));
-    }
     text = details != NULL ? json_dumps(details, JSON_COMPACT) : NULL;
     json_decref(details);
     memset(&ev, 0, sizeof ev);
@@ -1071,6 +1065,27 @@ static phg_status record_action(phg_keys *k, const char *action, const char *id,
     if (st == PHG_OK && rc != PHG_OK)
         return PHG_ERR_UNAUDITED;
     return st;
+}
+
+static phg_status record_action(phg_keys *k, const char *action, const char *id, phg_status st,
+                                const phg_apikey_record *rec)
+{
+    char scopes[128];
+    const char *shown = text_ok(id, 1, PHG_APIKEY_ID_MAX) ? id : "(invalid id)";
+    json_t *details;
+
+    if (k->audit == NULL)
+        return st;
+    if (st == PHG_OK && rec != NULL) {
+        phg_apikey_scopes_format(rec->scopes, scopes, sizeof scopes);
+        details = json_pack("{s:s,s:s,s:s,s:s}", "key_id", rec->id, "role",
+                            phg_role_name(rec->role), "user_id", rec->user_id, "scopes", scopes);
+    } else if (st == PHG_OK) {
+        details = json_pack("{s:s}", "key_id", shown);
+    } else {
+        details = json_pack("{s:s,s:s}", "key_id", shown, "error", phg_status_name(st));
+    }
+    return record_details(k, action, shown, st, details);
 }
 
 phg_status phg_keys_create(phg_keys *k, const phg_apikey_spec *spec, char key[PHG_APIKEY_LEN + 1],
@@ -1102,10 +1117,9 @@ phg_status phg_keys_create(phg_keys *k, const phg_apikey_spec *spec, char key[PH
         set_err(err, err_len, "created_by must be 1 to 128 printable characters");
         return PHG_ERR_INVALID;
     }
-    if (!limit_ok(spec->rate_limit)) {
-        set_err(err, err_len, "rate limit must look like 100/1m,5000/1h");
-        return PHG_ERR_INVALID;
-    }
+    rc = limit_canonical(spec->rate_limit, rec.rate_limit, err, err_len);
+    if (rc != PHG_OK)
+        return rc;
     if (spec->expires_at != 0 && spec->expires_at <= now_s()) {
         set_err(err, err_len, "expiry time is in the past");
         return PHG_ERR_INVALID;
@@ -1115,7 +1129,6 @@ phg_status phg_keys_create(phg_keys *k, const phg_apikey_spec *spec, char key[PH
     snprintf(rec.user_id, sizeof rec.user_id, "%s", spec->user_id);
     snprintf(rec.description, sizeof rec.description, "%s", spec->description ? spec->description : "");
     snprintf(rec.created_by, sizeof rec.created_by, "%s", spec->created_by);
-    snprintf(rec.rate_limit, sizeof rec.rate_limit, "%s", spec->rate_limit ? spec->rate_limit : "");
     rec.expires_at = spec->expires_at;
     for (attempt = 0; attempt < 3; attempt++) { /* an id collision is astronomically rare */
         rc = mint(&rec, key);
@@ -1162,6 +1175,65 @@ phg_status phg_keys_revoke(phg_keys *k, const char *id)
         atomic_fetch_add(&k->generation, 1);
     }
     return record_action(k, "keys.revoke", id, PHG_OK, NULL);
+}
+
+/*
+ * The record of a limit change: the limits before and after ("" when the key
+ * has none of its own), or the refused text's fate without the text itself
+ * when it was invalid (it is the caller's input, possibly anything).
+ */
+static phg_status record_limit(phg_keys *k, const char *id, phg_status st, const char *old_limit,
+                               const char *new_limit)
+{
+    const char *shown = text_ok(id, 1, PHG_APIKEY_ID_MAX) ? id : "(invalid id)";
+    json_t *details;
+
+    if (k->audit == NULL)
+        return st;
+    if (st == PHG_OK)
+        details = json_pack("{s:s,s:s,s:s}", "key_id", shown, "old_rate_limit", old_limit,
+                            "new_rate_limit", new_limit);
+    else
+        details = json_pack("{s:s,s:s}", "key_id", shown, "error", phg_status_name(st));
+    return record_details(k, "keys.set_limit", shown, st, details);
+}
+
+phg_status phg_keys_set_limit(phg_keys *k, const char *id, const char *rate_limit,
+                              phg_apikey_record *out, char *err, size_t err_len)
+{
+    char canonical[PHG_APIKEY_LIMIT_MAX + 1], old_limit[PHG_APIKEY_LIMIT_MAX + 1];
+    phg_apikey_record rec;
+    phg_status rc;
+
+    assert(k != NULL && id != NULL);
+    if (err != NULL && err_len > 0)
+        err[0] = '\0';
+    if (!text_ok(id, 1, PHG_APIKEY_ID_MAX)) {
+        set_err(err, err_len, "no key with that id");
+        return record_limit(k, id, PHG_ERR_NOT_FOUND, NULL, NULL);
+    }
+    rc = limit_canonical(rate_limit, canonical, err, err_len);
+    if (rc != PHG_OK)
+        return record_limit(k, id, rc, NULL, NULL);
+    rc = phg_internal_store_key_set_limit(k->store, id, canonical, old_limit, &rec);
+    if (rc != PHG_OK) {
+        set_err(err, err_len,
+                rc == PHG_ERR_NOT_FOUND     ? "no key with that id"
+                : rc == PHG_ERR_STATE       ? "the key is revoked"
+                : rc == PHG_ERR_UNAVAILABLE ? "the store is unavailable"
+                                            : "the store refused the change");
+        return record_limit(k, id, rc, NULL, NULL);
+    }
+    /* Seen here at once; other instances reload the row at their next poll
+     * (its version moved). */
+    (void)index_apply(k, &rec);
+    atomic_fetch_add(&k->generation, 1);
+    if (out != NULL)
+        *out = rec;
+    rc = record_limit(k, id, PHG_OK, old_limit, canonical);
+    if (rc == PHG_ERR_UNAUDITED)
+        set_err(err, err_len, "the limit was changed but its audit record could not be written");
+    return rc;
 }
 
 phg_status phg_keys_rotate(phg_keys *k, const char *id, int64_t grace_s,

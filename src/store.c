@@ -451,6 +451,15 @@ phg_status phg_internal_store_key_revoke(phg_store *st, const char *id, int64_t 
     return rc;
 }
 
+phg_status phg_internal_store_key_set_limit(phg_store *st, const char *id, const char *rate_limit,
+                                            char old_limit[PHG_APIKEY_LIMIT_MAX + 1],
+                                            phg_apikey_record *rec)
+{
+    phg_status rc;
+    ON_CONN(st, st->engine->key_set_limit(conn, id, rate_limit, old_limit, rec));
+    return rc;
+}
+
 phg_status phg_internal_store_key_rotate(phg_store *st, const char *old_id, int64_t grace_until,
                                          const phg_apikey_record *fresh)
 {

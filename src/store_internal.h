@@ -38,6 +38,10 @@ phg_status phg_internal_store_key_by_index(phg_store *store, int64_t index,
 phg_status phg_internal_store_key_list(phg_store *store, const char *after, size_t limit,
                                        phg_apikey_record **out, size_t *n);
 phg_status phg_internal_store_key_revoke(phg_store *store, const char *id, int64_t at);
+phg_status phg_internal_store_key_set_limit(phg_store *store, const char *id,
+                                            const char *rate_limit,
+                                            char old_limit[PHG_APIKEY_LIMIT_MAX + 1],
+                                            phg_apikey_record *rec);
 phg_status phg_internal_store_key_rotate(phg_store *store, const char *old_id,
                                          int64_t grace_until, const phg_apikey_record *fresh);
 phg_status phg_internal_store_key_touch(phg_store *store, const char *const *ids,

@@ -129,11 +129,12 @@ PHG_API void phg_keys_close(phg_keys *keys);
 struct phg_audit;
 
 /*
- * Record every create, rotate and revoke made through `keys` in `audit`
- * (NULL: stop recording). The record's actor is the calling thread's request
- * context (phigate/audit.h); action keys.create / keys.rotate / keys.revoke,
- * resource "key:<id>", outcome success or error, details: the key's id, role,
- * user and scopes (never the key). Set it before the manager is shared.
+ * Record every create, rotate, revoke and limit change made through `keys` in
+ * `audit` (NULL: stop recording). The record's actor is the calling thread's
+ * request context (phigate/audit.h); action keys.create / keys.rotate /
+ * keys.revoke / keys.set_limit, resource "key:<id>", outcome success or
+ * error, details: the key's id, role, user and scopes (never the key); for
+ * keys.set_limit the id and the old and new limit texts. Set it before the manager is shared.
  * With an audit set, a change whose record cannot be written still happens,
  * and the call returns PHG_ERR_UNAUDITED (outputs filled) so that the caller
  * can say so; an error of the change itself is recorded with outcome error.
@@ -179,13 +180,15 @@ typedef struct phg_apikey_spec {
     const char *user_id;      /* required, 1..128 bytes */
     const char *description;  /* may be NULL */
     const char *created_by;   /* required */
-    const char *rate_limit;   /* may be NULL */
+    const char *rate_limit;   /* may be NULL; see phg_keys_set_limit */
     int64_t expires_at;       /* 0: never; must be in the future */
 } phg_apikey_spec;
 
 /*
  * Create a key: the text goes to key (show it once), the stored record to
- * *rec (may be NULL). PHG_ERR_INVALID for a bad spec (err says which field).
+ * *rec (may be NULL). PHG_ERR_INVALID for a bad spec (err says which field;
+ * a rate limit is checked as phg_keys_set_limit checks it, and stored in the
+ * same canonical form).
  */
 PHG_API phg_status phg_keys_create(phg_keys *keys, const phg_apikey_spec *spec,
                                    char key[PHG_APIKEY_LEN + 1], phg_apikey_record *rec,
@@ -193,6 +196,25 @@ PHG_API phg_status phg_keys_create(phg_keys *keys, const phg_apikey_spec *spec,
 
 /* Revoke now. PHG_ERR_NOT_FOUND for an unknown id; revoking twice is OK. */
 PHG_API phg_status phg_keys_revoke(phg_keys *keys, const char *id);
+
+/*
+ * Set a key's own rate limit, which overrides its role's default: a policy
+ * text of phigate/ratelimit.h ("100/1m,5000/1h"; "none": the key is not
+ * limited at all), checked with phg_rl_policy_parse and stored in its
+ * canonical form (phg_rl_policy_format). NULL or "" removes the override,
+ * so that the role's default applies again. The change is stored with a new
+ * version of the key, so every phg_keys on the store (every instance) gives
+ * the new limit in phg_identity.rate_limit within a poll interval; this one
+ * at once. Setting the limit a key already has stores nothing.
+ *
+ * *rec (may be NULL) gets the key's record after the change. Returns PHG_OK;
+ * PHG_ERR_INVALID for a limit that does not parse (err says why, e.g. "rate
+ * limit: a window of 0"); PHG_ERR_NOT_FOUND for an unknown id; PHG_ERR_STATE
+ * for a revoked key; PHG_ERR_UNAUDITED (the change is made, *rec filled) as
+ * for phg_keys_create. err (may be NULL) also says why for the other errors.
+ */
+PHG_API phg_status phg_keys_set_limit(phg_keys *keys, const char *id, const char *rate_limit,
+                                      phg_apikey_record *rec, char *err, size_t err_len);
 
 /*
  * Rotate: a new key with the same role, scopes, user and limits; the old one

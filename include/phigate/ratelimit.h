@@ -64,6 +64,11 @@ typedef struct phg_rl_policy {
 PHG_API phg_status phg_rl_policy_parse(const char *text, phg_rl_policy *policy, char *err,
                                        size_t err_len);
 
+/* 1 if a policy is one phg_rl_policy_parse could produce (counts and windows
+ * in range, windows strictly increasing, at most PHG_RL_WINDOWS_MAX); a
+ * policy built by hand must pass it to be used. */
+PHG_API int phg_rl_policy_valid(const phg_rl_policy *policy);
+
 /* The canonical text of a policy ("100/1m,5000/1h"; "none"), into buf. */
 PHG_API void phg_rl_policy_format(const phg_rl_policy *policy, char *buf, size_t len);
 

@@ -720,7 +720,8 @@ static const char bench_help[] = "Usage: phigate bench <what> [options]\n"
                                  "Benchmarks that print figures (they never pass or fail):\n"
                                  "  phi    PHI field encryption and JSONL migration\n"
                                  "  keys   API key verification with a million keys\n"
-                                 "  audit  durable audit appends, 1/8/64 appenders\n";
+                                 "  audit  durable audit appends, 1/8/64 appenders\n"
+                                 "  ratelimit  rate-limit decisions: local engine, and Redis with --redis\n";
 
 int cmd_bench(int argc, char **argv)
 {
@@ -728,6 +729,7 @@ int cmd_bench(int argc, char **argv)
         {"phi", "", bench_phi},
         {"keys", "", bench_keys},
         {"audit", "", bench_audit},
+        {"ratelimit", "", cli_bench_ratelimit},
         {NULL, NULL, NULL},
     };
     return cli_dispatch("bench", bench_help, table, argc, argv);

@@ -95,6 +95,7 @@ int cmd_phi(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+int cli_bench_ratelimit(int argc, char **argv);
 int cmd_phi_encrypt_jsonl(int argc, char **argv);
 int cmd_phi_decrypt_jsonl(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);

@@ -248,15 +248,16 @@ static json_t *record_json(const phg_apikey_record *r)
 }
 
 enum { K_STORE, K_JSON, K_ROLE, K_USER, K_SCOPES, K_EXPIRES, K_DESC, K_LIMIT, K_GRACE, K_AFTER,
-       K_LIMIT_N, K_END };
+       K_LIMIT_N, K_NO_LIMIT, K_END };
 
 static void keys_opts(cli_opt o[K_END + 1])
 {
     cli_opt init[K_END + 1] = {
-        {"store", 1, NULL, 0},  {"json", 0, NULL, 0},        {"role", 1, NULL, 0},
-        {"user", 1, NULL, 0},   {"scopes", 1, NULL, 0},      {"expires", 1, NULL, 0},
-        {"description", 1, NULL, 0}, {"limit", 1, NULL, 0},  {"grace", 1, NULL, 0},
-        {"after", 1, NULL, 0},  {"page-size", 1, NULL, 0},   {NULL, 0, NULL, 0},
+        {"store", 1, NULL, 0},       {"json", 0, NULL, 0},      {"role", 1, NULL, 0},
+        {"user", 1, NULL, 0},        {"scopes", 1, NULL, 0},    {"expires", 1, NULL, 0},
+        {"description", 1, NULL, 0}, {"limit", 1, NULL, 0},     {"grace", 1, NULL, 0},
+        {"after", 1, NULL, 0},       {"page-size", 1, NULL, 0}, {"no-limit", 0, NULL, 0},
+        {NULL, 0, NULL, 0},
     };
     memcpy(o, init, sizeof init);
 }
@@ -329,6 +330,62 @@ static int id_error(phg_status st, const char *what)
     return CLI_FAIL;
 }
 
+/*
+ * Every --limit of argv (already accepted by cli_parse_opts, which keeps only
+ * the last) joined with ',' into buf: "--limit 100/1m --limit 5000/1h" is
+ * "100/1m,5000/1h"; a comma list in one --limit is kept as it is. The text
+ * is then checked as the library checks it (phg_rl_policy_parse), so a bad
+ * limit is a usage error before the master key, the store or the audit log
+ * are touched. Returns CLI_OK, or CLI_USAGE after saying why.
+ */
+static int joined_limits(const char *cmd, int argc, char **argv, const cli_opt *o, char *buf,
+                         size_t len)
+{
+    char why[160];
+    phg_rl_policy policy;
+    size_t used = 0;
+    int i;
+
+    buf[0] = '\0';
+    for (i = 1; i < argc; i++) {
+        const char *arg = argv[i], *eq, *value;
+        size_t name_len, vlen;
+        const cli_opt *opt;
+        if (strncmp(arg, "--", 2) != 0)
+            continue;
+        arg += 2;
+        eq = strchr(arg, '=');
+        name_len = eq ? (size_t)(eq - arg) : strlen(arg);
+        for (opt = o; opt->name != NULL; opt++) {
+            if (strlen(opt->name) == name_len && strncmp(opt->name, arg, name_len) == 0)
+                break;
+        }
+        if (opt->name == NULL || !opt->has_arg)
+            continue;
+        value = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : "");
+        if (opt != &o[K_LIMIT])
+            continue;
+        vlen = strlen(value);
+        if (vlen == 0)
+            return cli_usage(cmd, "rate limit: --limit needs a value like 100/1m%s",
+                             strcmp(cmd, "keys set-limit") == 0 ? " (--no-limit removes it)" : "");
+        if (used + (used > 0) + vlen >= len || used + (used > 0) + vlen > PHG_RL_TEXT_MAX)
+            return cli_usage(cmd, "rate limit: more than %d bytes of --limit", PHG_RL_TEXT_MAX);
+        if (used > 0)
+            buf[used++] = ',';
+        memcpy(buf + used, value, vlen + 1);
+        used += vlen;
+    }
+    if (used == 0)
+        return CLI_OK;
+    why[0] = '\0';
+    if (!phg_internal_text_ok(buf, 1, PHG_RL_TEXT_MAX) ||
+        phg_rl_policy_parse(buf, &policy, why, sizeof why) != PHG_OK)
+        return cli_usage(cmd, "%s%s", strncmp(why, "rate limit", 10) == 0 ? "" : "rate limit: ",
+                         why[0] ? why : "not a limit, such as 100/1m");
+    return CLI_OK;
+}
+
 static int keys_create(int argc, char **argv)
 {
     cli_opt o[K_END + 1];
@@ -339,6 +396,7 @@ static int keys_create(int argc, char **argv)
     phg_masterkeys *mk = NULL;
     phg_audit *audit = NULL;
     char key[PHG_APIKEY_LEN + 1], actor[PHG_APIKEY_ACTOR_MAX + 1], err[256];
+    char limits[PHG_RL_TEXT_MAX + 1];
     uint32_t scopes = 0;
     phg_role role;
     int64_t expires = 0;
@@ -348,10 +406,15 @@ static int keys_create(int argc, char **argv)
     if (cli_wants_help(argc, argv)) {
         puts("Usage: phigate keys create --role admin|user --user ID [--scopes S1,S2]\n"
              "         [--expires 30d|2027-01-01T00:00:00Z] [--description TEXT]\n"
-             "         [--limit 100/1m] [--store URL] [--json]\n\n"
+             "         [--limit 100/1m [--limit 5000/1h ...]] [--store URL] [--json]\n\n"
              "Create an API key and print it ONCE: only its SHA-256 is stored. Scopes:\n"
              "phi:encrypt, phi:decrypt, audit:read, keys:admin, webhooks:admin. The key acts\n"
-             "for --user. This is how the first admin key is made, before any server runs.");
+             "for --user. This is how the first admin key is made, before any server runs.\n\n"
+             "--limit COUNT/WINDOW gives the key its own rate limit instead of its role's\n"
+             "default: at most COUNT requests in any WINDOW (a number and s, m, h or d).\n"
+             "Repeat it, or give a comma list, for several windows at once (at most 4):\n"
+             "--limit 100/1m --limit 5000/1h. --limit none: the key is not limited.\n"
+             "Needs the master key (PHI_MASTER_KEY): the creation is audited.");
         return CLI_OK;
     }
     keys_opts(o);
@@ -369,6 +432,8 @@ static int keys_create(int argc, char **argv)
                                         "a time YYYY-MM-DDTHH:MM:SSZ");
     if (o[K_EXPIRES].set && expires <= (int64_t)time(NULL))
         return cli_usage("keys create", "--expires is in the past");
+    if (joined_limits("keys create", argc, argv, o, limits, sizeof limits) != CLI_OK)
+        return CLI_USAGE;
     /* The master key signs the audit record: without it, no admin action. */
     if (cli_load_masterkeys(NULL, &mk) != CLI_OK)
         return CLI_FAIL;
@@ -383,7 +448,7 @@ static int keys_create(int argc, char **argv)
     spec.user_id = o[K_USER].value;
     spec.description = o[K_DESC].value;
     spec.created_by = actor;
-    spec.rate_limit = o[K_LIMIT].value;
+    spec.rate_limit = limits[0] ? limits : NULL;
     spec.expires_at = expires;
     err[0] = '\0';
     if (attach_audit(store, keys, mk, &audit) != CLI_OK)
@@ -568,6 +633,81 @@ static int keys_revoke(int argc, char **argv)
     return rc;
 }
 
+static int keys_set_limit(int argc, char **argv)
+{
+    cli_opt o[K_END + 1];
+    phg_store *store = NULL;
+    phg_keys *keys = NULL;
+    phg_apikey_record rec;
+    const char *id = NULL;
+    phg_audit *audit = NULL;
+    phg_masterkeys *mk = NULL;
+    char limits[PHG_RL_TEXT_MAX + 1], err[256];
+    phg_status st;
+    int rc;
+
+    if (cli_wants_help(argc, argv)) {
+        puts("Usage: phigate keys set-limit ID --limit 100/1m [--limit 5000/1h ...] | --no-limit\n"
+             "         [--store URL] [--json]\n\n"
+             "Set the key's own rate limit, which overrides its role's default: at most COUNT\n"
+             "requests in any WINDOW (a number and s, m, h or d). Repeat --limit, or give a\n"
+             "comma list, for several windows at once (at most 4). --limit none: the key is\n"
+             "not limited. --no-limit removes the key's own limit: its role's default\n"
+             "applies again. Every phigate instance applies the change within a second,\n"
+             "without a restart. Needs the master key (PHI_MASTER_KEY): the change is\n"
+             "audited.");
+        return CLI_OK;
+    }
+    /* Check the arguments before the master key and the store are touched. */
+    if (argc < 2 || strncmp(argv[1], "--", 2) == 0)
+        return cli_usage("keys set-limit", "missing the key ID");
+    keys_opts(o);
+    if (cli_parse_opts("keys set-limit", argc - 1, argv + 1, o) != CLI_OK)
+        return CLI_USAGE;
+    if (o[K_LIMIT].set == o[K_NO_LIMIT].set)
+        return cli_usage("keys set-limit", "give --limit COUNT/WINDOW (repeatable) or --no-limit");
+    if (joined_limits("keys set-limit", argc - 1, argv + 1, o, limits, sizeof limits) != CLI_OK)
+        return CLI_USAGE;
+    if (cli_load_masterkeys(NULL, &mk) != CLI_OK)
+        return CLI_FAIL;
+    rc = keys_begin("keys set-limit", argc, argv, o, 1, &id, &store, &keys);
+    if (rc != CLI_OK) {
+        phg_phi_masterkeys_free(mk);
+        return rc;
+    }
+    if (attach_audit(store, keys, mk, &audit) != CLI_OK) {
+        keys_end(store, keys);
+        phg_phi_masterkeys_free(mk);
+        return CLI_FAIL;
+    }
+    err[0] = '\0';
+    st = phg_keys_set_limit(keys, id, o[K_NO_LIMIT].set ? NULL : limits, &rec, err, sizeof err);
+    detach_audit(keys, audit);
+    if (st == PHG_ERR_UNAUDITED) {
+        cli_error("the limit of %s is changed, but its audit record failed", rec.id);
+        rc = CLI_FAIL;
+    } else if (st == PHG_ERR_NOT_FOUND) {
+        rc = id_error(st, "set the limit");
+    } else if (st == PHG_ERR_STATE) {
+        cli_error("cannot set the limit: the key is revoked");
+        rc = CLI_FAIL;
+    } else if (st == PHG_ERR_INVALID) {
+        rc = cli_usage("keys set-limit", "%s", err[0] ? err : phg_strerror(st));
+    } else if (st != PHG_OK) {
+        rc = id_error(st, "set the limit");
+    } else if (o[K_JSON].set) {
+        rc = cli_print_json(record_json(&rec));
+    } else if (rec.rate_limit[0] != '\0') {
+        rc = printf("rate limit of %s: %s\n", rec.id, rec.rate_limit) < 0 ? CLI_FAIL : CLI_OK;
+    } else {
+        rc = printf("rate limit of %s removed: its role's default applies\n", rec.id) < 0 ? CLI_FAIL
+                                                                                          : CLI_OK;
+    }
+    keys_end(store, keys);
+    phg_phi_masterkeys_free(mk);
+    return rc;
+}
+
 static int keys_rotate(int argc, char **argv)
 {
     cli_opt o[K_END + 1];
@@ -710,19 +850,21 @@ static const char keys_help[] =
     "$PHIGATE_STORE, or sqlite:./var/phigate.db.\n"
     "\n"
     "Commands:\n"
-    "  create   create a key and print it once\n"
-    "  list     list keys (never secrets)\n"
-    "  show     show one key\n"
-    "  revoke   revoke a key now\n"
-    "  rotate   issue a new key; the old one works for a grace time\n"
-    "  verify   check a key read from stdin\n";
+    "  create     create a key and print it once\n"
+    "  list       list keys (never secrets)\n"
+    "  show       show one key\n"
+    "  revoke     revoke a key now\n"
+    "  rotate     issue a new key; the old one works for a grace time\n"
+    "  set-limit  set or remove a key's own rate limit\n"
+    "  verify     check a key read from stdin\n";
 
 int cmd_keys(int argc, char **argv)
 {
     static const cli_command table[] = {
-        {"create", "", keys_create}, {"list", "", keys_list},     {"show", "", keys_show},
-        {"revoke", "", keys_revoke}, {"rotate", "", keys_rotate}, {"verify", "", keys_verify},
-        {NULL, NULL, NULL},
+        {"create", "", keys_create},       {"list", "", keys_list},
+        {"show", "", keys_show},           {"revoke", "", keys_revoke},
+        {"set-limit", "", keys_set_limit}, {"rotate", "", keys_rotate},
+        {"verify", "", keys_verify},       {NULL, NULL, NULL},
     };
     return cli_dispatch("keys", keys_help, table, argc, argv);
 }

@@ -113,6 +113,15 @@ typedef struct phg_store_engine {
      * fresh. */
     phg_status (*key_rotate)(void *conn, const char *old_id, int64_t grace_until,
                              const phg_apikey_record *fresh);
+    /* One transaction: the key must exist (PHG_ERR_NOT_FOUND) and not be
+     * revoked (PHG_ERR_STATE); set its rate_limit to `rate_limit` (validated
+     * by the caller; "" for none). A change bumps the counter into the row's
+     * version, as revoke does, so every instance's poller reloads the row;
+     * setting the limit it already has changes nothing, not even the counter.
+     * *rec gets the row as it is after the call, and old_limit its limit
+     * before (both only on PHG_OK). */
+    phg_status (*key_set_limit)(void *conn, const char *id, const char *rate_limit,
+                                char old_limit[PHG_APIKEY_LIMIT_MAX + 1], phg_apikey_record *rec);
     /* last_used_at = max(last_used_at, ts[i]) for each id; no counter bump. */
     phg_status (*key_touch)(void *conn, const char *const *ids, const int64_t *ts, size_t n);
     phg_status (*change_counter)(void *conn, int64_t *counter);

@@ -106,6 +106,8 @@ typedef enum stmt_id {
     ST_KEY_LOCK,
     ST_KEY_REVOKE,
     ST_KEY_ROTATE_OLD,
+    ST_KEY_LOCK_ROW,
+    ST_KEY_SET_LIMIT,
     ST_KEY_TOUCH,
     ST_COUNTER,
     ST_KEYS_SINCE,
@@ -184,6 +186,14 @@ static const stmt_def stmts[ST_COUNT] = {
                            "WHERE id = $1",
                            4,
                            {OID_TEXT, OID_INT8, OID_TEXT, OID_INT8}},
+    [ST_KEY_LOCK_ROW] = {"phg_key_lock_row",
+                         "SELECT " KEY_COLUMNS " FROM api_keys WHERE id = $1 FOR UPDATE",
+                         1,
+                         {OID_TEXT}},
+    [ST_KEY_SET_LIMIT] = {"phg_key_set_limit",
+                          "UPDATE api_keys SET rate_limit = $2, version = $3 WHERE id = $1",
+                          3,
+                          {OID_TEXT, OID_TEXT, OID_INT8}},
     [ST_KEY_TOUCH] = {"phg_key_touch",
                       "UPDATE api_keys SET last_used_at = GREATEST(last_used_at, $1) "
                       "WHERE id = $2",
@@ -1139,6 +1149,55 @@ static phg_status pg_key_rotate(void *conn, const char *old_id, int64_t grace_un
     TRY(run(c, ST_KEY_INSERT, &p, NULL));
     TRY(exec_fixed(c, "COMMIT"));
 out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+/* A key's own rate limit. The row is locked before it is read, so the old
+ * limit reported is the one this change replaced. */
+static phg_status pg_key_set_limit(void *conn, const char *id, const char *rate_limit,
+                                   char old_limit[PHG_APIKEY_LIMIT_MAX + 1], phg_apikey_record *rec)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    PGresult *res = NULL;
+    phg_apikey_record cur;
+    params p;
+    int64_t counter = 0;
+
+    assert(c != NULL && id != NULL && rate_limit != NULL && old_limit != NULL && rec != NULL);
+    if (!field_ok(rate_limit, PHG_APIKEY_LIMIT_MAX + 1))
+        return PHG_ERR_INVALID;
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    memset(&p, 0, sizeof p);
+    p_text(&p, id);
+    TRY(run(c, ST_KEY_LOCK_ROW, &p, &res));
+    if (PQntuples(res) == 0) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    TRY(row_to_record(res, 0, &cur));
+    if (cur.revoked_at != 0) {
+        rc = PHG_ERR_STATE;
+        goto out;
+    }
+    if (strcmp(cur.rate_limit, rate_limit) != 0) {
+        TRY(bump(c, &counter));
+        memset(&p, 0, sizeof p);
+        p_text(&p, cur.id);
+        p_text(&p, rate_limit);
+        p_int8(&p, counter);
+        TRY(run(c, ST_KEY_SET_LIMIT, &p, NULL));
+    }
+    TRY(exec_fixed(c, "COMMIT"));
+    memcpy(old_limit, cur.rate_limit, sizeof cur.rate_limit);
+    if (counter != 0) {
+        snprintf(cur.rate_limit, sizeof cur.rate_limit, "%s", rate_limit);
+        cur.version = counter;
+    }
+    *rec = cur;
+out:
+    PQclear(res);
     return rc == PHG_OK ? rc : end_failed_write(c, rc);
 }
 
@@ -2390,6 +2449,7 @@ const phg_store_engine phg_store_engine_postgres = {
     .key_by_index = pg_key_by_index,
     .key_list = pg_key_list,
     .key_revoke = pg_key_revoke,
+    .key_set_limit = pg_key_set_limit,
     .key_rotate = pg_key_rotate,
     .key_touch = pg_key_touch,
     .change_counter = pg_change_counter,

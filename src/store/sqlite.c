@@ -76,6 +76,7 @@ enum stmt_id {
     ST_KEY_STATE,
     ST_KEY_REVOKE,
     ST_KEY_MARK_ROTATED,
+    ST_KEY_SET_LIMIT,
     ST_KEY_TOUCH,
     ST_KEYS_SINCE,
     ST_BEGIN_READ,
@@ -118,6 +119,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_KEY_REVOKE] = "UPDATE api_keys SET revoked_at = ?1, version = ?2 WHERE id = ?3",
     [ST_KEY_MARK_ROTATED] =
         "UPDATE api_keys SET grace_until = ?1, replaced_by = ?2, version = ?3 WHERE id = ?4",
+    [ST_KEY_SET_LIMIT] = "UPDATE api_keys SET rate_limit = ?1, version = ?2 WHERE id = ?3",
     [ST_KEY_TOUCH] = "UPDATE api_keys SET last_used_at = MAX(last_used_at, ?1) WHERE id = ?2",
     [ST_KEYS_SINCE] =
         "SELECT " KEY_COLUMNS " FROM api_keys WHERE version > ?1 ORDER BY version, id",
@@ -1367,6 +1369,65 @@ static phg_status sqlite_key_rotate(void *conn, const char *old_id, int64_t grac
     if (rc != PHG_OK)
         goto out;
     rc = txn_commit(c);
+out:
+    if (rc != PHG_OK)
+        txn_abort(c);
+    return rc;
+}
+
+/* A key's own rate limit. The row is read inside the write transaction
+ * (BEGIN IMMEDIATE holds the lock), so the old limit reported is the one
+ * this change replaced. */
+static phg_status sqlite_key_set_limit(void *conn, const char *id, const char *rate_limit,
+                                       char old_limit[PHG_APIKEY_LIMIT_MAX + 1],
+                                       phg_apikey_record *rec)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_apikey_record cur;
+    int64_t version = 0;
+    size_t limit_len;
+    phg_status rc;
+
+    assert(c != NULL && id != NULL && rate_limit != NULL && old_limit != NULL && rec != NULL);
+    limit_len = strnlen(rate_limit, PHG_APIKEY_LIMIT_MAX + 1);
+    if (limit_len > PHG_APIKEY_LIMIT_MAX)
+        return PHG_ERR_INVALID;
+    rc = txn_begin(c);
+    if (rc != PHG_OK)
+        goto out;
+    rc = sqlite_key_get(c, id, &cur);
+    if (rc != PHG_OK)
+        goto out;
+    if (cur.revoked_at != 0) {
+        rc = PHG_ERR_STATE;
+        goto out;
+    }
+    memcpy(old_limit, cur.rate_limit, sizeof cur.rate_limit);
+    if (strcmp(cur.rate_limit, rate_limit) != 0) {
+        rc = counter_bump(c, &version);
+        if (rc != PHG_OK)
+            goto out;
+        rc = stmt_get(c, ST_KEY_SET_LIMIT, &st);
+        if (rc != PHG_OK)
+            goto out;
+        rc = map_rc(sqlite3_bind_text(st, 1, rate_limit, (int)limit_len, SQLITE_STATIC));
+        if (rc == PHG_OK)
+            rc = map_rc(sqlite3_bind_int64(st, 2, version));
+        if (rc == PHG_OK)
+            rc = map_rc(sqlite3_bind_text(st, 3, cur.id, -1, SQLITE_STATIC));
+        if (rc == PHG_OK)
+            rc = stmt_exec(st);
+        else
+            stmt_done(st);
+        if (rc != PHG_OK)
+            goto out;
+        memcpy(cur.rate_limit, rate_limit, limit_len + 1);
+        cur.version = version;
+    }
+    rc = txn_commit(c);
+    if (rc == PHG_OK)
+        *rec = cur;
 out:
     if (rc != PHG_OK)
         txn_abort(c);
@@ -2629,6 +2690,7 @@ const phg_store_engine phg_store_engine_sqlite = {
     .key_by_index = sqlite_key_by_index,
     .key_list = sqlite_key_list,
     .key_revoke = sqlite_key_revoke,
+    .key_set_limit = sqlite_key_set_limit,
     .key_rotate = sqlite_key_rotate,
     .key_touch = sqlite_key_touch,
     .change_counter = sqlite_change_counter,

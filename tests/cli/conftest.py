@@ -73,7 +73,7 @@ def clean_env(**extra):
 # they get this one unless a test passes mk= (or mk=NO_MASTER_KEY for none).
 ADMIN_MASTER_KEY = base64.urlsafe_b64encode(os.urandom(32)).decode()
 NO_MASTER_KEY = object()
-ADMIN_COMMANDS = {("keys", "create"), ("keys", "revoke"), ("keys", "rotate")}
+ADMIN_COMMANDS = {("keys", "create"), ("keys", "revoke"), ("keys", "rotate"), ("keys", "set-limit")}
 
 
 class Phigate:

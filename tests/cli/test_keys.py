@@ -437,3 +437,174 @@ def test_admin_commands_leave_audit_records(phigate, migrated):
                 mk=conftest.ADMIN_MASTER_KEY)
     assert v.rc == 0, v
     assert v.json()["ok"] is True and v.json()["records"] >= 2
+
+
+# ---- rate limits: create --limit (repeatable) and set-limit ---------------------------------
+
+
+def set_limit(phigate, store, key_id, *args, mk=None):
+    """`keys set-limit`: audited, so it needs the master key (given here)."""
+    return phigate("keys", "set-limit", key_id, *args, "--store", store.url,
+                   mk=conftest.ADMIN_MASTER_KEY if mk is None else mk)
+
+
+def counter(store):
+    return int(store.rows("SELECT counter FROM phigate_changes")[0][0])
+
+
+def test_create_with_two_limits(phigate, migrated):
+    out = create(phigate, migrated, "--limit", "100/1m", "--limit", "5000/1h")
+    assert out["rate_limit"] == "100/1m,5000/1h"
+    assert row(migrated, out["id"])["rate_limit"] == "100/1m,5000/1h"
+    # a comma list in one flag, mixed with another flag; stored shortest window first
+    out = create(phigate, migrated, "--limit", "5000/1h,10/1s", "--limit=100/1m")
+    assert out["rate_limit"] == "10/1s,100/1m,5000/1h"
+    shown = phigate("keys", "show", out["id"], "--store", migrated.url, "--json").json()
+    assert shown["rate_limit"] == "10/1s,100/1m,5000/1h"
+    listed = phigate("keys", "list", "--store", migrated.url, "--json").json()["keys"]
+    assert {k["id"]: k["rate_limit"] for k in listed}[out["id"]] == "10/1s,100/1m,5000/1h"
+    # no --limit: no limit of its own
+    out = create(phigate, migrated)
+    assert out["rate_limit"] is None and row(migrated, out["id"])["rate_limit"] == ""
+
+
+def test_set_limit(phigate, migrated):
+    out = create(phigate, migrated, "--limit", "100/1m")
+    c0 = counter(migrated)
+    r = set_limit(phigate, migrated, out["id"], "--limit", "100/1m", "--limit", "5000/1h")
+    assert r.rc == 0 and r.stdout == "rate limit of %s: 100/1m,5000/1h\n" % out["id"], r
+    assert row(migrated, out["id"])["rate_limit"] == "100/1m,5000/1h"
+    # the change moved the counter and the row carries it: every instance reloads the key
+    assert counter(migrated) == c0 + 1
+    assert int(migrated.rows("SELECT version FROM api_keys WHERE id = '%s'" % out["id"])[0][0]) \
+        == c0 + 1
+    # --json prints the record; a comma list in one flag
+    r = set_limit(phigate, migrated, out["id"], "--limit", "20/10s,1000/1d", "--json")
+    assert r.rc == 0, r
+    assert r.json()["id"] == out["id"] and r.json()["rate_limit"] == "20/10s,1000/1d"
+    shown = phigate("keys", "show", out["id"], "--store", migrated.url, "--json").json()
+    assert shown["rate_limit"] == "20/10s,1000/1d" and shown["state"] == "active"
+    # the key itself is unchanged
+    assert_valid(phigate, migrated, out["key"], out["id"])
+    # "none": a key that is not limited at all (an override, unlike --no-limit)
+    r = set_limit(phigate, migrated, out["id"], "--limit", "none")
+    assert r.rc == 0 and row(migrated, out["id"])["rate_limit"] == "none", r
+
+
+def test_set_limit_no_limit(phigate, migrated):
+    out = create(phigate, migrated, "--limit", "100/1m")
+    r = set_limit(phigate, migrated, out["id"], "--no-limit")
+    assert r.rc == 0, r
+    assert "removed" in r.stdout and out["id"] in r.stdout, r
+    assert row(migrated, out["id"])["rate_limit"] == ""
+    shown = phigate("keys", "show", out["id"], "--store", migrated.url, "--json").json()
+    assert shown["rate_limit"] is None
+    # again: nothing to change, still fine, and no new version
+    c0 = counter(migrated)
+    r = set_limit(phigate, migrated, out["id"], "--no-limit", "--json")
+    assert r.rc == 0 and r.json()["rate_limit"] is None, r
+    assert counter(migrated) == c0
+
+
+def test_set_limit_is_audited(phigate, migrated):
+    out = create(phigate, migrated, "--limit", "100/1m")
+    assert set_limit(phigate, migrated, out["id"], "--limit", "5/1s").rc == 0
+    assert set_limit(phigate, migrated, out["id"], "--no-limit").rc == 0
+    r = phigate("audit", "query", "--store", migrated.url, "--json", "--action",
+                "keys.set_limit")
+    assert r.rc == 0, r
+    records = r.json()["records"]
+    assert len(records) == 2, records
+    for x in records:
+        assert x["resource"] == "key:" + out["id"] and x["outcome"] == "success"
+        assert x["actor"]["user_id"].startswith("cli:")
+    assert records[0]["details"]["old_rate_limit"] == "5/1s"
+    assert records[0]["details"]["new_rate_limit"] == ""
+    assert records[1]["details"]["old_rate_limit"] == "100/1m"
+    assert records[1]["details"]["new_rate_limit"] == "5/1s"
+    assert out["key"] not in r.stdout
+    v = phigate("audit", "verify", "--store", migrated.url, "--json",
+                mk=conftest.ADMIN_MASTER_KEY)
+    assert v.rc == 0 and v.json()["ok"] is True, v
+
+
+def test_set_limit_needs_the_master_key(phigate, migrated):
+    out = create(phigate, migrated, "--limit", "100/1m")
+    r = set_limit(phigate, migrated, out["id"], "--limit", "5/1s", mk=conftest.NO_MASTER_KEY)
+    assert_failed(r, 1, "master key")
+    assert row(migrated, out["id"])["rate_limit"] == "100/1m"
+
+
+def test_set_limit_unknown_revoked_and_missing_id(phigate, migrated):
+    out = create(phigate, migrated, "--limit", "100/1m")
+    assert_failed(set_limit(phigate, migrated, "ak_0000000000000000", "--limit", "5/1s"), 1,
+                  "no key")
+    for bad in HOSTILE_IDS:
+        r = set_limit(phigate, migrated, bad, "--limit", "5/1s")
+        assert r.rc in (1, 2) and r.out == b"", (bad, r)
+    assert phigate("keys", "revoke", out["id"], "--store", migrated.url).rc == 0
+    c0 = counter(migrated)
+    assert_failed(set_limit(phigate, migrated, out["id"], "--limit", "5/1s"), 1, "revoked")
+    assert_failed(set_limit(phigate, migrated, out["id"], "--no-limit"), 1, "revoked")
+    assert row(migrated, out["id"])["rate_limit"] == "100/1m"
+    assert counter(migrated) == c0
+    r = phigate("keys", "set-limit", "--limit", "5/1s", "--store", migrated.url,
+                mk=conftest.ADMIN_MASTER_KEY)
+    assert_failed(r, 2, "missing the key ID")
+
+
+BAD_LIMITS = [
+    ("count-0", ["--limit", "0/1m"], "count of 0"),
+    ("count-negative", ["--limit", "-5/1m"], "negative"),
+    ("window-0", ["--limit", "100/0s"], "window of 0"),
+    ("window-negative", ["--limit", "100/-1m"], "negative"),
+    ("unit-unknown", ["--limit", "100/1w"], "unit"),
+    ("unit-missing", ["--limit", "100/5"], "unit"),
+    ("garbage", ["--limit", "lots"], "rate limit"),
+    ("chars", ["--limit", "100/1m;drop"], "rate limit"),
+    ("space", ["--limit", "100 /1m"], "rate limit"),
+    ("count-too-large", ["--limit", "1000000000/1m"], "rate limit"),
+    ("window-too-long", ["--limit", "1/101d"], "100 days"),
+    ("same-window", ["--limit", "100/1m", "--limit", "200/60s"], "same window"),
+    ("five-windows", ["--limit", "1/1s,2/1m,3/1h,4/1d", "--limit", "5/2d"], "4"),
+    ("empty", ["--limit", ""], "--limit"),
+    ("empty-item", ["--limit", "100/1m,"], "rate limit"),
+    ("too-long", ["--limit", "1/1s," * 30 + "1/1m"], "128"),
+]
+
+
+@pytest.mark.parametrize("args,why", [b[1:] for b in BAD_LIMITS], ids=[b[0] for b in BAD_LIMITS])
+def test_create_bad_limit(phigate, migrated, args, why):
+    r = phigate("keys", "create", "--role", "user", "--user", "u", *args, "--store", migrated.url)
+    assert_failed(r, 2, why)
+    assert "rate limit" in r.stderr, r
+    assert count(migrated) == 0
+
+
+@pytest.mark.parametrize("args,why", [b[1:] for b in BAD_LIMITS], ids=[b[0] for b in BAD_LIMITS])
+def test_set_limit_bad_limit(phigate, migrated, args, why):
+    out = create(phigate, migrated, "--limit", "100/1m")
+    c0 = counter(migrated)
+    r = set_limit(phigate, migrated, out["id"], *args)
+    assert_failed(r, 2, why)
+    assert "rate limit" in r.stderr, r
+    assert row(migrated, out["id"])["rate_limit"] == "100/1m"
+    assert counter(migrated) == c0
+
+
+@pytest.mark.parametrize("args", [[], ["--limit", "5/1s", "--no-limit"], ["--json"]],
+                         ids=["neither", "both", "json-only"])
+def test_set_limit_needs_limit_or_no_limit(phigate, migrated, args):
+    out = create(phigate, migrated, "--limit", "100/1m")
+    assert_failed(set_limit(phigate, migrated, out["id"], *args), 2, "--no-limit")
+    assert row(migrated, out["id"])["rate_limit"] == "100/1m"
+
+
+def test_limit_help(phigate, tmp_path):
+    for cmd in (["create"], ["set-limit"]):
+        r = phigate("keys", *cmd, "--help", cwd=tmp_path)
+        assert r.rc == 0 and r.err == b"", r
+        assert r.stdout.startswith("Usage: phigate keys " + cmd[0]), r
+        assert "--limit" in r.stdout and "5000/1h" in r.stdout
+    assert "--no-limit" in phigate("keys", "set-limit", "--help").stdout
+    assert "set-limit" in phigate("keys", "--help").stdout

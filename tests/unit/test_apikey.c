@@ -26,8 +26,10 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "phigate/apikey.h"
+#include "phigate/audit.h"
 #include "phigate/crypto.h"
 #include "phigate/store.h"
 #include "store_internal.h"
@@ -1399,6 +1401,464 @@ static void test_verify_cached(void **state)
     EXPECT(need == 0 && why == PHG_APIKEY_UNKNOWN, "negative-cached key: need %d", need);
 }
 
+/* ---- a key's own rate limit (phg_keys_set_limit) ----------------------------------------- */
+
+static int64_t change_counter(phg_store *st)
+{
+    int64_t c = -1;
+    EXPECT_RC(phg_internal_store_change_counter(st, &c), PHG_OK);
+    return c;
+}
+
+/* The limit phg_keys_verify gives for key (fails the test if it is not valid). */
+static void expect_limit(phg_keys *k, const char *key, const char *want, const char *what)
+{
+    phg_identity id;
+    phg_apikey_reason reason = (phg_apikey_reason)99;
+    phg_status rc;
+    memset(&id, 0x55, sizeof id);
+    rc = phg_keys_verify(k, key, strlen(key), &id, &reason);
+    EXPECT(rc == PHG_OK && reason == PHG_APIKEY_VALID, "[%s] %s: got %s/%s",
+           tdb_engine_name(g_engine), what, phg_status_name(rc), phg_apikey_reason_name(reason));
+    EXPECT(strcmp(id.rate_limit, want) == 0, "[%s] %s: rate limit \"%s\", want \"%s\"",
+           tdb_engine_name(g_engine), what, id.rate_limit, want);
+}
+
+static void expect_stored_limit(phg_keys *k, const char *id, const char *want, const char *what)
+{
+    phg_apikey_record got;
+    EXPECT_RC(phg_keys_get(k, id, &got), PHG_OK);
+    EXPECT(strcmp(got.rate_limit, want) == 0, "[%s] %s: stored \"%s\", want \"%s\"",
+           tdb_engine_name(g_engine), what, got.rate_limit, want);
+}
+
+/* Set, replace, reorder, clear and "none", seen at once here and, after a
+ * refresh, by a manager on another store handle (another instance). */
+static void test_set_limit(void **state)
+{
+    fx *f = *state;
+    phg_apikey_spec s = spec_of("lim");
+    phg_apikey_record rec, other, after;
+    char key[PHG_APIKEY_LEN + 1], key2[PHG_APIKEY_LEN + 1], err[256];
+    phg_store *st2;
+    phg_keys *k2;
+    int64_t c0, c1;
+
+    s.rate_limit = "100/1m";
+    create_key(f->keys, &s, key, &rec);
+    EXPECT(strcmp(rec.rate_limit, "100/1m") == 0, "created with \"%s\"", rec.rate_limit);
+    s.rate_limit = NULL;
+    create_key(f->keys, &s, key2, &other);
+    st2 = open_store(&f->db, 1);
+    k2 = open_keys(st2, 0);
+    expect_limit(k2, key, "100/1m", "second instance, before");
+
+    /* Two windows: stored, given by verify here at once, and a new version. */
+    c0 = change_counter(f->st);
+    memset(&after, 0, sizeof after);
+    err[0] = '\0';
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "100/1m,5000/1h", &after, err, sizeof err),
+              PHG_OK);
+    c1 = change_counter(f->st);
+    EXPECT(c1 == c0 + 1, "[%s] change counter %lld -> %lld, want one step",
+           tdb_engine_name(g_engine), (long long)c0, (long long)c1);
+    EXPECT(strcmp(after.id, rec.id) == 0 && strcmp(after.rate_limit, "100/1m,5000/1h") == 0 &&
+               after.version == c1 && after.version > rec.version &&
+               memcmp(after.hash, rec.hash, 32) == 0 && after.role == rec.role &&
+               after.scopes == rec.scopes && strcmp(after.user_id, rec.user_id) == 0,
+           "[%s] record after set_limit: id %s limit \"%s\" version %lld (counter %lld)",
+           tdb_engine_name(g_engine), after.id, after.rate_limit, (long long)after.version,
+           (long long)c1);
+    expect_stored_limit(f->keys, rec.id, "100/1m,5000/1h", "stored after set");
+    expect_limit(f->keys, key, "100/1m,5000/1h", "same manager, at once");
+    expect_limit(f->keys, key2, "", "the other key is untouched");
+    EXPECT_RC(phg_keys_refresh(k2), PHG_OK);
+    expect_limit(k2, key, "100/1m,5000/1h", "second instance after refresh");
+    expect_limit(k2, key2, "", "second instance, other key");
+
+    /* The canonical text: windows shortest first. */
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "5000/1h,10/1s", &after, err, sizeof err),
+              PHG_OK);
+    EXPECT(strcmp(after.rate_limit, "10/1s,5000/1h") == 0, "[%s] canonical text \"%s\"",
+           tdb_engine_name(g_engine), after.rate_limit);
+    EXPECT_RC(phg_keys_refresh(k2), PHG_OK);
+    expect_limit(k2, key, "10/1s,5000/1h", "second instance, reordered");
+
+    /* The limit it already has: nothing stored, the counter stays. */
+    c0 = change_counter(f->st);
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "10/1s,5000/1h", NULL, NULL, 0), PHG_OK);
+    EXPECT(change_counter(f->st) == c0, "[%s] setting the same limit bumped the counter",
+           tdb_engine_name(g_engine));
+
+    /* Cleared with "" and with NULL: the role's default applies again. */
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "", &after, err, sizeof err), PHG_OK);
+    EXPECT(after.rate_limit[0] == '\0', "cleared: \"%s\"", after.rate_limit);
+    expect_stored_limit(f->keys, rec.id, "", "cleared with \"\"");
+    expect_limit(f->keys, key, "", "cleared, same manager");
+    EXPECT_RC(phg_keys_refresh(k2), PHG_OK);
+    expect_limit(k2, key, "", "cleared, second instance");
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "7/1d", NULL, err, sizeof err), PHG_OK);
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, NULL, NULL, err, sizeof err), PHG_OK);
+    expect_stored_limit(f->keys, rec.id, "", "cleared with NULL");
+    EXPECT_RC(phg_keys_refresh(k2), PHG_OK);
+    expect_limit(k2, key, "", "cleared with NULL, second instance");
+
+    /* "none": an override that says the key is not limited (not the same as
+     * no override, which means the role's default). */
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "none", &after, err, sizeof err), PHG_OK);
+    EXPECT(strcmp(after.rate_limit, "none") == 0, "[%s] \"none\" stored as \"%s\"",
+           tdb_engine_name(g_engine), after.rate_limit);
+    EXPECT_RC(phg_keys_refresh(k2), PHG_OK);
+    expect_limit(k2, key, "none", "none, second instance");
+
+    /* A manager opened afterwards loads the last one. */
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "3/1m", NULL, err, sizeof err), PHG_OK);
+    phg_keys_close(k2);
+    k2 = open_keys(st2, 0);
+    expect_limit(k2, key, "3/1m", "a manager opened after the change");
+
+    /* A key in its rotation grace time can still be given a limit. */
+    {
+        phg_apikey_record fresh;
+        char kf[PHG_APIKEY_LEN + 1];
+        EXPECT_RC(phg_keys_rotate(f->keys, other.id, 3600, kf, &fresh), PHG_OK);
+        EXPECT_RC(phg_keys_set_limit(f->keys, other.id, "1/1s", NULL, err, sizeof err), PHG_OK);
+        expect_limit(f->keys, key2, "1/1s", "old key in its grace time");
+        expect_limit(f->keys, kf, "", "its successor keeps its own limit");
+    }
+    phg_keys_close(k2);
+    phg_store_close(st2);
+}
+
+/* The poller brings a change made through another store handle, with no
+ * call from the test: what every gateway instance relies on. */
+static void test_set_limit_seen_by_poller(void **state)
+{
+    fx *f = *state;
+    phg_apikey_spec s = spec_of("polled");
+    phg_apikey_record rec;
+    char key[PHG_APIKEY_LEN + 1];
+    phg_store *st2;
+    phg_keys *k2;
+    phg_identity id;
+    phg_apikey_reason reason;
+    int64_t deadline;
+
+    create_key(f->keys, &s, key, &rec);
+    expect_limit(f->keys, key, "", "before");
+    st2 = open_store(&f->db, 1);
+    k2 = open_keys(st2, 0);
+    EXPECT_RC(phg_keys_set_limit(k2, rec.id, "50/10s", NULL, NULL, 0), PHG_OK);
+    /* f->keys has its 250 ms poller; wait for it (generously: this is not a
+     * timing test). */
+    deadline = tdb_now_ms() + 10000;
+    memset(&id, 0, sizeof id);
+    while (tdb_now_ms() < deadline) {
+        EXPECT_RC(phg_keys_verify(f->keys, key, PHG_APIKEY_LEN, &id, &reason), PHG_OK);
+        if (strcmp(id.rate_limit, "50/10s") == 0)
+            break;
+        tdb_sleep_ms(20);
+    }
+    EXPECT(strcmp(id.rate_limit, "50/10s") == 0,
+           "[%s] the poller did not bring the new limit in 10 s (\"%s\")",
+           tdb_engine_name(g_engine), id.rate_limit);
+    phg_keys_close(k2);
+    phg_store_close(st2);
+}
+
+/* Refused: bad limits (with a reason), unknown ids, revoked keys; nothing
+ * stored, the counter unmoved. */
+static void test_set_limit_refused(void **state)
+{
+    fx *f = *state;
+    phg_apikey_spec s = spec_of("refused");
+    phg_apikey_record rec, gone, got;
+    char key[PHG_APIKEY_LEN + 1], key2[PHG_APIKEY_LEN + 1], err[256], long_text[200];
+    /* a count or window of 0, negative, too large, an unknown unit, garbage,
+     * two limits on one window, more than four windows */
+    static const char *const bad[] = {
+        "0/1m",
+        "100/0s",
+        "100/0m",
+        "-5/1m",
+        "100/-1m",
+        "100/1x",
+        "100/1M",
+        "100",
+        "100/",
+        "/1m",
+        "fast",
+        "100/1m,",
+        ",",
+        "100/1m,,5/1h",
+        "100/1m;DROP",
+        "100/1m\n",
+        "100 per minute",
+        "1000000000/1m",
+        "100/101d",
+        "1/1s,2/1m,3/1h,4/1d,5/2d",
+        "100/1m,200/60s",
+        "10/1m,20/1m",
+        "none,100/1m",
+    };
+    size_t i;
+    int64_t c0;
+
+    s.rate_limit = "100/1m";
+    create_key(f->keys, &s, key, &rec);
+    create_key(f->keys, &s, key2, &gone);
+    EXPECT_RC(phg_keys_revoke(f->keys, gone.id), PHG_OK);
+    c0 = change_counter(f->st);
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        phg_status rc;
+        memset(err, 0, sizeof err);
+        rc = phg_keys_set_limit(f->keys, rec.id, bad[i], &got, err, sizeof err);
+        EXPECT(rc == PHG_ERR_INVALID, "[%s] limit \"%s\": got %s, want invalid",
+               tdb_engine_name(g_engine), bad[i], phg_status_name(rc));
+        EXPECT(strncmp(err, "rate limit", 10) == 0 && strlen(err) > 12,
+               "[%s] limit \"%s\": message \"%s\"", tdb_engine_name(g_engine), bad[i], err);
+        /* The same rule on create. */
+        s.rate_limit = bad[i];
+        memset(err, 0, sizeof err);
+        rc = phg_keys_create(f->keys, &s, key2, NULL, err, sizeof err);
+        EXPECT(rc == PHG_ERR_INVALID && strncmp(err, "rate limit", 10) == 0,
+               "[%s] create with limit \"%s\": %s \"%s\"", tdb_engine_name(g_engine), bad[i],
+               phg_status_name(rc), err);
+    }
+    /* Over the size limit. */
+    memset(long_text, 0, sizeof long_text);
+    memset(long_text, '1', PHG_APIKEY_LIMIT_MAX + 1);
+    memcpy(long_text + PHG_APIKEY_LIMIT_MAX - 2, "/1m", 3);
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, long_text, NULL, err, sizeof err),
+              PHG_ERR_INVALID);
+    EXPECT(change_counter(f->st) == c0, "[%s] refused limits moved the change counter",
+           tdb_engine_name(g_engine));
+    expect_stored_limit(f->keys, rec.id, "100/1m", "after refused limits");
+    expect_limit(f->keys, key, "100/1m", "after refused limits");
+    EXPECT(count_keys(f->keys) == 2, "refused creates stored keys: %zu", count_keys(f->keys));
+
+    /* The texts the old check accepted still are. */
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "999999999/1s", NULL, err, sizeof err), PHG_OK);
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "1/1s,2/1m,3/1h,4/1d", NULL, err, sizeof err),
+              PHG_OK);
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "100/1m", NULL, err, sizeof err), PHG_OK);
+
+    /* Unknown ids. */
+    c0 = change_counter(f->st);
+    memset(err, 0, sizeof err);
+    EXPECT_RC(phg_keys_set_limit(f->keys, "ak_doesnotexist0000", "1/1s", NULL, err, sizeof err),
+              PHG_ERR_NOT_FOUND);
+    EXPECT(err[0] != '\0', "no message for an unknown id");
+    EXPECT_RC(phg_keys_set_limit(f->keys, "", "1/1s", NULL, err, sizeof err), PHG_ERR_NOT_FOUND);
+    EXPECT_RC(phg_keys_set_limit(f->keys, "ak_x' OR '1'='1", "1/1s", NULL, err, sizeof err),
+              PHG_ERR_NOT_FOUND);
+    EXPECT_RC(phg_keys_set_limit(f->keys, "ak_0123456789012345678901234567890123", "1/1s", NULL,
+                                 err, sizeof err),
+              PHG_ERR_NOT_FOUND);
+    /* A revoked key. */
+    memset(err, 0, sizeof err);
+    EXPECT_RC(phg_keys_set_limit(f->keys, gone.id, "1/1s", NULL, err, sizeof err), PHG_ERR_STATE);
+    EXPECT(strstr(err, "revoked") != NULL, "revoked: message \"%s\"", err);
+    EXPECT_RC(phg_keys_set_limit(f->keys, gone.id, NULL, NULL, err, sizeof err), PHG_ERR_STATE);
+    EXPECT(change_counter(f->st) == c0, "[%s] refused changes moved the change counter",
+           tdb_engine_name(g_engine));
+    expect_stored_limit(f->keys, gone.id, "100/1m", "revoked key");
+    expect_verify(f->keys, key2, PHG_ERR_AUTH, PHG_APIKEY_REVOKED, "revoked key stays revoked");
+}
+
+/* Creation checks limits the same way and stores the canonical text. */
+static void test_create_limit_canonical(void **state)
+{
+    fx *f = *state;
+    phg_apikey_spec s = spec_of("canon");
+    phg_apikey_record rec;
+    char key[PHG_APIKEY_LEN + 1], err[256];
+
+    s.rate_limit = "5000/1h,100/1m";
+    create_key(f->keys, &s, key, &rec);
+    EXPECT(strcmp(rec.rate_limit, "100/1m,5000/1h") == 0, "[%s] created with \"%s\"",
+           tdb_engine_name(g_engine), rec.rate_limit);
+    expect_stored_limit(f->keys, rec.id, "100/1m,5000/1h", "created, reordered");
+    expect_limit(f->keys, key, "100/1m,5000/1h", "created, reordered");
+    s.rate_limit = "";
+    create_key(f->keys, &s, key, &rec);
+    EXPECT(rec.rate_limit[0] == '\0', "empty limit stored as \"%s\"", rec.rate_limit);
+    s.rate_limit = "100/0s";
+    memset(err, 0, sizeof err);
+    EXPECT_RC(phg_keys_create(f->keys, &s, key, &rec, err, sizeof err), PHG_ERR_INVALID);
+    EXPECT(strncmp(err, "rate limit", 10) == 0 && strstr(err, "window of 0") != NULL,
+           "message \"%s\"", err);
+    /* The reason names the problem, the same through set_limit. */
+    {
+        static const char *const cases[][2] = {
+            {"0/1m", "count of 0"}, {"100/0s", "window of 0"},       {"-1/1m", "negative"},
+            {"100/1w", "unit"},     {"10/1m,20/60s", "same window"},
+        };
+        size_t i;
+        for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            memset(err, 0, sizeof err);
+            EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, cases[i][0], NULL, err, sizeof err),
+                      PHG_ERR_INVALID);
+            EXPECT(strncmp(err, "rate limit", 10) == 0 && strstr(err, cases[i][1]) != NULL,
+                   "limit \"%s\": message \"%s\" does not say \"%s\"", cases[i][0], err,
+                   cases[i][1]);
+        }
+    }
+}
+
+/* Audited like create and revoke: keys.set_limit, key:<id>, the old and new
+ * texts; failures with outcome error; nothing when no audit is set. */
+static void test_set_limit_audited(void **state)
+{
+    fx *f = *state;
+    phg_apikey_spec s = spec_of("audited");
+    phg_apikey_record rec, gone;
+    phg_audit_options ao;
+    phg_audit *a = NULL;
+    phg_audit_filter flt;
+    phg_audit_row *rows = NULL;
+    phg_request_context ctx;
+    uint8_t ckey[32];
+    char key[PHG_APIKEY_LEN + 1], err[256], resource[64];
+    size_t n = 0, i;
+
+    s.rate_limit = "100/1m";
+    create_key(f->keys, &s, key, &rec);
+    create_key(f->keys, &s, key, &gone);
+    EXPECT_RC(phg_keys_revoke(f->keys, gone.id), PHG_OK);
+    /* Without an audit log: nothing recorded (checked below by count). */
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "1/1s", NULL, err, sizeof err), PHG_OK);
+
+    memset(ckey, 7, sizeof ckey);
+    phg_audit_options_init(&ao);
+    ao.chain = "keylimit-test";
+    EXPECT_RC(phg_audit_open(f->st, &ao, ckey, &a), PHG_OK);
+    memset(&ctx, 0, sizeof ctx);
+    snprintf(ctx.user_id, sizeof ctx.user_id, "limit-admin");
+    snprintf(ctx.role, sizeof ctx.role, "admin");
+    phg_request_context_set(&ctx);
+    phg_keys_set_audit(f->keys, a);
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "5000/1h,100/1m", NULL, err, sizeof err), PHG_OK);
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, NULL, NULL, err, sizeof err), PHG_OK);
+    EXPECT_RC(phg_keys_set_limit(f->keys, rec.id, "0/1m", NULL, err, sizeof err), PHG_ERR_INVALID);
+    EXPECT_RC(phg_keys_set_limit(f->keys, "ak_doesnotexist0000", "1/1s", NULL, err, sizeof err),
+              PHG_ERR_NOT_FOUND);
+    EXPECT_RC(phg_keys_set_limit(f->keys, gone.id, "1/1s", NULL, err, sizeof err), PHG_ERR_STATE);
+    phg_keys_set_audit(f->keys, NULL);
+    phg_request_context_set(NULL);
+    phg_audit_close(a);
+
+    memset(&flt, 0, sizeof flt);
+    flt.limit = 100;
+    flt.action = "keys.set_limit";
+    EXPECT_RC(phg_audit_query(f->st, &flt, &rows, &n, err, sizeof err), PHG_OK);
+    EXPECT(n == 5, "[%s] %zu keys.set_limit records, want 5", tdb_engine_name(g_engine), n);
+    if (n == 5) {
+        /* newest first */
+        static const struct {
+            const char *outcome, *id_of, *old_limit, *new_limit, *error;
+        } want[5] = {
+            {"error", "gone", NULL, NULL, "state"},
+            {"error", "unknown", NULL, NULL, "not_found"},
+            {"error", "rec", NULL, NULL, "invalid"},
+            {"success", "rec", "100/1m,5000/1h", "", NULL},
+            {"success", "rec", "1/1s", "100/1m,5000/1h", NULL},
+        };
+        for (i = 0; i < 5; i++) {
+            json_t *o = json_loads(rows[i].json, 0, NULL), *d;
+            const char *outcome = json_string_value(json_object_get(o, "outcome"));
+            const char *res = json_string_value(json_object_get(o, "resource"));
+            const char *user =
+                json_string_value(json_object_get(json_object_get(o, "actor"), "user_id"));
+            const char *id = strcmp(want[i].id_of, "rec") == 0    ? rec.id
+                             : strcmp(want[i].id_of, "gone") == 0 ? gone.id
+                                                                  : "ak_doesnotexist0000";
+            d = json_object_get(o, "details");
+            snprintf(resource, sizeof resource, "key:%s", id);
+            EXPECT(outcome != NULL && strcmp(outcome, want[i].outcome) == 0,
+                   "[%s] record %zu: outcome %s, want %s", tdb_engine_name(g_engine), i,
+                   outcome ? outcome : "?", want[i].outcome);
+            EXPECT(res != NULL && strcmp(res, resource) == 0, "[%s] record %zu: resource %s",
+                   tdb_engine_name(g_engine), i, res ? res : "?");
+            EXPECT(user != NULL && strcmp(user, "limit-admin") == 0, "record %zu: actor %s", i,
+                   user ? user : "?");
+            EXPECT(json_is_object(d), "[%s] record %zu: no details", tdb_engine_name(g_engine), i);
+            EXPECT(json_string_value(json_object_get(d, "key_id")) != NULL &&
+                       strcmp(json_string_value(json_object_get(d, "key_id")), id) == 0,
+                   "record %zu: details.key_id", i);
+            if (want[i].old_limit != NULL) {
+                const char *ol = json_string_value(json_object_get(d, "old_rate_limit"));
+                const char *nl = json_string_value(json_object_get(d, "new_rate_limit"));
+                EXPECT(ol != NULL && strcmp(ol, want[i].old_limit) == 0 && nl != NULL &&
+                           strcmp(nl, want[i].new_limit) == 0,
+                       "[%s] record %zu: old \"%s\" new \"%s\", want \"%s\" \"%s\"",
+                       tdb_engine_name(g_engine), i, ol ? ol : "?", nl ? nl : "?",
+                       want[i].old_limit, want[i].new_limit);
+            } else {
+                const char *e = json_string_value(json_object_get(d, "error"));
+                EXPECT(e != NULL && strstr(e, want[i].error) != NULL,
+                       "[%s] record %zu: error %s, want %s", tdb_engine_name(g_engine), i,
+                       e ? e : "?", want[i].error);
+            }
+            EXPECT(strstr(rows[i].json, key) == NULL, "a key reached the audit log");
+            json_decref(o);
+        }
+    }
+    phg_audit_rows_free(rows, n);
+}
+
+/* The change is made but its record cannot be written (a trigger refuses
+ * every write of the audit chain heads): PHG_ERR_UNAUDITED, the record
+ * filled, the new limit stored, and err saying so. */
+static void test_set_limit_unaudited(void **state)
+{
+    fx *f = *state;
+    phg_apikey_spec s = spec_of("unaudited");
+    phg_apikey_record rec, after;
+    phg_audit_options ao;
+    phg_audit *a = NULL;
+    uint8_t ckey[32];
+    char key[PHG_APIKEY_LEN + 1], err[256], sqlerr[512];
+    phg_status rc;
+    const char *block = g_engine == TDB_SQLITE
+                            ? "CREATE TRIGGER kl_block_i BEFORE INSERT ON audit_chains BEGIN "
+                              "SELECT RAISE(ABORT, 'blocked by the test'); END; "
+                              "CREATE TRIGGER kl_block_u BEFORE UPDATE ON audit_chains BEGIN "
+                              "SELECT RAISE(ABORT, 'blocked by the test'); END;"
+                            : "CREATE FUNCTION kl_block() RETURNS trigger LANGUAGE plpgsql AS "
+                              "$$BEGIN RAISE EXCEPTION 'blocked by the test'; END$$; "
+                              "CREATE TRIGGER kl_block BEFORE INSERT OR UPDATE ON audit_chains "
+                              "FOR EACH ROW EXECUTE FUNCTION kl_block();";
+    const char *unblock = g_engine == TDB_SQLITE
+                              ? "DROP TRIGGER kl_block_i; DROP TRIGGER kl_block_u;"
+                              : "DROP TRIGGER kl_block ON audit_chains; DROP FUNCTION kl_block();";
+
+    s.rate_limit = "100/1m";
+    create_key(f->keys, &s, key, &rec);
+    memset(ckey, 9, sizeof ckey);
+    phg_audit_options_init(&ao);
+    ao.chain = "keylimit-unaudited";
+    EXPECT_RC(phg_audit_open(f->st, &ao, ckey, &a), PHG_OK);
+    phg_keys_set_audit(f->keys, a);
+    EXPECT(tdb_exec(&f->db, block, sqlerr, sizeof sqlerr) == 0, "[%s] trigger: %s",
+           tdb_engine_name(g_engine), sqlerr);
+    memset(&after, 0, sizeof after);
+    memset(err, 0, sizeof err);
+    rc = phg_keys_set_limit(f->keys, rec.id, "5/1s", &after, err, sizeof err);
+    EXPECT(tdb_exec(&f->db, unblock, sqlerr, sizeof sqlerr) == 0, "[%s] drop trigger: %s",
+           tdb_engine_name(g_engine), sqlerr);
+    phg_keys_set_audit(f->keys, NULL);
+    phg_audit_close(a);
+    EXPECT(rc == PHG_ERR_UNAUDITED, "[%s] set_limit with a failing audit log: %s",
+           tdb_engine_name(g_engine), phg_status_name(rc));
+    EXPECT(strcmp(after.id, rec.id) == 0 && strcmp(after.rate_limit, "5/1s") == 0,
+           "[%s] record not filled: %s \"%s\"", tdb_engine_name(g_engine), after.id,
+           after.rate_limit);
+    EXPECT(strstr(err, "audit") != NULL, "message \"%s\"", err);
+    expect_stored_limit(f->keys, rec.id, "5/1s", "changed although unaudited");
+    expect_limit(f->keys, key, "5/1s", "changed although unaudited");
+}
+
 /* ---- main ------------------------------------------------------------------------------------ */
 
 #define KEYS_TEST(t) cmocka_unit_test_setup_teardown(t, keys_setup, fx_teardown)
@@ -1426,6 +1886,12 @@ int main(void)
         KEYS_TEST(test_last_used),
         KEYS_TEST(test_list_pages),
         KEYS_TEST(test_negative_cache),
+        KEYS_TEST(test_set_limit),
+        KEYS_TEST(test_set_limit_seen_by_poller),
+        KEYS_TEST(test_set_limit_refused),
+        KEYS_TEST(test_create_limit_canonical),
+        KEYS_TEST(test_set_limit_audited),
+        KEYS_TEST(test_set_limit_unaudited),
     };
     int failed = 0;
     failed += cmocka_run_group_tests_name("apikey/text", text_tests, NULL, NULL);
