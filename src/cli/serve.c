@@ -11,7 +11,7 @@
 
 static const char serve_help[] =
     "Usage: phigate serve [--config FILE] [--listen HOST:PORT] [--upstream URL]\n"
-    "                     [--store URL] [--threads N]\n"
+    "                     [--store URL] [--redis URL] [--threads N]\n"
     "\n"
     "Run the gateway: authenticate every request with its API key, record it in the\n"
     "audit log, proxy it to the upstream, and answer /v1/phi/*, /admin/*, /healthz,\n"
@@ -22,6 +22,8 @@ static const char serve_help[] =
     "  --upstream URL      the API behind phigate, http://host:port[/base]\n"
     "  --store URL         sqlite:PATH or postgres://user@host/db (a password only\n"
     "                      through PHIGATE_STORE or PHIGATE_STORE_FILE)\n"
+    "  --redis URL         rate limits shared through Redis, redis://HOST:PORT (a\n"
+    "                      single node or a Redis Cluster node); default: in process\n"
     "  --threads N         event loops (default: one per core)\n"
     "\n"
     "Order: flags win over PHIGATE_* environment variables, which win over the file.\n"
@@ -49,6 +51,8 @@ int cmd_serve(int argc, char **argv)
             slot = &flags.upstream;
         else if (strcmp(a, "--store") == 0)
             slot = &flags.store;
+        else if (strcmp(a, "--redis") == 0)
+            slot = &flags.redis;
         else if (strcmp(a, "--threads") == 0) {
             char *end;
             long v;

@@ -2,7 +2,8 @@
  * admin_api.c: the admin REST API, every path under /admin/ (gw.h,
  * gw_admin_handle): API keys, the audit log (query, accounting of
  * disclosures, verification), the PHI keyring (list, rotate, crypto-shred),
- * the effective configuration and the OpenAPI document.
+ * rate limits (a key's usage, reset and limit; the keys with the most
+ * violations), the effective configuration and the OpenAPI document.
  *
  * It runs on a worker thread and may block on the store. It does not
  * authenticate (server.c verified the key and the admin role before calling;
@@ -1350,6 +1351,478 @@ out_body:
     json_decref(body);
 }
 
+/* ---- rate limits -------------------------------------------------------------------- */
+
+/*
+ * The usage, reset and limit of one key, and the keys with the most
+ * violations. Usage reads the counts without counting (a peek) from the
+ * engine the gateway decides with: the local engine, keyed by the key id on
+ * the server's clock (CLOCK_MONOTONIC in ms: the same as server.c), or the
+ * shared Redis. The violation records are written by server.c (gw.h,
+ * GW_RL_VIOLATION_ACTION); this only reads them back.
+ */
+
+#define VIOLATIONS_DEFAULT 20
+#define VIOLATIONS_SCAN_MAX 10000                /* records read per call, at most */
+#define VIOLATIONS_PERIOD_US (86400LL * 1000000) /* the default period: one day */
+#define VIOLATION_COUNT_MAX 1000000000000LL      /* one record's count, clamped (hostile text) */
+
+/* The clock the server decides on: a local peek must use the same one. */
+static uint64_t rl_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int rl_engine_is_redis(const gw_config *cfg)
+{
+    return strcmp(cfg->rl_engine, "redis") == 0;
+}
+
+/* The configuration and, for the local engine, the engine itself. */
+static int rl_ready_or_respond(const gw_admin_ctx *ctx, gw_call *call)
+{
+    if (ctx->cfg == NULL) {
+        gw_call_fail(call, 503, "unavailable", "rate limiting is not set up on this instance");
+        return 0;
+    }
+    if (ctx->rl == NULL) {
+        gw_call_fail(call, 503, "unavailable",
+                     "the local rate limiter is not available on this instance");
+        return 0;
+    }
+    return 1;
+}
+
+/* Unix microseconds -> "YYYY-MM-DDTHH:MM:SS[.ffffff]Z" (fraction when not 0). */
+static void format_time_us(int64_t us, char out[TIME_TEXT])
+{
+    char secs[TIME_TEXT];
+    int64_t frac = us % 1000000;
+    format_time(us / 1000000, secs);
+    if (frac == 0 || strlen(secs) != 20) {
+        snprintf(out, TIME_TEXT, "%s", secs);
+        return;
+    }
+    snprintf(out, TIME_TEXT, "%.19s.%06lldZ", secs, (long long)frac);
+}
+
+/* A peek failed: Redis away is 503, anything else the usual mapping. */
+static void rl_fail(gw_call *call, phg_status st, const char *doing)
+{
+    if (st == PHG_ERR_UNAVAILABLE)
+        gw_call_fail(call, 503, "unavailable",
+                     "cannot %s: the rate limiter's Redis does not answer", doing);
+    else
+        fail_status(call, st, doing);
+}
+
+/* GET /admin/keys/{id}/ratelimit */
+static void ratelimit_usage(const gw_admin_ctx *ctx, gw_call *call, const char *id)
+{
+    phg_apikey_record rec;
+    phg_rl_policy policy;
+    char text[PHG_RL_TEXT_MAX + 1];
+    const char *source = "none";
+    json_t *windows = NULL;
+    uint64_t now_ms;
+    size_t i, id_len = strlen(id);
+    int redis;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.ratelimit.usage");
+    set_details(call, json_pack("{s:s}", "key_id", id));
+    if (!query_names_or_respond(call, NULL) || !keys_ready_or_respond(ctx, call) ||
+        !rl_ready_or_respond(ctx, call))
+        return;
+    st = phg_keys_get(ctx->keys, id, &rec);
+    if (st != PHG_OK) {
+        key_fail(call, st, "read the key");
+        return;
+    }
+    gw_rl_policy_for(ctx->cfg, rec.role, rec.rate_limit, &policy, &source);
+    phg_rl_policy_format(&policy, text, sizeof text);
+    redis = rl_engine_is_redis(ctx->cfg);
+    windows = json_array();
+    now_ms = rl_now_ms();
+    /* One peek per window, each with a policy of that window alone: a
+     * decision reports only its binding window. A peek counts nothing and
+     * leaves the key's other windows as they are. */
+    for (i = 0; windows != NULL && i < policy.n; i++) {
+        phg_rl_policy one;
+        phg_rl_decision d;
+        uint32_t n, used, remaining, reset_s;
+        memset(&one, 0, sizeof one);
+        memset(&d, 0, sizeof d);
+        one.limits[0] = policy.limits[i];
+        one.n = 1;
+        if (redis)
+            st = gw_redis_decide_sync(ctx->cfg->rl_redis_host, ctx->cfg->rl_redis_port,
+                                      ctx->cfg->rl_timeout_ms, "peek", id, id_len, &one, &d);
+        else
+            st = phg_rl_peek(ctx->rl, id, id_len, &one, now_ms, &d);
+        if (st != PHG_OK) {
+            json_decref(windows);
+            rl_fail(call, st, "read the key's usage");
+            return;
+        }
+        /* A peek answers as a check would (ratelimit.h): admitted, its
+         * remaining already counts that one request; refused, the window is
+         * full. Usage is the state before any request. */
+        n = one.limits[0].count;
+        if (d.allowed && d.remaining < n) {
+            remaining = d.remaining + 1;
+            reset_s = 0;
+        } else {
+            remaining = 0;
+            reset_s = d.reset_s >= 1 ? d.reset_s : 1;
+        }
+        used = n - remaining;
+        json_array_append_new(
+            windows, json_pack("{s:I,s:I,s:I,s:I,s:I}", "limit", (json_int_t)n, "window_s",
+                               (json_int_t)one.limits[0].window_s, "used", (json_int_t)used,
+                               "remaining", (json_int_t)remaining, "reset_s", (json_int_t)reset_s));
+    }
+    if (call->audit_details != NULL)
+        json_object_set_new(call->audit_details, "engine", json_string(redis ? "redis" : "local"));
+    reply(call, 200,
+          json_pack("{s:s,s:s,s:s,s:s,s:o}", "key_id", id, "policy", text, "source", source,
+                    "engine", redis ? "redis" : "local", "windows", windows));
+}
+
+/* POST /admin/keys/{id}/ratelimit/reset */
+static void ratelimit_reset(const gw_admin_ctx *ctx, gw_call *call, const char *id)
+{
+    phg_apikey_record rec;
+    phg_rl_policy policy;
+    phg_rl_decision d;
+    size_t id_len = strlen(id);
+    int redis;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.ratelimit.reset");
+    set_details(call, json_pack("{s:s}", "key_id", id));
+    if (!query_names_or_respond(call, NULL))
+        return;
+    if (call->body_len > 0) {
+        gw_call_fail(call, 400, "invalid_request", "this call takes no body");
+        return;
+    }
+    if (!keys_ready_or_respond(ctx, call) || !rl_ready_or_respond(ctx, call))
+        return;
+    st = phg_keys_get(ctx->keys, id, &rec);
+    if (st != PHG_OK) {
+        key_fail(call, st, "read the key");
+        return;
+    }
+    redis = rl_engine_is_redis(ctx->cfg);
+    if (call->audit_details != NULL)
+        json_object_set_new(call->audit_details, "engine", json_string(redis ? "redis" : "local"));
+    /* The local engine always: with Redis it is the fallback, and its
+     * counts would refuse the key while Redis is away. */
+    phg_rl_reset(ctx->rl, id, id_len);
+    if (redis) {
+        gw_rl_policy_for(ctx->cfg, rec.role, rec.rate_limit, &policy, NULL);
+        memset(&d, 0, sizeof d);
+        st = gw_redis_decide_sync(ctx->cfg->rl_redis_host, ctx->cfg->rl_redis_port,
+                                  ctx->cfg->rl_timeout_ms, "reset", id, id_len, &policy, &d);
+        if (st != PHG_OK) {
+            if (st == PHG_ERR_UNAVAILABLE)
+                gw_call_fail(call, 503, "unavailable",
+                             "the local counts were reset, but the rate limiter's Redis does "
+                             "not answer: its counts are unchanged; retry");
+            else
+                fail_status(call, st, "reset the key's counts on Redis");
+            return;
+        }
+    }
+    reply(call, 200, json_pack("{s:s,s:b}", "key_id", id, "reset", 1));
+}
+
+/* PUT /admin/keys/{id}/ratelimit {"limit":"100/1m,5000/1h"} or {"limit":null} */
+static void ratelimit_set(const gw_admin_ctx *ctx, gw_call *call, const char *id)
+{
+    static const char *const allowed[] = {"limit", NULL};
+    json_t *body = NULL, *v;
+    phg_apikey_record prev, rec;
+    char err[256] = "";
+    const char *limit = NULL;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.keys.set_limit");
+    set_details(call, json_pack("{s:s}", "key_id", id));
+    memset(&rec, 0, sizeof rec);
+    if (!query_names_or_respond(call, NULL))
+        return;
+    body = body_or_respond(call);
+    if (body == NULL)
+        return;
+    if (!members_or_respond(call, body, allowed))
+        goto out;
+    v = json_object_get(body, "limit");
+    if (v == NULL || (!json_is_null(v) && !json_is_string(v))) {
+        gw_call_fail(call, 400, "invalid_request",
+                     "limit is required: a policy such as \"100/1m,5000/1h\", or null to clear "
+                     "the key's own limit");
+        goto out;
+    }
+    if (json_is_string(v)) {
+        if (json_string_length(v) > PHG_APIKEY_LIMIT_MAX ||
+            strlen(json_string_value(v)) != json_string_length(v)) {
+            gw_call_fail(call, 400, "invalid_parameter", "limit: at most %d bytes, without NUL",
+                         PHG_APIKEY_LIMIT_MAX);
+            goto out;
+        }
+        limit = json_string_value(v);
+        if (limit[0] == '\0')
+            limit = NULL; /* "" clears, as null does */
+    }
+    if (!keys_ready_or_respond(ctx, call))
+        goto out;
+    /* The previous limit, to put back if the change cannot be recorded. */
+    st = phg_keys_get(ctx->keys, id, &prev);
+    if (st != PHG_OK) {
+        key_fail(call, st, "read the key");
+        goto out;
+    }
+    if (call->audit_details != NULL)
+        json_object_set_new(call->audit_details, "previous",
+                            prev.rate_limit[0] ? json_string(prev.rate_limit) : json_null());
+    st = phg_keys_set_limit(ctx->keys, id, limit, &rec, err, sizeof err);
+    /* The new limit as stored (canonical); a refused text is the caller's
+     * input, possibly anything, and is not recorded. */
+    if ((st == PHG_OK || st == PHG_ERR_UNAUDITED) && call->audit_details != NULL)
+        json_object_set_new(call->audit_details, "limit",
+                            rec.rate_limit[0] ? json_string(rec.rate_limit) : json_null());
+    if (st == PHG_ERR_UNAUDITED) {
+        /* Fail closed: a change nobody can account for is taken back. */
+        phg_apikey_record back;
+        char err2[256] = "";
+        phg_status undo = phg_keys_set_limit(
+            ctx->keys, id, prev.rate_limit[0] ? prev.rate_limit : NULL, &back, err2, sizeof err2);
+        int undone = undo == PHG_OK || undo == PHG_ERR_UNAUDITED;
+        if (call->audit_details != NULL)
+            json_object_set_new(call->audit_details, "undone", json_boolean(undone));
+        if (undone)
+            gw_call_fail(call, 503, "audit_unavailable",
+                         "the change could not be recorded in the audit log; it was undone "
+                         "(the key's limit is back to %s)",
+                         prev.rate_limit[0] ? prev.rate_limit : "none of its own");
+        else
+            gw_call_fail(call, 503, "audit_unavailable",
+                         "the change could not be recorded in the audit log, and could not be "
+                         "undone: the key's limit is now %s; set it again when the store is "
+                         "back",
+                         rec.rate_limit[0] ? rec.rate_limit : "none of its own");
+        goto out;
+    }
+    if (st == PHG_ERR_INVALID) {
+        gw_call_fail(call, 400, "invalid_parameter", "%s",
+                     err[0] ? err : "limit: not a valid rate limit (such as \"100/1m,5000/1h\")");
+        goto out;
+    }
+    if (st == PHG_ERR_STATE) {
+        gw_call_fail(call, 409, "conflict", "cannot set the limit: the key is revoked");
+        goto out;
+    }
+    if (st != PHG_OK) {
+        key_fail(call, st, "set the limit");
+        goto out;
+    }
+    reply(call, 200, record_json(&rec));
+out:
+    json_decref(body);
+}
+
+/* One key's violations, summed over its records. */
+typedef struct violator {
+    char key_id[PHG_APIKEY_ID_MAX + 1];
+    char user_id[PHG_APIKEY_USER_MAX + 1];
+    int64_t count;
+    int64_t first_us, last_us;
+} violator;
+
+static int violator_by_key(const void *a, const void *b)
+{
+    return strcmp(((const violator *)a)->key_id, ((const violator *)b)->key_id);
+}
+
+/* Most violations first; ties by key id, so that pages are stable. */
+static int violator_by_count(const void *a, const void *b)
+{
+    const violator *x = a, *y = b;
+    if (x->count != y->count)
+        return x->count > y->count ? -1 : 1;
+    return strcmp(x->key_id, y->key_id);
+}
+
+/* A time of a record's details, or `fallback` when it is not one. */
+static int64_t detail_time_us(json_t *details, const char *name, int64_t fallback)
+{
+    const char *s = json_string_value(json_object_get(details, name));
+    int64_t us;
+    if (s == NULL || !parse_time_us(s, &us))
+        return fallback;
+    return us;
+}
+
+/* A stored violation record into *v. 0 if it names no key (not ours). */
+static int violation_parse(const phg_audit_row *row, violator *v)
+{
+    json_t *rec = row->json != NULL ? json_loads(row->json, 0, NULL) : NULL;
+    json_t *actor = json_object_get(rec, "actor"), *details = json_object_get(rec, "details");
+    const char *key = json_string_value(json_object_get(actor, "key_id"));
+    const char *user = json_string_value(json_object_get(actor, "user_id"));
+    const char *resource = json_string_value(json_object_get(rec, "resource"));
+    json_t *count = json_object_get(details, "count");
+    int ok = 0;
+
+    memset(v, 0, sizeof *v);
+    if (key == NULL || !key_id_ok(key))
+        key = resource != NULL && strncmp(resource, "key:", 4) == 0 ? resource + 4 : NULL;
+    if (key == NULL || !key_id_ok(key))
+        goto out;
+    snprintf(v->key_id, sizeof v->key_id, "%s", key);
+    if (user == NULL || user[0] == '\0')
+        user = json_string_value(json_object_get(details, "subject"));
+    snprintf(v->user_id, sizeof v->user_id, "%s", user != NULL ? user : "");
+    /* Each record stands for at least one refusal. */
+    v->count = json_is_integer(count) ? json_integer_value(count) : 1;
+    if (v->count < 1)
+        v->count = 1;
+    if (v->count > VIOLATION_COUNT_MAX)
+        v->count = VIOLATION_COUNT_MAX;
+    v->first_us = detail_time_us(details, "first", row->ts_us);
+    v->last_us = detail_time_us(details, "last", row->ts_us);
+    if (v->last_us < v->first_us)
+        v->last_us = v->first_us;
+    ok = 1;
+out:
+    json_decref(rec);
+    return ok;
+}
+
+/* GET /admin/ratelimit/violations?from=&to=&limit= */
+static void ratelimit_violations(const gw_admin_ctx *ctx, gw_call *call)
+{
+    static const char *const allowed[] = {"from", "to", "limit", NULL};
+    char from_text[PARAM_MAX + 1], to_text[PARAM_MAX + 1], from_out[TIME_TEXT], to_out[TIME_TEXT];
+    char before[PHG_ULID_LEN + 1] = "";
+    int64_t from_us, to_us;
+    size_t limit, scanned = 0, n = 0, cap = 0, i, out_n;
+    violator *vs = NULL;
+    json_t *keys = NULL;
+    int truncated = 0;
+
+    snprintf(call->action, sizeof call->action, "admin.ratelimit.violations");
+    snprintf(call->resource, sizeof call->resource, "ratelimit");
+    if (!query_names_or_respond(call, allowed) || !limit_param(call, VIOLATIONS_DEFAULT, &limit) ||
+        !time_param(call, "from", &from_us, from_text) || !time_param(call, "to", &to_us, to_text))
+        return;
+    /* Default: the day up to now (to the next whole second, so that a
+     * record written this second is in). */
+    if (to_us == 0)
+        to_us = ((int64_t)time(NULL) + 1) * 1000000;
+    if (from_us == 0)
+        from_us = to_us > VIOLATIONS_PERIOD_US ? to_us - VIOLATIONS_PERIOD_US : 1;
+    if (from_us >= to_us) {
+        gw_call_fail(call, 400, "invalid_parameter", "to must be after from");
+        return;
+    }
+    format_time_us(from_us, from_out);
+    format_time_us(to_us, to_out);
+    set_details(call, json_pack("{s:s,s:s,s:I}", "from", from_out, "to", to_out, "limit",
+                                (json_int_t)limit));
+    if (!audit_ready_or_respond(ctx, call))
+        return;
+
+    /* Read newest first, a page at a time, up to VIOLATIONS_SCAN_MAX
+     * records; one more is asked for to know whether there were more. */
+    for (;;) {
+        phg_audit_filter f;
+        phg_audit_row *rows = NULL;
+        size_t got = 0, want = VIOLATIONS_SCAN_MAX + 1 - scanned;
+        memset(&f, 0, sizeof f);
+        f.from_us = from_us;
+        f.to_us = to_us;
+        f.action = GW_RL_VIOLATION_ACTION;
+        f.before_id = before[0] ? before : NULL;
+        f.limit = want < PHG_AUDIT_QUERY_MAX ? want : PHG_AUDIT_QUERY_MAX;
+        if (!run_query(ctx, call, &f, &rows, &got))
+            goto out;
+        for (i = 0; i < got; i++) {
+            if (scanned == VIOLATIONS_SCAN_MAX) {
+                truncated = 1;
+                break;
+            }
+            scanned++;
+            if (n == cap) {
+                size_t ncap = cap ? cap * 2 : 256;
+                violator *nv = realloc(vs, ncap * sizeof *nv);
+                if (nv == NULL) {
+                    phg_audit_rows_free(rows, got);
+                    gw_call_fail(call, 503, "unavailable", "out of memory");
+                    goto out;
+                }
+                vs = nv;
+                cap = ncap;
+            }
+            if (violation_parse(&rows[i], &vs[n]))
+                n++;
+        }
+        if (got > 0)
+            snprintf(before, sizeof before, "%s", rows[got - 1].id);
+        phg_audit_rows_free(rows, got);
+        if (truncated || got < f.limit)
+            break;
+    }
+
+    /* Sum per key: sort by key, fold runs. */
+    if (n > 0)
+        qsort(vs, n, sizeof *vs, violator_by_key);
+    out_n = 0;
+    for (i = 0; i < n; i++) {
+        violator *w = out_n > 0 ? &vs[out_n - 1] : NULL;
+        if (w != NULL && strcmp(w->key_id, vs[i].key_id) == 0) {
+            w->count += vs[i].count;
+            if (vs[i].first_us < w->first_us)
+                w->first_us = vs[i].first_us;
+            if (vs[i].last_us > w->last_us)
+                w->last_us = vs[i].last_us;
+            if (w->user_id[0] == '\0')
+                memcpy(w->user_id, vs[i].user_id, sizeof w->user_id);
+        } else {
+            if (out_n != i)
+                vs[out_n] = vs[i];
+            out_n++;
+        }
+    }
+    if (out_n > 0)
+        qsort(vs, out_n, sizeof *vs, violator_by_count);
+    keys = json_array();
+    for (i = 0; keys != NULL && i < out_n && i < limit; i++) {
+        char first[TIME_TEXT], last[TIME_TEXT];
+        format_time_us(vs[i].first_us, first);
+        format_time_us(vs[i].last_us, last);
+        json_array_append_new(keys,
+                              json_pack("{s:s,s:s,s:I,s:s,s:s}", "key_id", vs[i].key_id, "user_id",
+                                        vs[i].user_id, "violations", (json_int_t)vs[i].count,
+                                        "first", first, "last", last));
+    }
+    if (call->audit_details != NULL) {
+        json_object_set_new(call->audit_details, "records_scanned",
+                            json_integer((json_int_t)scanned));
+        json_object_set_new(call->audit_details, "keys", json_integer((json_int_t)out_n));
+    }
+    reply(call, 200,
+          json_pack("{s:s,s:s,s:o,s:I,s:b}", "from", from_out, "to", to_out, "keys", keys,
+                    "records_scanned", (json_int_t)scanned, "truncated", truncated));
+    keys = NULL;
+out:
+    free(vs);
+}
+
 /* ---- configuration and the OpenAPI document ---------------------------------------- */
 
 static void config_get(const gw_admin_ctx *ctx, gw_call *call)
@@ -1439,6 +1912,27 @@ static void route(const gw_admin_ctx *ctx, gw_call *call, char **seg, size_t n)
             key_rotate(ctx, call, seg[1]);
         else
             key_revoke(ctx, call, seg[1]);
+    } else if (n == 3 && eq(seg[0], "keys") && eq(seg[2], "ratelimit")) {
+        snprintf(call->resource, sizeof call->resource, "key:%s",
+                 key_id_ok(seg[1]) ? seg[1] : "(invalid)");
+        if (!method_is(call, "GET") && !method_is(call, "PUT")) {
+            gw_call_fail(call, 405, "method_not_allowed", "use GET or PUT");
+            return;
+        }
+        if (!key_id_or_respond(call, seg[1]))
+            return;
+        if (method_is(call, "GET"))
+            ratelimit_usage(ctx, call, seg[1]);
+        else
+            ratelimit_set(ctx, call, seg[1]);
+    } else if (n == 4 && eq(seg[0], "keys") && eq(seg[2], "ratelimit") && eq(seg[3], "reset")) {
+        snprintf(call->resource, sizeof call->resource, "key:%s",
+                 key_id_ok(seg[1]) ? seg[1] : "(invalid)");
+        if (method_or_respond(call, "POST") && key_id_or_respond(call, seg[1]))
+            ratelimit_reset(ctx, call, seg[1]);
+    } else if (n == 2 && eq(seg[0], "ratelimit") && eq(seg[1], "violations")) {
+        if (method_or_respond(call, "GET"))
+            ratelimit_violations(ctx, call);
     } else if (n == 1 && eq(seg[0], "audit")) {
         if (method_or_respond(call, "GET"))
             audit_query(ctx, call);

@@ -66,6 +66,10 @@ typedef enum kind {
     K_CHAIN,    /* an audit chain name */
     K_LEVEL,    /* debug|info|warn|error */
     K_BOOL,
+    K_RL_ENGINE,   /* local|redis */
+    K_RL_FALLBACK, /* local|open|closed */
+    K_REDIS,       /* redis://host:port or "" */
+    K_POLICY,      /* a rate-limit policy text, or "" / none */
 } kind;
 
 typedef struct setting {
@@ -100,12 +104,19 @@ static const setting settings[] = {
     {"phi", "batch_max", K_COUNT, FIELD(phi_batch_max), 1, 10000, NULL},
     {"log", "level", K_LEVEL, FIELD(log_level), 0, 0, NULL},
     {"admin", "enabled", K_BOOL, FIELD(admin_enabled), 0, 1, NULL},
+    {"ratelimit", "engine", K_RL_ENGINE, FIELD(rl_engine), 0, 0, NULL},
+    {"ratelimit", "redis", K_REDIS, FIELD(rl_redis_url), 0, 0, "PHIGATE_REDIS"},
+    {"ratelimit", "timeout_ms", K_MS, FIELD(rl_timeout_ms), 1, 60000, NULL},
+    {"ratelimit", "fallback", K_RL_FALLBACK, FIELD(rl_fallback), 0, 0, NULL},
+    {"ratelimit", "instances", K_INT, FIELD(rl_instances), 1, 1024, NULL},
+    {"ratelimit", "default_user", K_POLICY, FIELD(rl_default_user), 0, 0, NULL},
+    {"ratelimit", "default_admin", K_POLICY, FIELD(rl_default_admin), 0, 0, NULL},
 };
 #define N_SETTINGS (sizeof settings / sizeof settings[0])
 _Static_assert(N_SETTINGS <= 32, "loader.file_seen has one bit per setting");
 
-static const char *const sections[] = {"server", "upstream", "store", "audit",
-                                       "phi",    "log",      "admin"};
+static const char *const sections[] = {"server", "upstream", "store",    "audit",
+                                       "phi",    "log",      "admin",    "ratelimit"};
 
 /* The keys of a [route:NAME] section, as bits of route_seen. */
 enum { RK_METHODS = 1, RK_PREFIX = 2, RK_ROLE = 4, RK_SCOPES = 8 };
@@ -655,6 +666,61 @@ static int apply(gw_config *cfg, const setting *s, const char *v, source src, ch
         }
         snprintf(why, len, "log.level: not debug, info, warn or error (\"%s\")", quote(v, q));
         return -1;
+    }
+    case K_RL_ENGINE:
+    case K_RL_FALLBACK: {
+        static const char *const engines[] = {"local", "redis", NULL};
+        static const char *const fallbacks[] = {"local", "open", "closed", NULL};
+        const char *const *list = s->kind == K_RL_ENGINE ? engines : fallbacks;
+        size_t i;
+        for (i = 0; list[i] != NULL; i++) {
+            if (strcmp(v, list[i]) == 0) {
+                memcpy(field, list[i], strlen(list[i]) + 1);
+                return 0;
+            }
+        }
+        snprintf(why, len, "%s.%s: not %s (\"%s\")", s->section, s->key,
+                 s->kind == K_RL_ENGINE ? "local or redis" : "local, open or closed",
+                 quote(v, q));
+        return -1;
+    }
+    case K_REDIS: {
+        char e[160];
+        if (v[0] == '\0') {
+            cfg->rl_redis_url[0] = cfg->rl_redis_host[0] = '\0';
+            cfg->rl_redis_port = 0;
+            return 0;
+        }
+        if (has_control(v) || strlen(v) >= sizeof cfg->rl_redis_url ||
+            gw_redis_url_parse(v, cfg->rl_redis_host, sizeof cfg->rl_redis_host,
+                               &cfg->rl_redis_port, e, sizeof e) != 0) {
+            /* the URL is not quoted: it may hold a password */
+            snprintf(why, len, "ratelimit.redis: not a Redis URL redis://HOST:PORT%s%s",
+                     has_control(v) ? "" : ": ", has_control(v) ? "" : e);
+            return -1;
+        }
+        memcpy(cfg->rl_redis_url, v, strlen(v) + 1);
+        return 0;
+    }
+    case K_POLICY: {
+        phg_rl_policy pol;
+        char e[160];
+        phg_rl_policy *dst = strcmp(s->key, "default_admin") == 0 ? &cfg->rl_admin_policy
+                                                                  : &cfg->rl_user_policy;
+        if (v[0] == '\0') {
+            field[0] = '\0';
+            memset(dst, 0, sizeof *dst);
+            return 0;
+        }
+        if (phg_rl_policy_parse(v, &pol, e, sizeof e) != PHG_OK) {
+            snprintf(why, len, "%s.%s: %s (\"%s\")", s->section, s->key, e, quote(v, q));
+            return -1;
+        }
+        *dst = pol;
+        phg_rl_policy_format(&pol, field, s->size);
+        if (pol.n == 0)
+            field[0] = '\0';
+        return 0;
     }
     case K_BOOL: {
         static const char *const yes[] = {"1", "true", "yes", "on"};
@@ -1219,6 +1285,13 @@ static void finish(loader *ld)
     store_redact(cfg->store_url, cfg->store_display, sizeof cfg->store_display);
     if (cfg->audit_chain[0] == '\0')
         default_chain(cfg->audit_chain, sizeof cfg->audit_chain);
+    if (cfg->rl_engine[0] == '\0')
+        memcpy(cfg->rl_engine, cfg->rl_redis_url[0] != '\0' ? "redis" : "local", 6);
+    if (strcmp(cfg->rl_engine, "redis") == 0 && cfg->rl_redis_url[0] == '\0') {
+        fail(ld, "ratelimit.redis: not set, and ratelimit.engine is redis (give --redis, "
+                 "PHIGATE_REDIS or [ratelimit] redis)");
+        return;
+    }
 }
 
 static void defaults(gw_config *cfg)
@@ -1239,6 +1312,9 @@ static void defaults(gw_config *cfg)
     cfg->phi_batch_max = 1000;
     memcpy(cfg->log_level, "info", 5);
     cfg->admin_enabled = 1;
+    cfg->rl_timeout_ms = 50;
+    memcpy(cfg->rl_fallback, "local", 6);
+    cfg->rl_instances = 1;
 }
 
 int gw_config_load(gw_config *cfg, const gw_flags *flags, char *err, size_t err_len)
@@ -1280,6 +1356,9 @@ int gw_config_load(gw_config *cfg, const gw_flags *flags, char *err, size_t err_
                           "--upstream");
         if (flags->store != NULL)
             apply_or_fail(&ld, find_setting("store", "url"), flags->store, SRC_FLAG, "--store");
+        if (flags->redis != NULL)
+            apply_or_fail(&ld, find_setting("ratelimit", "redis"), flags->redis, SRC_FLAG,
+                          "--redis");
         if (flags->threads != 0) {
             char num[24];
             if (flags->threads < 0)
@@ -1361,6 +1440,17 @@ json_t *gw_config_json(const gw_config *cfg)
         "audit", "chain", cfg->audit_chain, "phi", "batch_max", (json_int_t)cfg->phi_batch_max,
         "log", "level", cfg->log_level, "admin", "enabled", cfg->admin_enabled != 0, "routes",
         routes);
+    if (root != NULL) {
+        /* the Redis URL holds no password (gw_redis_url_parse refuses one) */
+        json_t *rl = json_pack("{s:s,s:s,s:i,s:s,s:i,s:s,s:s}", "engine", cfg->rl_engine, "redis",
+                               cfg->rl_redis_url, "timeout_ms", cfg->rl_timeout_ms, "fallback",
+                               cfg->rl_fallback, "instances", cfg->rl_instances, "default_user",
+                               cfg->rl_default_user, "default_admin", cfg->rl_default_admin);
+        if (rl == NULL || json_object_set_new(root, "ratelimit", rl) != 0) {
+            json_decref(root);
+            return NULL;
+        }
+    }
     return root;
 }
 
@@ -1466,4 +1556,21 @@ const gw_route *gw_route_match(const gw_config *cfg, const char *method, const c
     }
     free(heap);
     return best;
+}
+
+void gw_rl_policy_for(const gw_config *cfg, phg_role role, const char *rate_limit,
+                      phg_rl_policy *out, const char **from)
+{
+    assert(cfg != NULL && out != NULL);
+    /* a stored text that no longer parses (it was validated when stored)
+     * falls back to the role's default rather than to no limit */
+    if (rate_limit != NULL && rate_limit[0] != '\0' &&
+        phg_rl_policy_parse(rate_limit, out, NULL, 0) == PHG_OK) {
+        if (from)
+            *from = "key";
+        return;
+    }
+    *out = role == PHG_ROLE_ADMIN ? cfg->rl_admin_policy : cfg->rl_user_policy;
+    if (from)
+        *from = out->n > 0 ? "default" : "none";
 }

@@ -78,6 +78,17 @@ typedef struct gw_config {
     char log_level[16];              /* debug|info|warn|error; default info */
     /* [admin] */
     int admin_enabled;               /* default 1 */
+    /* [ratelimit] */
+    char rl_engine[8];               /* "local" (default) or "redis" (the default when redis is set) */
+    char rl_redis_url[GW_PATH_MAX];  /* redis://host:port or "" */
+    char rl_redis_host[256];         /* parsed */
+    int rl_redis_port;
+    int rl_timeout_ms;               /* a Redis decision waits at most this; default 50 */
+    char rl_fallback[8];             /* Redis down: "local" (default), "open" or "closed" */
+    int rl_instances;                /* gateways sharing the Redis; local fallback divides by it */
+    char rl_default_user[PHG_RL_TEXT_MAX + 1];  /* policy of role user keys without their own; "" none */
+    char rl_default_admin[PHG_RL_TEXT_MAX + 1]; /* the same for role admin */
+    phg_rl_policy rl_user_policy, rl_admin_policy; /* parsed */
     /* routes */
     gw_route routes[GW_ROUTES_MAX];
     size_t n_routes;
@@ -92,6 +103,7 @@ typedef struct gw_flags {
     const char *listen;      /* HOST:PORT, [v6]:PORT */
     const char *upstream;
     const char *store;
+    const char *redis;       /* --redis URL: rate limits on Redis */
     int threads;             /* 0: not given */
 } gw_flags;
 
@@ -178,7 +190,26 @@ typedef struct gw_admin_ctx {
     const uint8_t *checkpoint_key;  /* 32 bytes */
     json_t *(*config_json)(void *arg); /* the effective configuration, new reference */
     void *config_arg;
+    /* rate limits */
+    phg_ratelimit *rl;              /* the local engine (engine local; Redis's fallback) */
+    const gw_config *cfg;           /* the configuration of this call (engine, Redis, defaults) */
 } gw_admin_ctx;
+
+/*
+ * The policy of a key: its own (rate_limit, the text stored with it) when it
+ * has one, else the configured default of its role (none: n == 0). *from
+ * (may be NULL) says which: "key", "default" or "none".
+ */
+void gw_rl_policy_for(const gw_config *cfg, phg_role role, const char *rate_limit,
+                      phg_rl_policy *out, const char **from);
+
+/* The audit record of rate-limit violations (server.c writes it, at most one
+ * per key per window): action "ratelimit.violation", outcome "denied",
+ * resource "key:<id>", actor the key, subject its user, details
+ * {"count":<refusals since the key's previous violation record>,
+ *  "first":"<RFC 3339>","last":"<RFC 3339>","limit":"<policy text>",
+ *  "window_s":<the refusing window>}. */
+#define GW_RL_VIOLATION_ACTION "ratelimit.violation"
 
 /* Every /admin/... request; runs on a worker thread (it may block). */
 void gw_admin_handle(const gw_admin_ctx *ctx, gw_call *call);
@@ -208,6 +239,8 @@ void gw_metrics_request(gw_route_class rc, int status, double seconds);
 void gw_metrics_auth_fail(gw_auth_fail why);
 void gw_metrics_upstream_error(gw_upstream_err what);
 void gw_metrics_connections(int delta);
+void gw_metrics_ratelimit(int allowed);
+void gw_metrics_rl_fallback(void);
 /* The Prometheus text exposition (version 0.0.4) into a malloc'd string;
  * audit may be NULL. */
 char *gw_metrics_render(phg_audit *audit, size_t *len);
@@ -233,7 +266,8 @@ int gw_redis_url_parse(const char *url, char *host, size_t host_len, int *port, 
 
 /* Called exactly once, on the loop, for every gw_redis_decide: PHG_OK with
  * the decision, or PHG_ERR_UNAVAILABLE (Redis down, slow past timeout_ms, or
- * an error reply) with decision NULL. */
+ * an error reply) with decision NULL; PHG_ERR_INVALID for a bad mode, key or
+ * policy (a caller's bug). Never called from inside gw_redis_decide. */
 typedef void (*gw_redis_cb)(void *arg, phg_status status, const phg_rl_decision *decision);
 
 /*

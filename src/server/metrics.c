@@ -9,6 +9,8 @@
  *   phigate_auth_failures_total{reason}             counter; missing malformed unknown
  *                                                   revoked expired forbidden
  *   phigate_upstream_errors_total{kind}             counter; connect timeout reset
+ *   phigate_ratelimit_decisions_total{result}       counter; allowed refused
+ *   phigate_ratelimit_fallback_total                counter
  *   phigate_connections                             gauge
  *   phigate_audit_*                                 from phg_audit_get_stats, when an
  *                                                   audit writer is given
@@ -60,6 +62,8 @@ typedef struct shard {
     counter duration_ns[GW_RC_COUNT];
     counter auth[GW_AF_COUNT];
     counter upstream[GW_UE_COUNT];
+    counter ratelimit[2];   /* refused, allowed */
+    counter rl_fallback;
     atomic_int_fast64_t connections; /* this shard's share of the gauge: may be negative */
 } shard;
 
@@ -103,6 +107,9 @@ void gw_metrics_init(void)
             atomic_store_explicit(&sh->auth[i], 0, memory_order_relaxed);
         for (i = 0; i < GW_UE_COUNT; i++)
             atomic_store_explicit(&sh->upstream[i], 0, memory_order_relaxed);
+        atomic_store_explicit(&sh->ratelimit[0], 0, memory_order_relaxed);
+        atomic_store_explicit(&sh->ratelimit[1], 0, memory_order_relaxed);
+        atomic_store_explicit(&sh->rl_fallback, 0, memory_order_relaxed);
         atomic_store_explicit(&sh->connections, 0, memory_order_relaxed);
     }
 }
@@ -130,6 +137,16 @@ void gw_metrics_auth_fail(gw_auth_fail why)
 {
     if ((unsigned)why < GW_AF_COUNT)
         add(&this_shard()->auth[why], 1);
+}
+
+void gw_metrics_ratelimit(int allowed)
+{
+    add(&this_shard()->ratelimit[allowed ? 1 : 0], 1);
+}
+
+void gw_metrics_rl_fallback(void)
+{
+    add(&this_shard()->rl_fallback, 1);
 }
 
 void gw_metrics_upstream_error(gw_upstream_err what)
@@ -257,6 +274,24 @@ char *gw_metrics_render(phg_audit *audit, size_t *len)
             v += load(&shards[s].upstream[i]);
         out_printf(&o, "phigate_upstream_errors_total{kind=\"%s\"} %llu\n", upstream_name[i],
                    (unsigned long long)v);
+    }
+
+    family(&o, "phigate_ratelimit_decisions_total", "counter",
+           "Rate-limit decisions, by result.");
+    for (i = 0; i < 2; i++) {
+        uint64_t v = 0;
+        for (s = 0; s < SHARDS; s++)
+            v += load(&shards[s].ratelimit[i]);
+        out_printf(&o, "phigate_ratelimit_decisions_total{result=\"%s\"} %llu\n",
+                   i ? "allowed" : "refused", (unsigned long long)v);
+    }
+    family(&o, "phigate_ratelimit_fallback_total", "counter",
+           "Decisions made by the fallback policy because Redis did not answer in time.");
+    {
+        uint64_t v = 0;
+        for (s = 0; s < SHARDS; s++)
+            v += load(&shards[s].rl_fallback);
+        out_printf(&o, "phigate_ratelimit_fallback_total %llu\n", (unsigned long long)v);
     }
 
     family(&o, "phigate_connections", "gauge", "Client connections open now.");

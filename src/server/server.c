@@ -118,6 +118,8 @@ typedef struct gw_server {
     int n_loops;
     atomic_int in_flight;
     atomic_int draining;
+    phg_ratelimit *rl;    /* the local engine, and Redis's local fallback */
+    atomic_int redis_down;
     atomic_int connections;
     /* worker pool */
     pthread_t workers[WORKERS];
@@ -146,6 +148,7 @@ struct gw_loop {
     struct evhttp_connection **dead; /* to free once libevent's callbacks return */
     int n_dead, cap_dead;
     struct event *reap_ev;
+    gw_redis *redis;      /* rate limits on Redis; NULL with the local engine */
 };
 
 /* A client connection: its header deadline and the request in progress. */
@@ -164,7 +167,7 @@ struct gw_conn {
 static _Atomic(gw_conn *) *g_conns; /* indexed by fd */
 static int g_conns_max;
 
-enum { ST_NONE, ST_DENY_AUDIT, ST_PRE_AUDIT, ST_CALL_AUDIT, ST_WORKER };
+enum { ST_NONE, ST_DENY_AUDIT, ST_PRE_AUDIT, ST_CALL_AUDIT, ST_WORKER, ST_RL };
 
 struct gw_req {
     gw_loop *loop;
@@ -210,6 +213,10 @@ struct gw_req {
     int client_gone;
     int finished;
     int replied;          /* a complete reply was handed to evhttp */
+    const gw_route *route;
+    phg_rl_policy rl_policy;
+    phg_rl_decision rl;
+    int rl_set;           /* rl holds the decision: its headers go out */
     int in_forward;       /* inside evhttp_make_request */
     int sync_failed;      /* the upstream failed inside evhttp_make_request */
     int close_after;      /* answer with Connection: close */
@@ -608,9 +615,43 @@ static void on_complete(struct evhttp_request *req, void *arg)
     req_finish(r);
 }
 
+/* The rate-limit fields: X-RateLimit-* (the de-facto ones) and the IETF
+ * draft's RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-
+ * headers: one policy item per window, named by its length). */
+static void ratelimit_headers(gw_req *r, struct evkeyvalq *h)
+{
+    char v[512];
+    size_t i, o = 0;
+    const phg_rl_decision *d = &r->rl;
+    snprintf(v, sizeof v, "%u", d->limit);
+    evhttp_add_header(h, "X-RateLimit-Limit", v);
+    snprintf(v, sizeof v, "%u", d->remaining);
+    evhttp_add_header(h, "X-RateLimit-Remaining", v);
+    snprintf(v, sizeof v, "%u", d->reset_s);
+    evhttp_add_header(h, "X-RateLimit-Reset", v);
+    v[0] = '\0';
+    for (i = 0; i < r->rl_policy.n && o < sizeof v; i++) {
+        int w = snprintf(v + o, sizeof v - o, "%s\"%us\";q=%u;w=%u", i ? ", " : "",
+                         r->rl_policy.limits[i].window_s, r->rl_policy.limits[i].count,
+                         r->rl_policy.limits[i].window_s);
+        if (w < 0)
+            break;
+        o += (size_t)w;
+    }
+    evhttp_add_header(h, "RateLimit-Policy", v);
+    snprintf(v, sizeof v, "\"%us\";r=%u;t=%u", d->window_s, d->remaining, d->reset_s);
+    evhttp_add_header(h, "RateLimit", v);
+    if (!d->allowed) {
+        snprintf(v, sizeof v, "%u", d->retry_after_s > 0 ? d->retry_after_s : 1);
+        evhttp_add_header(h, "Retry-After", v);
+    }
+}
+
 static void common_headers(gw_req *r, struct evkeyvalq *h)
 {
     evhttp_add_header(h, "X-Request-Id", r->request_id);
+    if (r->rl_set)
+        ratelimit_headers(r, h);
     if (atomic_load(&g_srv->draining) || r->close_after)
         evhttp_add_header(h, "Connection", "close");
 }
@@ -640,7 +681,8 @@ static void send_json(gw_req *r, int status, const char *text, size_t len)
         evbuffer_add(b, text, len);
     evhttp_request_set_on_complete_cb(r->req, on_complete, r);
     r->replied = 1;
-    evhttp_send_reply(r->req, status, NULL, b);
+    /* libevent 2.1 has no reason phrase for 429 */
+    evhttp_send_reply(r->req, status, status == 429 ? "Too Many Requests" : NULL, b);
     if (b)
         evbuffer_free(b);
 }
@@ -1256,6 +1298,7 @@ static void admin_work(gw_req *r)
     set_context(r);
     gw_admin_ctx ac = g_srv->admin;
     ac.keyring = atomic_load(&g_srv->kr_cur);
+    ac.cfg = r->cfg;
     gw_admin_handle(&ac, &r->call);
     phg_request_context_set(NULL);
 }
@@ -1816,6 +1859,8 @@ static void on_request(struct evhttp_request *req, void *arg)
     after_auth(r);
 }
 
+static void rate_limit(gw_req *r);
+
 /* The key is valid: authorize, then answer or forward. */
 static void after_auth(gw_req *r)
 {
@@ -1837,6 +1882,14 @@ static void after_auth(gw_req *r)
         }
     }
 
+    r->route = route;
+    rate_limit(r);
+}
+
+/* Within its limits: answer or forward. */
+static void dispatch(gw_req *r)
+{
+    const gw_route *route = r->route;
     if (r->rc == GW_RC_PHI) {
         call_prepare(r);
         set_context(r);
@@ -1869,6 +1922,224 @@ static void after_auth(gw_req *r)
         ev.details_json = details;
         audit_then(r, ST_PRE_AUDIT, &ev);
     }
+}
+
+/* ---- rate limits -------------------------------------------------------------------------------------------
+ *
+ * After authentication, before anything is answered or forwarded. A refusal
+ * (429) is not audited request by request: a flood would flood the audit
+ * log. Refusals are counted per key, and at most one ratelimit.violation
+ * record per key per window says how many there were (gw.h). */
+
+#define VIOLATION_KEYS_MAX 65536
+
+typedef struct violation {
+    char key_id[PHG_APIKEY_ID_MAX + 1];
+    char user_id[PHG_APIKEY_USER_MAX + 1];
+    char role[8];
+    uint64_t count;          /* refusals since the last record */
+    int64_t first_us, last_us;
+    int64_t recorded_ms;     /* monotonic time of the last record; 0 none */
+    struct violation *next;
+} violation;
+
+static pthread_mutex_t violations_lock = PTHREAD_MUTEX_INITIALIZER;
+static violation *violations[1024];
+static size_t n_violations;
+
+static int64_t wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void rfc3339_us(int64_t us, char out[40])
+{
+    time_t t = (time_t)(us / 1000000);
+    struct tm tm;
+    char date[24];
+    gmtime_r(&t, &tm);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, 40, "%.19s.%06uZ", date, (unsigned)(us % 1000000));
+}
+
+static void violation_record(const violation *v, const char *policy, uint32_t window_s)
+{
+    phg_audit_event ev;
+    char resource[PHG_APIKEY_ID_MAX + 8], details[512], first[40], last[40];
+    if (g_srv->audit == NULL)
+        return;
+    memset(&ev, 0, sizeof ev);
+    rfc3339_us(v->first_us, first);
+    rfc3339_us(v->last_us, last);
+    snprintf(resource, sizeof resource, "key:%s", v->key_id);
+    snprintf(details, sizeof details,
+             "{\"count\":%llu,\"first\":\"%s\",\"last\":\"%s\",\"limit\":\"%s\",\"window_s\":%u}",
+             (unsigned long long)v->count, first, last, policy, window_s);
+    ev.request_id = "";
+    ev.key_id = v->key_id;
+    ev.user_id = v->user_id;
+    ev.role = v->role;
+    ev.action = GW_RL_VIOLATION_ACTION;
+    ev.resource = resource;
+    ev.subject = v->user_id;
+    ev.outcome = "denied";
+    ev.ip = "";
+    ev.details_json = details;
+    /* after the fact, like an outcome: nothing waits for it */
+    if (phg_audit_append_async(g_srv->audit, &ev, NULL, NULL) != PHG_OK)
+        log_msg(PHG_LOG_ERROR, "audit: a rate-limit violation record was refused", NULL);
+}
+
+static void violation_note(gw_req *r, const phg_rl_policy *p, const phg_rl_decision *d)
+{
+    size_t h = 5381, i;
+    violation *v;
+    int64_t now_ms_ = (int64_t)(now_s() * 1000.0), us = wall_us();
+    char policy[PHG_RL_TEXT_MAX + 1];
+    for (i = 0; r->id.key_id[i]; i++)
+        h = h * 33 + (unsigned char)r->id.key_id[i];
+    h %= sizeof violations / sizeof violations[0];
+    pthread_mutex_lock(&violations_lock);
+    for (v = violations[h]; v != NULL; v = v->next)
+        if (strcmp(v->key_id, r->id.key_id) == 0)
+            break;
+    if (v == NULL && n_violations < VIOLATION_KEYS_MAX && (v = calloc(1, sizeof *v)) != NULL) {
+        snprintf(v->key_id, sizeof v->key_id, "%s", r->id.key_id);
+        snprintf(v->user_id, sizeof v->user_id, "%s", r->id.user_id);
+        snprintf(v->role, sizeof v->role, "%s", phg_role_name(r->id.role));
+        v->next = violations[h];
+        violations[h] = v;
+        n_violations++;
+    }
+    if (v != NULL) {
+        if (v->count == 0)
+            v->first_us = us;
+        v->count++;
+        v->last_us = us;
+        /* one record per key per window: the first refusal of a window
+         * writes one at once, the following ones are counted into the next */
+        if (v->recorded_ms == 0 || now_ms_ - v->recorded_ms >= (int64_t)d->window_s * 1000) {
+            phg_rl_policy_format(p, policy, sizeof policy);
+            violation_record(v, policy, d->window_s);
+            v->recorded_ms = now_ms_;
+            v->count = 0;
+        }
+    }
+    pthread_mutex_unlock(&violations_lock);
+}
+
+/* At exit: what was counted since the last records. */
+static void violations_flush(void)
+{
+    size_t i;
+    pthread_mutex_lock(&violations_lock);
+    for (i = 0; i < sizeof violations / sizeof violations[0]; i++) {
+        while (violations[i] != NULL) {
+            violation *v = violations[i];
+            violations[i] = v->next;
+            if (v->count > 0)
+                violation_record(v, "", 0);
+            free(v);
+        }
+    }
+    n_violations = 0;
+    pthread_mutex_unlock(&violations_lock);
+}
+
+static uint64_t mono_ms_u(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void rl_decided(gw_req *r, const phg_rl_decision *d)
+{
+    r->rl = *d;
+    r->rl_set = 1;
+    gw_metrics_ratelimit(d->allowed);
+    if (d->allowed) {
+        dispatch(r);
+        return;
+    }
+    violation_note(r, &r->rl_policy, d);
+    {
+        char msg[160];
+        snprintf(msg, sizeof msg, "rate limit of %u per %u s reached; retry after %u s", d->limit,
+                 d->window_s, d->retry_after_s);
+        send_error(r, 429, "rate_limited", msg);
+    }
+}
+
+/* The local engine with every count divided by the instances sharing the
+ * Redis: together they stay within the limit while Redis is away. */
+static void rl_local_fallback(gw_req *r)
+{
+    phg_rl_policy p = r->rl_policy;
+    phg_rl_decision d;
+    size_t i;
+    int n = r->cfg->rl_instances > 0 ? r->cfg->rl_instances : 1;
+    for (i = 0; i < p.n; i++) {
+        p.limits[i].count /= (uint32_t)n;
+        if (p.limits[i].count == 0)
+            p.limits[i].count = 1;
+    }
+    if (phg_rl_check(g_srv->rl, r->id.key_id, strlen(r->id.key_id), &p, mono_ms_u(), &d) !=
+        PHG_OK) {
+        send_error(r, 503, "ratelimit_unavailable", "the rate limiter cannot decide");
+        return;
+    }
+    rl_decided(r, &d);
+}
+
+static void on_rl_redis(void *arg, phg_status st, const phg_rl_decision *d)
+{
+    gw_req *r = arg;
+    r->stage = ST_NONE;
+    if (st == PHG_OK && d != NULL) {
+        if (atomic_exchange(&g_srv->redis_down, 0))
+            log_msg(PHG_LOG_INFO, "rate limits: Redis answers again", NULL);
+        rl_decided(r, d);
+        return;
+    }
+    /* logged once per episode, counted every time */
+    if (!atomic_exchange(&g_srv->redis_down, 1))
+        log_msg(PHG_LOG_WARN, "rate limits: Redis does not answer; falling back",
+                json_pack("{s:s,s:i}", "fallback", r->cfg->rl_fallback, "timeout_ms",
+                          r->cfg->rl_timeout_ms));
+    gw_metrics_rl_fallback();
+    if (strcmp(r->cfg->rl_fallback, "open") == 0) {
+        dispatch(r);
+    } else if (strcmp(r->cfg->rl_fallback, "closed") == 0) {
+        send_error(r, 503, "ratelimit_unavailable",
+                   "the rate limiter cannot be reached; the request was refused");
+    } else {
+        rl_local_fallback(r);
+    }
+}
+
+static void rate_limit(gw_req *r)
+{
+    phg_rl_decision d;
+    gw_rl_policy_for(r->cfg, r->id.role, r->id.rate_limit, &r->rl_policy, NULL);
+    if (r->rl_policy.n == 0) {
+        dispatch(r);
+        return;
+    }
+    if (r->loop->redis != NULL) {
+        r->stage = ST_RL;
+        gw_redis_decide(r->loop->redis, "check", r->id.key_id, strlen(r->id.key_id),
+                        &r->rl_policy, on_rl_redis, r);
+        return;
+    }
+    if (phg_rl_check(g_srv->rl, r->id.key_id, strlen(r->id.key_id), &r->rl_policy, mono_ms_u(),
+                     &d) != PHG_OK) {
+        send_error(r, 503, "ratelimit_unavailable", "the rate limiter cannot decide");
+        return;
+    }
+    rl_decided(r, &d);
 }
 
 /* ---- loops ------------------------------------------------------------------------------------------------ */
@@ -1949,6 +2220,15 @@ static int loop_init(gw_server *s, gw_loop *l, int idx, int fd)
     l->reap_ev = evtimer_new(l->base, reap_dead, l);
     if (l->reap_ev == NULL)
         return -1;
+    {
+        gw_config *cfg = cur_cfg();
+        if (strcmp(cfg->rl_engine, "redis") == 0) {
+            l->redis = gw_redis_new(l->base, cfg->rl_redis_host, cfg->rl_redis_port,
+                                    cfg->rl_timeout_ms);
+            if (l->redis == NULL)
+                return -1;
+        }
+    }
     l->wake_ev = event_new(l->base, l->efd, EV_READ | EV_PERSIST, on_wake, l);
     if (l->wake_ev == NULL || event_add(l->wake_ev, NULL) != 0)
         return -1;
@@ -1961,6 +2241,11 @@ static int loop_init(gw_server *s, gw_loop *l, int idx, int fd)
 static void loop_close_http(gw_loop *l)
 {
     gw_req *r;
+    if (l->redis != NULL) {
+        gw_redis *rc = l->redis;
+        l->redis = NULL;
+        gw_redis_free(rc); /* pending decisions are told "unavailable" */
+    }
     if (l->http) {
         evhttp_free(l->http);
         l->http = NULL;
@@ -2277,6 +2562,12 @@ int gw_serve(const gw_flags *flags, const gw_hooks *hooks)
         fprintf(stderr, "phigate serve: audit log: %s\n", phg_strerror(st));
         goto out;
     }
+    st = phg_rl_new(NULL, &s->rl);
+    if (st != PHG_OK) {
+        fprintf(stderr, "phigate serve: rate limits: %s\n", phg_strerror(st));
+        goto out;
+    }
+    s->admin.rl = s->rl;
     st = phg_keys_open(s->store, NULL, &s->keys);
     if (st != PHG_OK) {
         fprintf(stderr, "phigate serve: keys: %s\n", phg_strerror(st));
@@ -2405,6 +2696,7 @@ out:
         for (i = 0; i < s->n_loops; i++)
             loop_close_http(&s->loops[i]); /* outcome records of cut streams go out */
     }
+    violations_flush();
     phg_keys_close(s->keys);
     s->keys = NULL;
     phg_audit_close(s->audit); /* commits what is pending: nothing accepted is lost */
@@ -2431,6 +2723,7 @@ out:
         phg_keyring_free(n->kr);
         free(n);
     }
+    phg_rl_free(s->rl);
     phg_store_close(s->store);
     phg_phi_masterkeys_free(s->mk);
     phg_wipe(s->ckey, sizeof s->ckey);

@@ -7,7 +7,11 @@
  * destroy confirmation; a user-role key refused; fail-closed behaviour when
  * the audit log cannot record a key change (the new key is revoked); a
  * keyring that cannot be saved, or that another instance changed; and that no
- * key text ever reaches call->audit_details.
+ * key text ever reaches call->audit_details. Rate limits: a key's usage read
+ * from the local engine and from a real redis-server (started by
+ * tests/redis_server.sh), reset, setting and clearing a key's limit (bad
+ * limits refused with the library's reason, an unaudited change undone),
+ * and the violations report summed from ratelimit.violation records.
  *
  * The calls are built by hand (gw_call) the way server.c builds them. Every
  * test runs on SQLite and on PostgreSQL (testdb.h).
@@ -58,6 +62,9 @@ typedef struct fx {
     uint8_t cp_key[32];
     gw_admin_ctx ctx;
     phg_identity admin, user;
+    phg_ratelimit *rl; /* the rate-limit tests only (setup_rl) */
+    gw_config *cfg;
+    char redis_dir[64]; /* a redis-server of test_rl_redis, stopped by teardown_rl */
 } fx;
 
 static json_t *config_cb(void *arg)
@@ -1330,9 +1337,807 @@ static void test_phi_keyring_stale(void **state)
     phg_keyring_free(other);
 }
 
+/* ---- rate limits ------------------------------------------------------------------------ */
+
+/* The rate-limit tests run with a local engine and a configuration
+ * (engine local; role user keys default to 50/1m, admin keys to none). */
+static int setup_rl(void **state)
+{
+    fx *f;
+    char err[256] = "";
+    if (setup(state) != 0)
+        return -1;
+    f = *state;
+    f->cfg = calloc(1, sizeof *f->cfg);
+    if (f->cfg == NULL)
+        return -1;
+    snprintf(f->cfg->rl_engine, sizeof f->cfg->rl_engine, "local");
+    snprintf(f->cfg->rl_fallback, sizeof f->cfg->rl_fallback, "local");
+    f->cfg->rl_timeout_ms = 50;
+    f->cfg->rl_instances = 1;
+    snprintf(f->cfg->rl_default_user, sizeof f->cfg->rl_default_user, "50/1m");
+    EXPECT(phg_rl_policy_parse("50/1m", &f->cfg->rl_user_policy, err, sizeof err) == PHG_OK,
+           "parse: %s", err);
+    f->cfg->rl_admin_policy.n = 0;
+    EXPECT_RC(phg_rl_new(NULL, &f->rl), PHG_OK);
+    f->ctx.rl = f->rl;
+    f->ctx.cfg = f->cfg;
+    return 0;
+}
+
+static int redis_script(const char *cmd, const char *dir);
+
+static int teardown_rl(void **state)
+{
+    fx *f = *state;
+    if (f != NULL && f->redis_dir[0] != '\0') {
+        char line[128];
+        (void)redis_script("stop", f->redis_dir);
+        snprintf(line, sizeof line, "rm -rf '%s'", f->redis_dir);
+        if (system(line) != 0)
+            fprintf(stderr, "cannot remove %s\n", f->redis_dir);
+    }
+    if (f != NULL) {
+        phg_rl_free(f->rl);
+        free(f->cfg);
+    }
+    return teardown(state);
+}
+
+/* The server's clock (server.c decides on CLOCK_MONOTONIC in ms). */
+static uint64_t test_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* n requests of key id under policy text, as the server decides them; how
+ * many were admitted. */
+static int rl_hits(fx *f, const char *id, const char *policy_text, int n)
+{
+    phg_rl_policy p;
+    phg_rl_decision d;
+    char err[256] = "";
+    int i, admitted = 0;
+    EXPECT(phg_rl_policy_parse(policy_text, &p, err, sizeof err) == PHG_OK, "parse %s: %s",
+           policy_text, err);
+    for (i = 0; i < n; i++) {
+        EXPECT_RC(phg_rl_check(f->rl, id, strlen(id), &p, test_mono_ms(), &d), PHG_OK);
+        admitted += d.allowed != 0;
+    }
+    return admitted;
+}
+
+static json_int_t int_of(json_t *o, const char *name)
+{
+    json_t *v = json_object_get(o, name);
+    EXPECT(json_is_integer(v), "member %s missing or not an integer", name);
+    return json_integer_value(v);
+}
+
+/* One window of a usage reply against what it must say. */
+static void expect_window(json_t *w, json_int_t limit, json_int_t window_s, json_int_t used)
+{
+    EXPECT(int_of(w, "limit") == limit && int_of(w, "window_s") == window_s,
+           "[%s] window %lld/%llds, want %lld/%llds", ENG, (long long)int_of(w, "limit"),
+           (long long)int_of(w, "window_s"), (long long)limit, (long long)window_s);
+    EXPECT(int_of(w, "used") == used && int_of(w, "remaining") == limit - used,
+           "[%s] %lld/%llds: used %lld remaining %lld, want used %lld", ENG, (long long)limit,
+           (long long)window_s, (long long)int_of(w, "used"), (long long)int_of(w, "remaining"),
+           (long long)used);
+    if (used < limit)
+        EXPECT(int_of(w, "reset_s") == 0, "[%s] reset_s %lld with room left", ENG,
+               (long long)int_of(w, "reset_s"));
+    else
+        /* the counts cover W and up to one sub-window more (ratelimit.h) */
+        EXPECT(int_of(w, "reset_s") >= 1 &&
+                   int_of(w, "reset_s") <=
+                       window_s + (window_s + PHG_RL_SUBWINDOWS - 1) / PHG_RL_SUBWINDOWS,
+               "[%s] reset_s %lld when full", ENG, (long long)int_of(w, "reset_s"));
+}
+
+/* GET /admin/keys/{id}/ratelimit into c (status 200 expected). */
+static void usage(fx *f, gw_call *c, const char *id)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/admin/keys/%s/ratelimit", id);
+    call(f, c, "GET", path, NULL, NULL);
+    expect_status(c, 200, NULL);
+}
+
+static void test_rl_usage(void **state)
+{
+    fx *f = *state;
+    char id[PHG_APIKEY_ID_MAX + 1], uid[PHG_APIKEY_ID_MAX + 1], aid[PHG_APIKEY_ID_MAX + 1];
+    json_t *w;
+    gw_call c;
+    int pass;
+
+    create_key(f, "{\"role\":\"user\",\"user_id\":\"42\",\"rate_limit\":\"5/1h,100/1d\"}", id,
+               NULL);
+    EXPECT(rl_hits(f, id, "5/1h,100/1d", 3) == 3, "3 of 3 admitted");
+
+    /* Twice: a usage read counts nothing. */
+    for (pass = 0; pass < 2; pass++) {
+        usage(f, &c, id);
+        EXPECT(strcmp(str_of(c.result, "key_id"), id) == 0, "key_id");
+        EXPECT(strcmp(str_of(c.result, "policy"), "5/1h,100/1d") == 0, "policy %s",
+               str_of(c.result, "policy"));
+        EXPECT(strcmp(str_of(c.result, "source"), "key") == 0, "source");
+        EXPECT(strcmp(str_of(c.result, "engine"), "local") == 0, "engine");
+        w = json_object_get(c.result, "windows");
+        EXPECT(json_array_size(w) == 2, "[%s] %zu windows", ENG, json_array_size(w));
+        expect_window(json_array_get(w, 0), 5, 3600, 3);
+        expect_window(json_array_get(w, 1), 100, 86400, 3);
+        EXPECT(strcmp(c.action, "admin.ratelimit.usage") == 0, "action %s", c.action);
+        EXPECT(strncmp(c.resource, "key:", 4) == 0 && strcmp(c.resource + 4, id) == 0,
+               "resource %s", c.resource);
+        EXPECT(strcmp(str_of(c.audit_details, "key_id"), id) == 0, "details key_id");
+        done(&c);
+    }
+
+    /* Full in the hour: 2 more admitted, then refused; both windows counted
+     * every admitted request, and the peeks (one window each) lost none. */
+    EXPECT(rl_hits(f, id, "5/1h,100/1d", 4) == 2, "5 per hour admitted");
+    usage(f, &c, id);
+    w = json_object_get(c.result, "windows");
+    expect_window(json_array_get(w, 0), 5, 3600, 5);
+    expect_window(json_array_get(w, 1), 100, 86400, 5);
+    done(&c);
+    EXPECT(rl_hits(f, id, "5/1h,100/1d", 1) == 0, "admitted after the usage read");
+
+    /* A key of its role's default, and a key without any limit. */
+    create_key(f, "{\"role\":\"user\",\"user_id\":\"43\"}", uid, NULL);
+    EXPECT(rl_hits(f, uid, "50/1m", 7) == 7, "7 admitted");
+    usage(f, &c, uid);
+    EXPECT(strcmp(str_of(c.result, "policy"), "50/1m") == 0, "default policy");
+    EXPECT(strcmp(str_of(c.result, "source"), "default") == 0, "source default");
+    w = json_object_get(c.result, "windows");
+    EXPECT(json_array_size(w) == 1, "windows");
+    expect_window(json_array_get(w, 0), 50, 60, 7);
+    done(&c);
+    create_key(f, "{\"role\":\"admin\",\"user_id\":\"ops\"}", aid, NULL);
+    usage(f, &c, aid);
+    EXPECT(strcmp(str_of(c.result, "policy"), "none") == 0, "policy none");
+    EXPECT(strcmp(str_of(c.result, "source"), "none") == 0, "source none");
+    EXPECT(json_array_size(json_object_get(c.result, "windows")) == 0, "windows of none");
+    done(&c);
+
+    /* Errors. */
+    expect_fail(f, "GET", "/admin/keys/ak_nosuchkey0000001/ratelimit", NULL, NULL, 404, "not_found",
+                NULL);
+    {
+        char path[128];
+        snprintf(path, sizeof path, "/admin/keys/%s/ratelimit", id);
+        expect_fail(f, "GET", path, "verbose=1", NULL, 400, "invalid_parameter", "verbose");
+        expect_fail(f, "DELETE", path, NULL, NULL, 405, "method_not_allowed", "PUT");
+        expect_fail(f, "POST", path, NULL, "{}", 405, "method_not_allowed", NULL);
+        f->ctx.cfg = NULL;
+        expect_fail(f, "GET", path, NULL, NULL, 503, "unavailable", NULL);
+        f->ctx.cfg = f->cfg;
+        f->ctx.rl = NULL;
+        expect_fail(f, "GET", path, NULL, NULL, 503, "unavailable", NULL);
+        f->ctx.rl = f->rl;
+        f->ctx.keys = NULL;
+        expect_fail(f, "GET", path, NULL, NULL, 503, "unavailable", NULL);
+        f->ctx.keys = f->keys;
+    }
+}
+
+static void test_rl_reset(void **state)
+{
+    fx *f = *state;
+    char id[PHG_APIKEY_ID_MAX + 1], other[PHG_APIKEY_ID_MAX + 1], path[128];
+    json_t *w;
+    gw_call c;
+
+    create_key(f, "{\"role\":\"user\",\"user_id\":\"42\",\"rate_limit\":\"3/1h\"}", id, NULL);
+    create_key(f, "{\"role\":\"user\",\"user_id\":\"44\",\"rate_limit\":\"3/1h\"}", other, NULL);
+    EXPECT(rl_hits(f, id, "3/1h", 5) == 3, "3 admitted");
+    EXPECT(rl_hits(f, other, "3/1h", 2) == 2, "2 admitted");
+
+    snprintf(path, sizeof path, "/admin/keys/%s/ratelimit/reset", id);
+    call(f, &c, "POST", path, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "key_id"), id) == 0, "key_id");
+    EXPECT(json_is_true(json_object_get(c.result, "reset")), "reset not true");
+    EXPECT(strcmp(c.action, "admin.ratelimit.reset") == 0, "action %s", c.action);
+    EXPECT(strncmp(c.resource, "key:", 4) == 0 && strcmp(c.resource + 4, id) == 0, "resource %s",
+           c.resource);
+    EXPECT(strcmp(str_of(c.audit_details, "key_id"), id) == 0, "details key_id");
+    EXPECT(strcmp(str_of(c.audit_details, "engine"), "local") == 0, "details engine");
+    done(&c);
+
+    usage(f, &c, id);
+    w = json_object_get(c.result, "windows");
+    expect_window(json_array_get(w, 0), 3, 3600, 0);
+    done(&c);
+    /* A fresh window: the full limit again. */
+    EXPECT(rl_hits(f, id, "3/1h", 4) == 3, "a reset key admits its limit again");
+    /* The other key kept its counts. */
+    usage(f, &c, other);
+    expect_window(json_array_get(json_object_get(c.result, "windows"), 0), 3, 3600, 2);
+    done(&c);
+
+    expect_fail(f, "GET", path, NULL, NULL, 405, "method_not_allowed", "POST");
+    expect_fail(f, "POST", path, "all=1", NULL, 400, "invalid_parameter", "all");
+    expect_fail(f, "POST", path, NULL, "{\"x\":1}", 400, "invalid_request", "body");
+    expect_fail(f, "POST", "/admin/keys/ak_nosuchkey0000001/ratelimit/reset", NULL, NULL, 404,
+                "not_found", NULL);
+    expect_fail(f, "POST", "/admin/keys/ak_nosuchkey0000001/ratelimit/resetx", NULL, NULL, 404,
+                "not_found", NULL);
+    f->ctx.rl = NULL;
+    expect_fail(f, "POST", path, NULL, NULL, 503, "unavailable", NULL);
+    f->ctx.rl = f->rl;
+}
+
+/* PUT /admin/keys/{id}/ratelimit with body; status wanted. */
+static void set_limit(fx *f, gw_call *c, const char *id, const char *body)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/admin/keys/%s/ratelimit", id);
+    call(f, c, "PUT", path, NULL, body);
+}
+
+static const char *stored_limit(fx *f, const char *id, char out[PHG_APIKEY_LIMIT_MAX + 1])
+{
+    phg_apikey_record rec;
+    EXPECT_RC(phg_keys_get(f->keys, id, &rec), PHG_OK);
+    snprintf(out, PHG_APIKEY_LIMIT_MAX + 1, "%s", rec.rate_limit);
+    return out;
+}
+
+static void test_rl_set_limit(void **state)
+{
+    fx *f = *state;
+    char id[PHG_APIKEY_ID_MAX + 1], lim[PHG_APIKEY_LIMIT_MAX + 1], path[128];
+    gw_call c;
+    size_t i;
+
+    create_key(f, "{\"role\":\"user\",\"user_id\":\"42\"}", id, NULL);
+    set_limit(f, &c, id, "{\"limit\":\"100/1m,5000/1h\"}");
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "id"), id) == 0, "record id");
+    EXPECT(strcmp(str_of(c.result, "rate_limit"), "100/1m,5000/1h") == 0, "record rate_limit %s",
+           str_of(c.result, "rate_limit"));
+    EXPECT(strcmp(c.action, "admin.keys.set_limit") == 0, "action %s", c.action);
+    EXPECT(strncmp(c.resource, "key:", 4) == 0 && strcmp(c.resource + 4, id) == 0, "resource %s",
+           c.resource);
+    EXPECT(strcmp(str_of(c.audit_details, "limit"), "100/1m,5000/1h") == 0, "details limit");
+    EXPECT(json_is_null(json_object_get(c.audit_details, "previous")), "details previous");
+    done(&c);
+    EXPECT(strcmp(stored_limit(f, id, lim), "100/1m,5000/1h") == 0, "stored %s", lim);
+    /* Usage follows at once. */
+    usage(f, &c, id);
+    EXPECT(strcmp(str_of(c.result, "policy"), "100/1m,5000/1h") == 0, "usage policy");
+    EXPECT(strcmp(str_of(c.result, "source"), "key") == 0, "usage source");
+    done(&c);
+    /* The library's own record of the change. */
+    {
+        phg_audit_filter flt;
+        phg_audit_row *rows = NULL;
+        size_t n = 0;
+        char err[256];
+        memset(&flt, 0, sizeof flt);
+        flt.action = "keys.set_limit";
+        flt.limit = 10;
+        EXPECT_RC(phg_audit_query(f->st, &flt, &rows, &n, err, sizeof err), PHG_OK);
+        EXPECT(n == 1 && strstr(rows[0].json, id) != NULL, "[%s] %zu keys.set_limit records", ENG,
+               n);
+        phg_audit_rows_free(rows, n);
+    }
+
+    /* Bad limits: 400 with the library's reason; nothing changes. */
+    {
+        static const char *const bad[] = {
+            "{\"limit\":\"0/1m\"}",
+            "{\"limit\":\"-5/1m\"}",
+            "{\"limit\":\"10/0s\"}",
+            "{\"limit\":\"10/1x\"}",
+            "{\"limit\":\"10\"}",
+            "{\"limit\":\"abc\"}",
+            "{\"limit\":\"10/1m,20/60s\"}",
+            "{\"limit\":\"1/1s,2/2s,3/3s,4/4s,5/5s\"}",
+            "{\"limit\":\"10/1m; DROP TABLE api_keys\"}",
+            "{\"limit\":\"1000000000000/1m\"}",
+        };
+        for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            set_limit(f, &c, id, bad[i]);
+            expect_status(&c, 400, "invalid_parameter");
+            EXPECT(strstr(c.err_msg, "limit") != NULL, "[%s] %s: message %s", ENG, bad[i],
+                   c.err_msg);
+            EXPECT(json_object_get(c.audit_details, "limit") == NULL,
+                   "a refused limit text in audit_details");
+            done(&c);
+        }
+    }
+    {
+        char body[400];
+        memset(lim, 0, sizeof lim);
+        snprintf(body, sizeof body, "{\"limit\":\"%0200d/1m\"}", 1);
+        set_limit(f, &c, id, body);
+        expect_status(&c, 400, "invalid_parameter");
+        done(&c);
+    }
+    EXPECT(strcmp(stored_limit(f, id, lim), "100/1m,5000/1h") == 0, "a bad limit changed it: %s",
+           lim);
+    /* Bodies of the wrong shape. */
+    {
+        static const char *const shapes[] = {"{}", "{\"limit\":5}", "{\"limit\":[\"1/1m\"]}",
+                                             "{\"limit\":\"1/1m\",\"burst\":2}"};
+        for (i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+            set_limit(f, &c, id, shapes[i]);
+            expect_status(&c, 400, "invalid_request");
+            done(&c);
+        }
+        set_limit(f, &c, id, "not json");
+        expect_status(&c, 400, "invalid_json");
+        done(&c);
+    }
+
+    /* Stored in canonical form. */
+    set_limit(f, &c, id, "{\"limit\":\"5000/60m,100/60s\"}");
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "rate_limit"), "100/1m,5000/1h") == 0, "not canonical: %s",
+           str_of(c.result, "rate_limit"));
+    EXPECT(strcmp(str_of(c.audit_details, "limit"), "100/1m,5000/1h") == 0, "details limit");
+    done(&c);
+
+    /* "none": this key has no limit, whatever its role's default. */
+    set_limit(f, &c, id, "{\"limit\":\"none\"}");
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "rate_limit"), "none") == 0, "rate_limit none");
+    done(&c);
+    usage(f, &c, id);
+    EXPECT(strcmp(str_of(c.result, "source"), "key") == 0 &&
+               json_array_size(json_object_get(c.result, "windows")) == 0,
+           "usage of none");
+    done(&c);
+
+    /* null clears: the role's default applies again. */
+    set_limit(f, &c, id, "{\"limit\":null}");
+    expect_status(&c, 200, NULL);
+    EXPECT(json_is_null(json_object_get(c.result, "rate_limit")), "not cleared");
+    EXPECT(strcmp(str_of(c.audit_details, "previous"), "none") == 0, "details previous");
+    done(&c);
+    EXPECT(stored_limit(f, id, lim)[0] == '\0', "stored %s", lim);
+    usage(f, &c, id);
+    EXPECT(strcmp(str_of(c.result, "source"), "default") == 0, "source after clear");
+    EXPECT(strcmp(str_of(c.result, "policy"), "50/1m") == 0, "policy after clear");
+    done(&c);
+
+    /* The audit log refuses: the change is taken back. */
+    set_limit(f, &c, id, "{\"limit\":\"7/1m\"}");
+    expect_status(&c, 200, NULL);
+    done(&c);
+    audit_block(f, 1);
+    set_limit(f, &c, id, "{\"limit\":\"9999/1m\"}");
+    expect_status(&c, 503, "audit_unavailable");
+    EXPECT(strstr(c.err_msg, "undone") != NULL, "message: %s", c.err_msg);
+    done(&c);
+    audit_block(f, 0);
+    EXPECT(strcmp(stored_limit(f, id, lim), "7/1m") == 0, "an unaudited change stayed: %s", lim);
+
+    /* Unknown and revoked keys. */
+    expect_fail(f, "PUT", "/admin/keys/ak_nosuchkey0000001/ratelimit", NULL, "{\"limit\":\"1/1m\"}",
+                404, "not_found", NULL);
+    snprintf(path, sizeof path, "/admin/keys/%s/revoke", id);
+    call(f, &c, "POST", path, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    done(&c);
+    set_limit(f, &c, id, "{\"limit\":\"1/1m\"}");
+    expect_status(&c, 409, "conflict");
+    done(&c);
+}
+
+/* A violation record as server.c writes it (gw.h, GW_RL_VIOLATION_ACTION). */
+static void append_violation(fx *f, const char *key_id, const char *user_id, long count,
+                             const char *first, const char *last)
+{
+    phg_audit_event ev;
+    char resource[64], details[512];
+    memset(&ev, 0, sizeof ev);
+    snprintf(resource, sizeof resource, "key:%s", key_id);
+    snprintf(details, sizeof details,
+             "{\"count\":%ld,\"first\":\"%s\",\"last\":\"%s\",\"limit\":\"10/1m\",\"window_s\":60}",
+             count, first, last);
+    ev.request_id = "";
+    ev.key_id = key_id;
+    ev.user_id = user_id;
+    ev.role = "user";
+    ev.action = GW_RL_VIOLATION_ACTION;
+    ev.resource = resource;
+    ev.subject = user_id;
+    ev.outcome = "denied";
+    ev.ip = "";
+    ev.details_json = details;
+    EXPECT_RC(phg_audit_append(f->audit, &ev, NULL), PHG_OK);
+}
+
+static void expect_violator(json_t *k, const char *key_id, const char *user_id, json_int_t n,
+                            const char *first, const char *last)
+{
+    EXPECT(strcmp(str_of(k, "key_id"), key_id) == 0, "[%s] key %s, want %s", ENG,
+           str_of(k, "key_id"), key_id);
+    EXPECT(strcmp(str_of(k, "user_id"), user_id) == 0, "[%s] %s: user %s", ENG, key_id,
+           str_of(k, "user_id"));
+    EXPECT(int_of(k, "violations") == n, "[%s] %s: %lld violations, want %lld", ENG, key_id,
+           (long long)int_of(k, "violations"), (long long)n);
+    EXPECT(strcmp(str_of(k, "first"), first) == 0, "[%s] %s: first %s, want %s", ENG, key_id,
+           str_of(k, "first"), first);
+    EXPECT(strcmp(str_of(k, "last"), last) == 0, "[%s] %s: last %s, want %s", ENG, key_id,
+           str_of(k, "last"), last);
+}
+
+/* "YYYY-MM-DDTHH:MM:SS[.ffffff]Z" to Unix microseconds; 1 ok. */
+static int parse_time_us_test(const char *s, int64_t *us)
+{
+    struct tm tm;
+    int frac = 0, n = 0;
+    memset(&tm, 0, sizeof tm);
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec, &n) != 6)
+        return 0;
+    if (s[n] == '.' && sscanf(s + n, ".%6d", &frac) == 1)
+        n += 7;
+    if (strcmp(s + n, "Z") != 0)
+        return 0;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    *us = (int64_t)timegm(&tm) * 1000000 + frac;
+    return 1;
+}
+
+static void test_rl_violations(void **state)
+{
+    fx *f = *state;
+    char q[256], past[40], future[40];
+    time_t now = time(NULL);
+    json_t *keys;
+    gw_call c;
+
+    /* ak_violb: 8 in three records; ak_violc: 8 in one (a tie: by key id);
+     * ak_viola: 10. Another action is not a violation. */
+    append_violation(f, "ak_violb", "u-b", 5, "2026-03-01T10:00:00.250000Z",
+                     "2026-03-01T10:00:59.000000Z");
+    append_violation(f, "ak_viola", "u-a", 10, "2026-03-01T09:00:00.000000Z",
+                     "2026-03-01T09:00:30.000000Z");
+    append_violation(f, "ak_violb", "u-b", 2, "2026-03-01T08:00:00.000000Z",
+                     "2026-03-01T08:00:01.000000Z");
+    append_violation(f, "ak_violc", "u-c", 8, "2026-03-02T00:00:00.000000Z",
+                     "2026-03-02T00:00:10.000000Z");
+    append_violation(f, "ak_violb", "u-b", 1, "2026-03-01T12:00:00.000000Z",
+                     "2026-03-01T12:00:00.000000Z");
+    {
+        phg_audit_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.key_id = "ak_viola";
+        ev.action = "http.request";
+        ev.resource = "GET /v1/readings";
+        ev.outcome = "denied";
+        ev.details_json = "{\"count\":1000}";
+        EXPECT_RC(phg_audit_append(f->audit, &ev, NULL), PHG_OK);
+    }
+
+    /* The default period: the last day. */
+    call(f, &c, "GET", "/admin/ratelimit/violations", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    keys = json_object_get(c.result, "keys");
+    EXPECT(json_array_size(keys) == 3, "[%s] %zu keys", ENG, json_array_size(keys));
+    expect_violator(json_array_get(keys, 0), "ak_viola", "u-a", 10, "2026-03-01T09:00:00Z",
+                    "2026-03-01T09:00:30Z");
+    expect_violator(json_array_get(keys, 1), "ak_violb", "u-b", 8, "2026-03-01T08:00:00Z",
+                    "2026-03-01T12:00:00Z");
+    expect_violator(json_array_get(keys, 2), "ak_violc", "u-c", 8, "2026-03-02T00:00:00Z",
+                    "2026-03-02T00:00:10Z");
+    EXPECT(int_of(c.result, "records_scanned") == 5, "[%s] scanned %lld", ENG,
+           (long long)int_of(c.result, "records_scanned"));
+    EXPECT(json_is_false(json_object_get(c.result, "truncated")), "truncated");
+    EXPECT(strcmp(c.action, "admin.ratelimit.violations") == 0, "action %s", c.action);
+    EXPECT(strcmp(c.resource, "ratelimit") == 0, "resource %s", c.resource);
+    EXPECT(int_of(c.audit_details, "records_scanned") == 5, "details records_scanned");
+    {
+        int64_t from_us = 0, to_us = 0;
+        EXPECT(parse_time_us_test(str_of(c.result, "from"), &from_us) &&
+                   parse_time_us_test(str_of(c.result, "to"), &to_us),
+               "from/to not times: %s %s", str_of(c.result, "from"), str_of(c.result, "to"));
+        EXPECT(to_us - from_us == 86400LL * 1000000, "default period is not a day");
+        EXPECT(to_us / 1000000 >= (int64_t)now && to_us / 1000000 <= (int64_t)now + 5,
+               "default to is not now");
+    }
+    done(&c);
+
+    /* limit: the top ones only. */
+    call(f, &c, "GET", "/admin/ratelimit/violations", "limit=2", NULL);
+    expect_status(&c, 200, NULL);
+    keys = json_object_get(c.result, "keys");
+    EXPECT(json_array_size(keys) == 2, "[%s] limit=2: %zu keys", ENG, json_array_size(keys));
+    EXPECT(strcmp(str_of(json_array_get(keys, 1), "key_id"), "ak_violb") == 0, "second");
+    EXPECT(int_of(c.result, "records_scanned") == 5, "scanned with a limit");
+    done(&c);
+
+    /* Periods around now and before it (records are selected by when they
+     * were written). */
+    {
+        struct tm tm;
+        time_t t = now - 3600;
+        gmtime_r(&t, &tm);
+        strftime(past, sizeof past, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        t = now + 3600;
+        gmtime_r(&t, &tm);
+        strftime(future, sizeof future, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    snprintf(q, sizeof q, "from=%s&to=%s", past, future);
+    call(f, &c, "GET", "/admin/ratelimit/violations", q, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_array_size(json_object_get(c.result, "keys")) == 3, "[%s] around now", ENG);
+    EXPECT(strcmp(str_of(c.result, "from"), past) == 0 &&
+               strcmp(str_of(c.result, "to"), future) == 0,
+           "from/to echoed: %s %s", str_of(c.result, "from"), str_of(c.result, "to"));
+    done(&c);
+    snprintf(q, sizeof q, "from=2020-01-01&to=%s", past);
+    call(f, &c, "GET", "/admin/ratelimit/violations", q, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_array_size(json_object_get(c.result, "keys")) == 0, "[%s] before now", ENG);
+    EXPECT(int_of(c.result, "records_scanned") == 0, "scanned before now");
+    done(&c);
+    snprintf(q, sizeof q, "to=%s", past); /* the day before `past`: nothing */
+    call(f, &c, "GET", "/admin/ratelimit/violations", q, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_array_size(json_object_get(c.result, "keys")) == 0, "[%s] to only", ENG);
+    done(&c);
+    snprintf(q, sizeof q, "from=%s", past); /* to now */
+    call(f, &c, "GET", "/admin/ratelimit/violations", q, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_array_size(json_object_get(c.result, "keys")) == 3, "[%s] from only", ENG);
+    done(&c);
+
+    /* Bad parameters. */
+    expect_fail(f, "GET", "/admin/ratelimit/violations", "limit=0", NULL, 400, "invalid_parameter",
+                "limit");
+    expect_fail(f, "GET", "/admin/ratelimit/violations", "limit=1001", NULL, 400,
+                "invalid_parameter", "limit");
+    expect_fail(f, "GET", "/admin/ratelimit/violations", "limit=1;DROP", NULL, 400,
+                "invalid_parameter", "limit");
+    expect_fail(f, "GET", "/admin/ratelimit/violations", "from=yesterday", NULL, 400,
+                "invalid_parameter", "from");
+    expect_fail(f, "GET", "/admin/ratelimit/violations", "to=2026-01-01%27%20OR%201=1", NULL, 400,
+                "invalid_parameter", "to");
+    expect_fail(f, "GET", "/admin/ratelimit/violations", "from=2026-01-02&to=2026-01-01", NULL, 400,
+                "invalid_parameter", "after");
+    snprintf(q, sizeof q, "from=%s", future);
+    expect_fail(f, "GET", "/admin/ratelimit/violations", q, NULL, 400, "invalid_parameter",
+                "after");
+    expect_fail(f, "GET", "/admin/ratelimit/violations", "key_id=ak_viola", NULL, 400,
+                "invalid_parameter", "key_id");
+    expect_fail(f, "GET", "/admin/ratelimit/violations", "limit=1&limit=2", NULL, 400,
+                "invalid_parameter", "more than once");
+    expect_fail(f, "POST", "/admin/ratelimit/violations", NULL, NULL, 405, "method_not_allowed",
+                "GET");
+    expect_fail(f, "GET", "/admin/ratelimit", NULL, NULL, 404, "not_found", NULL);
+    f->ctx.store = NULL;
+    expect_fail(f, "GET", "/admin/ratelimit/violations", NULL, NULL, 503, "unavailable", NULL);
+    f->ctx.store = f->st;
+}
+
+/* More records than one call reads: the first 10,000 (newest) are summed
+ * and the answer says it is truncated. */
+static void test_rl_violations_truncated(void **state)
+{
+    fx *f = *state;
+    gw_call c;
+    json_t *keys;
+    int i;
+
+    for (i = 0; i < 10001; i++) {
+        phg_audit_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.key_id = i == 0 ? "ak_oldest" : (i % 2 ? "ak_odd" : "ak_even");
+        ev.user_id = "u";
+        ev.action = GW_RL_VIOLATION_ACTION;
+        ev.resource = "key:x";
+        ev.outcome = "denied";
+        ev.details_json = "{\"count\":1,\"first\":\"2026-03-01T00:00:00.000000Z\","
+                          "\"last\":\"2026-03-01T00:00:00.000000Z\",\"limit\":\"1/1s\","
+                          "\"window_s\":1}";
+        EXPECT_RC(phg_audit_append_async(f->audit, &ev, NULL, NULL), PHG_OK);
+    }
+    {
+        phg_audit_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.action = "test.sync";
+        ev.outcome = "success";
+        EXPECT_RC(phg_audit_append(f->audit, &ev, NULL), PHG_OK); /* after all of them */
+    }
+    call(f, &c, "GET", "/admin/ratelimit/violations", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(int_of(c.result, "records_scanned") == 10000, "scanned %lld",
+           (long long)int_of(c.result, "records_scanned"));
+    EXPECT(json_is_true(json_object_get(c.result, "truncated")), "not truncated");
+    keys = json_object_get(c.result, "keys");
+    EXPECT(json_array_size(keys) == 2, "%zu keys (the oldest record must be left out)",
+           json_array_size(keys));
+    EXPECT(int_of(json_array_get(keys, 0), "violations") == 5000 &&
+               int_of(json_array_get(keys, 1), "violations") == 5000,
+           "sums");
+    done(&c);
+}
+
+/* tests/redis_server.sh (env PHG_REDIS_SERVER, else next to this file's
+ * folder) with a command on dir; its exit status. */
+static int redis_script(const char *cmd, const char *dir)
+{
+    char script[1024], line[1400], *slash;
+    const char *env = getenv("PHG_REDIS_SERVER");
+    if (env != NULL && env[0] != '\0') {
+        snprintf(script, sizeof script, "%s", env);
+    } else {
+        snprintf(script, sizeof script, "%s", __FILE__); /* .../tests/unit/test_admin_api.c */
+        slash = strrchr(script, '/');
+        if (slash != NULL) {
+            *slash = '\0';
+            slash = strrchr(script, '/');
+        }
+        if (slash == NULL)
+            snprintf(script, sizeof script, "tests/redis_server.sh");
+        else
+            snprintf(slash, sizeof script - (size_t)(slash - script), "/redis_server.sh");
+    }
+    snprintf(line, sizeof line, "sh '%s' %s '%s' >/dev/null", script, cmd, dir);
+    return system(line);
+}
+
+/* The same endpoints with rate limits on Redis: usage reads Redis's counts,
+ * reset clears Redis's and the local (fallback) ones, and a Redis that does
+ * not answer is 503. Needs redis-server: fails without it, never skips. */
+static void test_rl_redis(void **state)
+{
+    fx *f = *state;
+    char *dir = f->redis_dir, path[128], err[256] = "", id[PHG_APIKEY_ID_MAX + 1];
+    phg_rl_policy p;
+    phg_rl_decision d;
+    json_t *w;
+    gw_call c;
+    FILE *pf;
+    int port = 0, i, admitted = 0;
+
+    snprintf(f->redis_dir, sizeof f->redis_dir, "/tmp/phg-rladmin-redis-XXXXXX");
+    if (mkdtemp(f->redis_dir) == NULL) {
+        f->redis_dir[0] = '\0';
+        fail_msg("mkdtemp");
+    }
+    EXPECT(redis_script("start", dir) == 0, "cannot start redis-server (tests/redis_server.sh)");
+    snprintf(path, sizeof path, "%s/ports", dir);
+    pf = fopen(path, "r");
+    EXPECT(pf != NULL, "no %s", path);
+    EXPECT(fscanf(pf, "%d", &port) == 1, "no port in %s", path);
+    fclose(pf);
+
+    snprintf(f->cfg->rl_engine, sizeof f->cfg->rl_engine, "redis");
+    snprintf(f->cfg->rl_redis_host, sizeof f->cfg->rl_redis_host, "127.0.0.1");
+    f->cfg->rl_redis_port = port;
+    f->cfg->rl_timeout_ms = 2000; /* a loaded test machine is not a slow Redis */
+
+    create_key(f, "{\"role\":\"user\",\"user_id\":\"42\",\"rate_limit\":\"4/1h,10/1d\"}", id, NULL);
+    EXPECT(phg_rl_policy_parse("4/1h,10/1d", &p, err, sizeof err) == PHG_OK, "parse: %s", err);
+    /* Counted on Redis the way the gateway counts: 3 of them. */
+    for (i = 0; i < 3; i++) {
+        EXPECT_RC(gw_redis_decide_sync("127.0.0.1", port, 2000, "check", id, strlen(id), &p, &d),
+                  PHG_OK);
+        admitted += d.allowed != 0;
+    }
+    EXPECT(admitted == 3, "%d admitted", admitted);
+    /* And one on the local engine, which usage must not show. */
+    EXPECT(rl_hits(f, id, "4/1h,10/1d", 1) == 1, "local");
+
+    usage(f, &c, id);
+    EXPECT(strcmp(str_of(c.result, "engine"), "redis") == 0, "engine");
+    w = json_object_get(c.result, "windows");
+    EXPECT(json_array_size(w) == 2, "windows");
+    expect_window(json_array_get(w, 0), 4, 3600, 3);
+    expect_window(json_array_get(w, 1), 10, 86400, 3);
+    EXPECT(strcmp(str_of(c.audit_details, "engine"), "redis") == 0, "details engine");
+    done(&c);
+    EXPECT_RC(gw_redis_decide_sync("127.0.0.1", port, 2000, "check", id, strlen(id), &p, &d),
+              PHG_OK);
+    EXPECT(d.allowed, "the 4th");
+    usage(f, &c, id);
+    w = json_object_get(c.result, "windows");
+    expect_window(json_array_get(w, 0), 4, 3600, 4);
+    expect_window(json_array_get(w, 1), 10, 86400, 4);
+    done(&c);
+
+    /* Reset: Redis and the local engine. */
+    snprintf(path, sizeof path, "/admin/keys/%s/ratelimit/reset", id);
+    call(f, &c, "POST", path, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.audit_details, "engine"), "redis") == 0, "details engine");
+    done(&c);
+    usage(f, &c, id);
+    expect_window(json_array_get(json_object_get(c.result, "windows"), 0), 4, 3600, 0);
+    done(&c);
+    EXPECT(rl_hits(f, id, "4/1h,10/1d", 4) == 4, "the local counts were not reset");
+
+    /* Redis gone: 503, quickly (the timeout), for both. */
+    EXPECT(redis_script("stop", dir) == 0, "stop redis");
+    f->cfg->rl_timeout_ms = 200;
+    snprintf(path, sizeof path, "/admin/keys/%s/ratelimit", id);
+    expect_fail(f, "GET", path, NULL, NULL, 503, "unavailable", "Redis");
+    snprintf(path, sizeof path, "/admin/keys/%s/ratelimit/reset", id);
+    expect_fail(f, "POST", path, NULL, NULL, 503, "unavailable", "Redis");
+    /* The local counts were reset all the same (the fallback's). */
+    EXPECT(rl_hits(f, id, "4/1h,10/1d", 4) == 4, "the local counts were not reset");
+}
+
+/* Ids are checked before anything else, on every rate-limit endpoint. */
+static void test_rl_ids_checked(void **state)
+{
+    fx *f = *state;
+    static const char *const bad[] = {
+        "' OR 1=1--",
+        "ak_' OR '1'='1",
+        "ak_",
+        "AK_abc",
+        "ak_ABC",
+        "ak_abc;DROP TABLE api_keys",
+        "ak_abc def",
+        "xk_abc",
+        "ak_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "%00",
+        "..",
+        "ak_\xc3\xa9",
+        "ak_x\"}",
+    };
+    char path[256];
+    size_t i;
+    gw_call c;
+
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(path, sizeof path, "/admin/keys/%s/ratelimit", bad[i]);
+        expect_fail(f, "GET", path, NULL, NULL, 400, "invalid_parameter", "key id");
+        expect_fail(f, "PUT", path, NULL, "{\"limit\":\"1/1m\"}", 400, "invalid_parameter",
+                    "key id");
+        snprintf(path, sizeof path, "/admin/keys/%s/ratelimit/reset", bad[i]);
+        expect_fail(f, "POST", path, NULL, NULL, 400, "invalid_parameter", "key id");
+    }
+    /* The resource of a refused call does not carry the bad id. */
+    call(f, &c, "GET", "/admin/keys/ak_' OR 1=1/ratelimit", NULL, NULL);
+    EXPECT(strcmp(c.resource, "key:(invalid)") == 0, "resource %s", c.resource);
+    done(&c);
+    /* A user key cannot use them. */
+    call_as(f, &c, &f->user, "POST", "/admin/keys/ak_usertest000000001/ratelimit/reset", NULL,
+            NULL);
+    expect_status(&c, 403, "forbidden");
+    done(&c);
+    call_as(f, &c, &f->user, "GET", "/admin/ratelimit/violations", NULL, NULL);
+    expect_status(&c, 403, "forbidden");
+    done(&c);
+    /* Nothing was stored. */
+    {
+        phg_apikey_record *recs = NULL;
+        size_t n = 99;
+        EXPECT_RC(phg_keys_list(f->keys, "", 10, &recs, &n), PHG_OK);
+        EXPECT(n == 0, "%zu keys", n);
+        free(recs);
+    }
+    /* The OpenAPI document has the endpoints. */
+    call(f, &c, "GET", "/admin/openapi.json", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_object_get(json_object_get(c.result, "paths"), "/admin/keys/{id}/ratelimit") !=
+                   NULL &&
+               json_object_get(json_object_get(c.result, "paths"),
+                               "/admin/keys/{id}/ratelimit/reset") != NULL &&
+               json_object_get(json_object_get(c.result, "paths"), "/admin/ratelimit/violations") !=
+                   NULL,
+           "the OpenAPI document lacks the rate-limit endpoints");
+    done(&c);
+}
+
 /* ---- main --------------------------------------------------------------------------------- */
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#define T_RL(fn) cmocka_unit_test_setup_teardown(fn, setup_rl, teardown_rl)
 
 int main(void)
 {
@@ -1345,7 +2150,10 @@ int main(void)
         T(test_audit_query),         T(test_audit_report),
         T(test_audit_verify),        T(test_phi_keyring),
         T(test_phi_keyring_unsaved), T(test_phi_keyring_unaudited),
-        T(test_phi_keyring_stale),
+        T(test_phi_keyring_stale),   T_RL(test_rl_usage),
+        T_RL(test_rl_reset),         T_RL(test_rl_set_limit),
+        T_RL(test_rl_violations),    T_RL(test_rl_violations_truncated),
+        T_RL(test_rl_ids_checked),   T_RL(test_rl_redis),
     };
     int failed = cmocka_run_group_tests_name("admin_api sqlite", tests, tdb_group_sqlite, NULL);
     failed += cmocka_run_group_tests_name("admin_api postgres", tests, tdb_group_postgres, NULL);
