@@ -383,6 +383,19 @@ static void test_bad_values(void **state)
         {"[server]\nthreads = 1\nthreads = 2\n", "server.threads: set twice"},
         {"[server]\nthreads = 1\n  continued\n", "line 5: not a [section], key = value or comment"},
         {"[server\nthreads = 1\n", "line 3: a section header without ']'"},
+        {"[ratelimit]\ndefault_user = 0/1m\n", "ratelimit.default_user: "},
+        {"[ratelimit]\ndefault_user = -5/1m\n", "ratelimit.default_user: "},
+        {"[ratelimit]\ndefault_user = 5/0s\n", "ratelimit.default_user: "},
+        {"[ratelimit]\ndefault_admin = 5/1x\n", "ratelimit.default_admin: "},
+        {"[ratelimit]\ndefault_user = 5/1m,6/60s\n", "ratelimit.default_user: "},
+        {"[ratelimit]\nfallback = maybe\n",
+         "ratelimit.fallback: not local, open or closed (\"maybe\")"},
+        {"[ratelimit]\nengine = memcached\n", "ratelimit.engine: not local or redis"},
+        {"[ratelimit]\nengine = redis\n", "ratelimit.redis: not set, and ratelimit.engine is redis"},
+        {"[ratelimit]\nredis = http://h:6379\n", "ratelimit.redis: not a Redis URL"},
+        {"[ratelimit]\nredis = redis://h:99999\n", "ratelimit.redis: not a Redis URL"},
+        {"[ratelimit]\ntimeout_ms = 0\n", "ratelimit.timeout_ms: 0 is out of range (1..60000)"},
+        {"[ratelimit]\ninstances = 0\n", "ratelimit.instances: 0 is out of range (1..1024)"},
     };
     size_t i;
     (void)state;
@@ -397,7 +410,8 @@ static void test_bad_values(void **state)
         EXPECT(strstr(g_err, cases[i].want) != NULL, "case %zu: error \"%s\" lacks \"%s\"", i,
                g_err, cases[i].want);
         /* A bad value in the file says which file. */
-        if (strncmp(cases[i].want, "server.tls_", 11) != 0)
+        if (strncmp(cases[i].want, "server.tls_", 11) != 0 &&
+            strncmp(cases[i].want, "ratelimit.redis: not set", 24) != 0)
             EXPECT(strstr(g_err, "t.ini") != NULL, "case %zu: error \"%s\" names no file", i,
                    g_err);
     }
@@ -893,6 +907,77 @@ static const char *match(const char *method, const char *path)
     return r != NULL ? r->name : "(none)";
 }
 
+/* [ratelimit]: defaults, policies parsed and written canonically, a Redis
+ * URL choosing the Redis engine, and no password in a Redis URL ever. */
+static void test_ratelimit(void **state)
+{
+    gw_flags flags = {0};
+    (void)state;
+    flags.store = "sqlite:x";
+    expect_ok(load_flags(&flags));
+    assert_string_equal(g_cfg->rl_engine, "local");
+    assert_string_equal(g_cfg->rl_fallback, "local");
+    assert_int_equal(g_cfg->rl_timeout_ms, 50);
+    assert_int_equal(g_cfg->rl_instances, 1);
+    assert_int_equal((int)g_cfg->rl_user_policy.n, 0);
+
+    flags.config_file = write_file("rl.ini", "[ratelimit]\ndefault_user = 5000/1h,100/60s\n"
+                                             "default_admin = none\nfallback = closed\n"
+                                             "instances = 3\ntimeout_ms = 20\n");
+    expect_ok(load_flags(&flags));
+    assert_string_equal(g_cfg->rl_default_user, "100/1m,5000/1h");
+    assert_int_equal((int)g_cfg->rl_user_policy.n, 2);
+    assert_int_equal((int)g_cfg->rl_user_policy.limits[0].count, 100);
+    assert_int_equal((int)g_cfg->rl_user_policy.limits[0].window_s, 60);
+    assert_string_equal(g_cfg->rl_default_admin, "");
+    assert_string_equal(g_cfg->rl_fallback, "closed");
+    assert_int_equal(g_cfg->rl_instances, 3);
+    assert_string_equal(g_cfg->rl_engine, "local");
+
+    /* --redis picks the Redis engine */
+    flags.redis = "redis://127.0.0.1:6380";
+    expect_ok(load_flags(&flags));
+    assert_string_equal(g_cfg->rl_engine, "redis");
+    assert_string_equal(g_cfg->rl_redis_host, "127.0.0.1");
+    assert_int_equal(g_cfg->rl_redis_port, 6380);
+    {
+        json_t *j = gw_config_json(g_cfg);
+        json_t *rl = json_object_get(j, "ratelimit");
+        assert_non_null(rl);
+        assert_string_equal(json_string_value(json_object_get(rl, "engine")), "redis");
+        assert_string_equal(json_string_value(json_object_get(rl, "default_user")),
+                            "100/1m,5000/1h");
+        json_decref(j);
+    }
+    /* a password in a Redis URL is refused, and not echoed */
+    flags.redis = "redis://:s3cret@127.0.0.1:6380";
+    expect_err(load_flags(&flags), "ratelimit.redis: not a Redis URL");
+    EXPECT(strstr(g_err, "s3cret") == NULL, "the password is in the message: %s", g_err);
+    flags.redis = NULL;
+    flags.config_file = NULL;
+
+    /* the policy of a key: its own, else its role's default, else none */
+    {
+        phg_rl_policy p;
+        const char *from = NULL;
+        flags.config_file = write_file("rl2.ini", "[ratelimit]\ndefault_user = 10/1s\n");
+        expect_ok(load_flags(&flags));
+        gw_rl_policy_for(g_cfg, PHG_ROLE_USER, "3/1m", &p, &from);
+        assert_string_equal(from, "key");
+        assert_int_equal((int)p.limits[0].count, 3);
+        gw_rl_policy_for(g_cfg, PHG_ROLE_USER, "", &p, &from);
+        assert_string_equal(from, "default");
+        assert_int_equal((int)p.limits[0].count, 10);
+        gw_rl_policy_for(g_cfg, PHG_ROLE_ADMIN, NULL, &p, &from);
+        assert_string_equal(from, "none");
+        assert_int_equal((int)p.n, 0);
+        gw_rl_policy_for(g_cfg, PHG_ROLE_USER, "none", &p, &from);
+        assert_string_equal(from, "key");
+        assert_int_equal((int)p.n, 0);
+        flags.config_file = NULL;
+    }
+}
+
 static void test_route_match(void **state)
 {
     gw_flags flags = {0};
@@ -984,6 +1069,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_files, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_too_many_routes, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_route_match, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_ratelimit, each_setup, each_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
