@@ -6,7 +6,9 @@
 #
 #   upstream   nginx, 1 worker, serving a small JSON file
 #   baseline   nginx as a reverse proxy, THREADS workers, keepalive to upstream
-#   gateway    phigate serve --threads THREADS, SQLite store, a user key
+#   gateway    phigate serve --threads THREADS, SQLite store, a user key with
+#              no rate limit ("phigate"), and one whose every request is
+#              checked against two windows it never reaches ("phigate+rl")
 #   load       wrk -t WRK_THREADS -c CONNECTIONS, WARMUP s then DURATION s,
 #              both targets with the same Authorization header, interleaved
 #              (baseline, gateway, baseline, gateway, ...) for ROUNDS rounds
@@ -17,7 +19,8 @@
 #
 # Environment: ROUNDS (3), CONNECTIONS (64), DURATION (5, seconds),
 # WARMUP (1, seconds), THREADS (2: phigate loops = nginx proxy workers),
-# WRK_THREADS (1), PHIGATE (./build/phigate), REQUEST_PATH (/v1/readings).
+# WRK_THREADS (1), PHIGATE (./build/phigate), REQUEST_PATH (/v1/readings),
+# REDIS (0; 1: rate limits on a throwaway redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,10 +96,10 @@ chmod 644 "$tmp/www$REQUEST_PATH"
 
 # Three free loopback ports. A port could in theory be taken between this
 # check and the bind; the servers' startup check below then says so.
-read -r up_port proxy_port gw_port < <("$PY" - <<'EOF'
+read -r up_port proxy_port gw_port redis_port < <("$PY" - <<'EOF'
 import socket
 socks = []
-for _ in range(3):
+for _ in range(4):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -198,23 +201,45 @@ store="sqlite:$tmp/secret/gw.db"
 PHI_MASTER_KEY=$("$PHIGATE" phi keygen) || die "phigate phi keygen failed"
 export PHI_MASTER_KEY
 "$PHIGATE" migrate --store "$store" >/dev/null || die "phigate migrate failed"
-# A rate limit far above what one machine serves, so that a default limit of
-# the gateway (if one is configured) cannot turn the run into 429s.
+# Two keys: one with no rate limit at all ("none": not even checked), and
+# one with limits far above what one machine serves (checked on every
+# request, never refusing), so that the two phigate targets differ only by
+# the rate-limit decision.
 (umask 077 && "$PHIGATE" keys create --store "$store" --role user --user bench \
-    --description "bench/load.sh" --limit 100000000/1s --json >"$tmp/secret/key.json") ||
+    --description "bench/load.sh" --limit none --json >"$tmp/secret/key.json") ||
     die "phigate keys create failed"
+(umask 077 && "$PHIGATE" keys create --store "$store" --role user --user bench-rl \
+    --description "bench/load.sh, rate limited" --limit 100000000/1s,900000000/1h \
+    --json >"$tmp/secret/key-rl.json") || die "phigate keys create failed"
 api_key=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"])' "$tmp/secret/key.json")
+api_key_rl=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"])' "$tmp/secret/key-rl.json")
 
 # The header goes to wrk through a script and to curl through a config file
 # (both 0600), not on a command line.
 (umask 077 &&
     printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$api_key" >"$tmp/secret/auth.lua" &&
+    printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$api_key_rl" >"$tmp/secret/auth-rl.lua" &&
     printf 'header = "Authorization: Bearer %s"\n' "$api_key" >"$tmp/secret/curl.cfg")
-unset api_key
+unset api_key api_key_rl
+
+# REDIS=1: rate limits on a throwaway Redis (the phigate+rl target's
+# decisions are then a round trip each).
+redis_args=()
+if [ "${REDIS:-0}" = 1 ]; then
+    command -v redis-server >/dev/null || die "REDIS=1 needs redis-server"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+        --daemonize no --dir "$tmp" >"$tmp/redis.log" 2>&1 &
+    pids+=("$!")
+    for _ in $(seq 1 100); do
+        redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
+        sleep 0.05
+    done
+    redis_args=(--redis "redis://127.0.0.1:$redis_port")
+fi
 
 PHIGATE_LOG_LEVEL=${PHIGATE_LOG_LEVEL:-warn} \
     "$PHIGATE" serve --listen "127.0.0.1:$gw_port" --upstream "http://127.0.0.1:$up_port" \
-    --store "$store" --threads "$THREADS" 2>"$tmp/phigate.log" &
+    --store "$store" --threads "$THREADS" "${redis_args[@]}" 2>"$tmp/phigate.log" &
 gw_pid=$!
 pids+=("$gw_pid")
 wait_ready "phigate serve" "http://127.0.0.1:$gw_port/readyz" "$gw_pid" "$tmp/phigate.log"
@@ -239,9 +264,9 @@ check_target phigate "$gw_port"
 # One wrk run, in this shell (so that an interrupted run is stopped with the
 # rest); sets rps, p50, p99 (ms), non2xx and errors.
 run_wrk() {
-    local port=$1 seconds=$2 out=$tmp/wrk.out wrk_pid rc=0
+    local port=$1 seconds=$2 auth=${3:-auth} out=$tmp/wrk.out wrk_pid rc=0
     wrk -t "$WRK_THREADS" -c "$CONNECTIONS" -d "${seconds}s" --timeout 10s --latency \
-        -s "$tmp/secret/auth.lua" "http://127.0.0.1:$port$REQUEST_PATH" >"$out" 2>&1 &
+        -s "$tmp/secret/$auth.lua" "http://127.0.0.1:$port$REQUEST_PATH" >"$out" 2>&1 &
     wrk_pid=$!
     pids+=("$wrk_pid")
     wait "$wrk_pid" || rc=$?
@@ -273,22 +298,24 @@ echo "wrk -t$WRK_THREADS -c$CONNECTIONS, ${WARMUP} s warm-up + ${DURATION} s per
     "phigate --threads $THREADS, nginx proxy worker_processes $THREADS, upstream nginx 1 worker"
 echo "GET $REQUEST_PATH with Authorization: Bearer <user key>, $(wc -c <"$tmp/www$REQUEST_PATH") byte JSON body"
 echo
-printf '%-6s %-8s %12s %10s %10s %8s\n' round target req/s p50_ms p99_ms non-2xx
+printf '%-6s %-10s %12s %10s %10s %8s\n' round target req/s p50_ms p99_ms non-2xx
 
 : >"$tmp/results"
 for round in $(seq 1 "$ROUNDS"); do
-    for target in nginx phigate; do
+    for target in nginx phigate phigate+rl; do
+        auth=auth
         if [ "$target" = nginx ]; then port=$proxy_port; else port=$gw_port; fi
+        if [ "$target" = phigate+rl ]; then auth=auth-rl; fi
         if [ "$WARMUP" -gt 0 ]; then
-            run_wrk "$port" "$WARMUP"
+            run_wrk "$port" "$WARMUP" "$auth"
         fi
-        run_wrk "$port" "$DURATION"
-        printf '%-6s %-8s %12s %10s %10s %8s\n' "$round" "$target" "$rps" "$p50" "$p99" "$non2xx"
+        run_wrk "$port" "$DURATION" "$auth"
+        printf '%-6s %-10s %12s %10s %10s %8s\n' "$round" "$target" "$rps" "$p50" "$p99" "$non2xx"
         if [ "$errors" -gt 0 ]; then
             echo "       ($errors socket errors in this run)"
         fi
         echo "$target $rps $p50 $p99 $non2xx" >>"$tmp/results"
-        if [ "$target" = phigate ] && ! kill -0 "$gw_pid" 2>/dev/null; then
+        if [ "$target" != nginx ] && ! kill -0 "$gw_pid" 2>/dev/null; then
             echo "load.sh: phigate exited during the run; its log:" >&2
             tail -n 40 "$tmp/phigate.log" | sed 's/^/    /' >&2
             exit 1
@@ -301,15 +328,18 @@ echo
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 med = {}
-for t in ("nginx", "phigate"):
+for t in ("nginx", "phigate", "phigate+rl"):
     r = [x for x in rows if x[0] == t]
     med[t] = tuple(statistics.median(float(x[i]) for x in r) for i in (1, 2, 3))
     bad = sum(int(x[4]) for x in r)
-    print("median %-8s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms%s" % (
+    print("median %-10s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms%s" % (
         t, med[t][0], med[t][1], med[t][2],
         "  (%d non-2xx responses: figures not comparable)" % bad if bad else ""))
 n, g = med["nginx"], med["phigate"]
 ratio = g[0] / n[0] if n[0] else float("nan")
 print("phigate/nginx req/s %.2f; p50 %+.3f ms, p99 %+.3f ms (phigate minus nginx)" % (
     ratio, g[1] - n[1], g[2] - n[2]))
+r = med["phigate+rl"]
+print("rate limits on: phigate+rl/phigate req/s %.2f; p99 %+.3f ms (every request checked "
+      "against two windows)" % (r[0] / g[0] if g[0] else float("nan"), r[2] - g[2]))
 EOF
