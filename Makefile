@@ -44,7 +44,7 @@ fuzz: deps
 	    { apt-get update -qq && apt-get install -y -qq libclang-rt-14-dev clang >/dev/null; }
 	@CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DPHG_SANITIZE=ON -DPHG_LIBFUZZER=ON >/dev/null
 	@cmake --build build-fuzz -j$(JOBS)
-	@for f in phi_decrypt keyring jsonl base64 fernet config; do \
+	@for f in phi_decrypt keyring jsonl base64 fernet config webhook; do \
 	    mkdir -p build-fuzz/corpus-$$f && \
 	    ./build-fuzz/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build-fuzz/corpus-$$f fuzz/corpus/$$f || exit 1; \
 	done

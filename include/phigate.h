@@ -13,5 +13,6 @@
 #include "phigate/ulid.h"
 #include "phigate/audit.h"
 #include "phigate/ratelimit.h"
+#include "phigate/webhook.h"
 
 #endif /* PHIGATE_H */

@@ -721,7 +721,8 @@ static const char bench_help[] = "Usage: phigate bench <what> [options]\n"
                                  "  phi    PHI field encryption and JSONL migration\n"
                                  "  keys   API key verification with a million keys\n"
                                  "  audit  durable audit appends, 1/8/64 appenders\n"
-                                 "  ratelimit  rate-limit decisions: local engine, and Redis with --redis\n";
+                                 "  ratelimit  rate-limit decisions: local engine, and Redis with --redis\n"
+                                 "  webhook  webhook verifications/s per scheme (1 KiB bodies)\n";
 
 int cmd_bench(int argc, char **argv)
 {
@@ -730,6 +731,7 @@ int cmd_bench(int argc, char **argv)
         {"keys", "", bench_keys},
         {"audit", "", bench_audit},
         {"ratelimit", "", cli_bench_ratelimit},
+        {"webhook", "", cli_bench_webhook},
         {NULL, NULL, NULL},
     };
     return cli_dispatch("bench", bench_help, table, argc, argv);

@@ -96,6 +96,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cli_bench_ratelimit(int argc, char **argv);
+int cli_bench_webhook(int argc, char **argv);
 int cmd_phi_encrypt_jsonl(int argc, char **argv);
 int cmd_phi_decrypt_jsonl(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);

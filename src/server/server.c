@@ -1940,6 +1940,8 @@ typedef struct violation {
     uint64_t count;          /* refusals since the last record */
     int64_t first_us, last_us;
     int64_t recorded_ms;     /* monotonic time of the last record; 0 none */
+    char policy[PHG_RL_TEXT_MAX + 1]; /* of the last refusal */
+    uint32_t window_s;       /* the window that refused it */
     struct violation *next;
 } violation;
 
@@ -1964,7 +1966,7 @@ static void rfc3339_us(int64_t us, char out[40])
     snprintf(out, 40, "%.19s.%06uZ", date, (unsigned)(us % 1000000));
 }
 
-static void violation_record(const violation *v, const char *policy, uint32_t window_s)
+static void violation_record(const violation *v)
 {
     phg_audit_event ev;
     char resource[PHG_APIKEY_ID_MAX + 8], details[512], first[40], last[40];
@@ -1976,7 +1978,7 @@ static void violation_record(const violation *v, const char *policy, uint32_t wi
     snprintf(resource, sizeof resource, "key:%s", v->key_id);
     snprintf(details, sizeof details,
              "{\"count\":%llu,\"first\":\"%s\",\"last\":\"%s\",\"limit\":\"%s\",\"window_s\":%u}",
-             (unsigned long long)v->count, first, last, policy, window_s);
+             (unsigned long long)v->count, first, last, v->policy, v->window_s);
     ev.request_id = "";
     ev.key_id = v->key_id;
     ev.user_id = v->user_id;
@@ -1997,7 +1999,6 @@ static void violation_note(gw_req *r, const phg_rl_policy *p, const phg_rl_decis
     size_t h = 5381, i;
     violation *v;
     int64_t now_ms_ = (int64_t)(now_s() * 1000.0), us = wall_us();
-    char policy[PHG_RL_TEXT_MAX + 1];
     for (i = 0; r->id.key_id[i]; i++)
         h = h * 33 + (unsigned char)r->id.key_id[i];
     h %= sizeof violations / sizeof violations[0];
@@ -2018,11 +2019,12 @@ static void violation_note(gw_req *r, const phg_rl_policy *p, const phg_rl_decis
             v->first_us = us;
         v->count++;
         v->last_us = us;
+        phg_rl_policy_format(p, v->policy, sizeof v->policy);
+        v->window_s = d->window_s;
         /* one record per key per window: the first refusal of a window
          * writes one at once, the following ones are counted into the next */
         if (v->recorded_ms == 0 || now_ms_ - v->recorded_ms >= (int64_t)d->window_s * 1000) {
-            phg_rl_policy_format(p, policy, sizeof policy);
-            violation_record(v, policy, d->window_s);
+            violation_record(v);
             v->recorded_ms = now_ms_;
             v->count = 0;
         }
@@ -2040,7 +2042,7 @@ static void violations_flush(void)
             violation *v = violations[i];
             violations[i] = v->next;
             if (v->count > 0)
-                violation_record(v, "", 0);
+                violation_record(v);
             free(v);
         }
     }
