@@ -14,5 +14,6 @@
 #include "phigate/audit.h"
 #include "phigate/ratelimit.h"
 #include "phigate/webhook.h"
+#include "phigate/webhook_store.h"
 
 #endif /* PHIGATE_H */

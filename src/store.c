@@ -588,3 +588,59 @@ phg_status phg_internal_store_audit_drop_partition(phg_store *st, int year, int 
     ON_CONN(st, st->engine->audit_drop_partition(conn, year, month, at));
     return rc;
 }
+
+/* ---- webhook sources --------------------------------------------------------------- */
+
+phg_status phg_internal_store_wh_source_insert(phg_store *st, const phg_wh_source_row *src,
+                                               const phg_wh_secret_row *secrets, size_t n)
+{
+    phg_status rc;
+    assert(st != NULL && src != NULL && (n == 0 || secrets != NULL));
+    ON_CONN(st, st->engine->wh_source_insert(conn, src, secrets, n));
+    return rc;
+}
+
+phg_status phg_internal_store_wh_source_get(phg_store *st, const char *name,
+                                            phg_wh_source_row *src, phg_wh_secret_row **secrets,
+                                            size_t *n)
+{
+    phg_status rc;
+    assert(st != NULL && name != NULL && src != NULL && n != NULL);
+    ON_CONN(st, st->engine->wh_source_get(conn, name, src, secrets, n));
+    return rc;
+}
+
+phg_status phg_internal_store_wh_source_list(phg_store *st, phg_wh_source_row **out, size_t *n)
+{
+    phg_status rc;
+    assert(st != NULL && out != NULL && n != NULL);
+    ON_CONN(st, st->engine->wh_source_list(conn, out, n));
+    return rc;
+}
+
+phg_status phg_internal_store_wh_source_delete(phg_store *st, const char *name)
+{
+    phg_status rc;
+    assert(st != NULL && name != NULL);
+    ON_CONN(st, st->engine->wh_source_delete(conn, name));
+    return rc;
+}
+
+phg_status phg_internal_store_wh_secret_add(phg_store *st, const char *name,
+                                            const phg_wh_secret_row *sec, size_t max_active,
+                                            int64_t *idx)
+{
+    phg_status rc;
+    assert(st != NULL && name != NULL && sec != NULL && idx != NULL);
+    ON_CONN(st, st->engine->wh_secret_add(conn, name, sec, max_active, idx));
+    return rc;
+}
+
+phg_status phg_internal_store_wh_secret_retire(phg_store *st, const char *name, int64_t idx,
+                                               int64_t at)
+{
+    phg_status rc;
+    assert(st != NULL && name != NULL && at > 0);
+    ON_CONN(st, st->engine->wh_secret_retire(conn, name, idx, at));
+    return rc;
+}

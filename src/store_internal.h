@@ -76,6 +76,21 @@ phg_status phg_internal_store_audit_mark_archived(phg_store *store, int year, in
 phg_status phg_internal_store_audit_drop_partition(phg_store *store, int year, int month,
                                                    int64_t at);
 
+/* Webhook sources (webhook_store.c); see engine.h. */
+phg_status phg_internal_store_wh_source_insert(phg_store *store, const phg_wh_source_row *src,
+                                               const phg_wh_secret_row *secrets, size_t n);
+phg_status phg_internal_store_wh_source_get(phg_store *store, const char *name,
+                                            phg_wh_source_row *src, phg_wh_secret_row **secrets,
+                                            size_t *n);
+phg_status phg_internal_store_wh_source_list(phg_store *store, phg_wh_source_row **out,
+                                             size_t *n);
+phg_status phg_internal_store_wh_source_delete(phg_store *store, const char *name);
+phg_status phg_internal_store_wh_secret_add(phg_store *store, const char *name,
+                                            const phg_wh_secret_row *sec, size_t max_active,
+                                            int64_t *idx);
+phg_status phg_internal_store_wh_secret_retire(phg_store *store, const char *name, int64_t idx,
+                                               int64_t at);
+
 /* apikey.c: put a record in the in-memory index only (benchmarks load a
  * million keys this way), and the key hash through the per-thread context. */
 phg_status phg_internal_keys_index_add(phg_keys *keys, const phg_apikey_record *rec);

@@ -102,6 +102,7 @@ int cmd_phi_decrypt_jsonl(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
 int cmd_keys(int argc, char **argv);
 int cmd_audit(int argc, char **argv);
+int cmd_webhooks(int argc, char **argv);
 
 /* An RFC 3339 UTC time (or a date) as Unix microseconds. */
 int cli_parse_time_us(const char *s, int64_t *out);

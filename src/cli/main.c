@@ -17,6 +17,7 @@ static const char main_help[] =
     "  keys      API keys: create, list, show, revoke, rotate, verify\n"
     "  migrate   create or upgrade the store's schema (SQLite or PostgreSQL)\n"
     "  audit     the audit log: query, report, verify, archive, prune\n"
+    "  webhooks  webhook sources: add, list, show, remove, add-secret, retire-secret\n"
     "  bench     benchmarks that print figures (phigate bench phi)\n"
     "  demo      a short demonstration of what is built (what 'make run' starts)\n"
     "  version   print the version\n"
@@ -51,6 +52,7 @@ static const cli_command commands[] = {
     {"keys", "API keys", cmd_keys},
     {"migrate", "store schema", cmd_migrate},
     {"audit", "audit log", cmd_audit},
+    {"webhooks", "webhook sources", cmd_webhooks},
     {"bench", "benchmarks", cmd_bench},
     {"demo", "demonstration", cmd_demo},
     {"version", "print the version", cmd_version},

@@ -72,6 +72,29 @@ typedef struct phg_audit_store_filter {
     size_t limit;                    /* 1..1000 */
 } phg_audit_store_filter;
 
+/* A webhook source as stored (migration 3). Fields are validated by
+ * webhook_store.c before any write. */
+#define PHG_WH_NAME_MAX 64
+#define PHG_WH_SCHEME_MAX 31
+#define PHG_WH_URL_MAX 2048
+#define PHG_WH_SECRET_ENC_MAX 1024 /* a Fernet token of a secret of 512 bytes is 780 */
+#define PHG_WH_ROWS_MAX 1000       /* sources listed, secrets of one source */
+
+typedef struct phg_wh_source_row {
+    char name[PHG_WH_NAME_MAX + 1];
+    char scheme[PHG_WH_SCHEME_MAX + 1];
+    int64_t tolerance_s;
+    char deliver_to[PHG_WH_URL_MAX + 1];
+    int64_t created_at, updated_at, version; /* Unix s; version: the change counter */
+} phg_wh_source_row;
+
+typedef struct phg_wh_secret_row {
+    int64_t idx;
+    char secret_enc[PHG_WH_SECRET_ENC_MAX + 1]; /* Fernet token */
+    char fingerprint[20];
+    int64_t not_after, retired_at, created_at; /* Unix s, 0: none */
+} phg_wh_secret_row;
+
 typedef struct phg_store_engine {
     const char *name; /* "sqlite", "postgres" */
 
@@ -171,6 +194,30 @@ typedef struct phg_store_engine {
     /* Drop the partition's table and mark it dropped. Refuses (PHG_ERR_STATE)
      * one that is not archived; the retention check is audit.c's. */
     phg_status (*audit_drop_partition)(void *conn, int year, int month, int64_t at);
+
+    /* ---- webhook sources (migration 3) ----
+     * Every change bumps phigate_changes.counter into the source's version. */
+    /* One transaction: the source and its n secrets (idx as given).
+     * PHG_ERR_EXISTS for a name taken. */
+    phg_status (*wh_source_insert)(void *conn, const phg_wh_source_row *src,
+                                   const phg_wh_secret_row *secrets, size_t n);
+    /* The source and every secret (retired ones too), by idx; *secrets
+     * malloc'd (may be NULL if secrets is NULL). NOT_FOUND for an unknown name. */
+    phg_status (*wh_source_get)(void *conn, const char *name, phg_wh_source_row *src,
+                                phg_wh_secret_row **secrets, size_t *n);
+    /* Every source by name (at most PHG_WH_ROWS_MAX); *out malloc'd. */
+    phg_status (*wh_source_list)(void *conn, phg_wh_source_row **out, size_t *n);
+    /* The source and its secrets. NOT_FOUND for an unknown name. */
+    phg_status (*wh_source_delete)(void *conn, const char *name);
+    /* One transaction: the source must exist (NOT_FOUND) and have fewer than
+     * max_active unretired secrets (PHG_ERR_STATE); insert sec at idx
+     * max(idx) + 1 (returned in *idx); set updated_at = sec->created_at. */
+    phg_status (*wh_secret_add)(void *conn, const char *name, const phg_wh_secret_row *sec,
+                                size_t max_active, int64_t *idx);
+    /* One transaction: set retired_at of (name, idx) if not yet set.
+     * NOT_FOUND for an unknown source or index; PHG_ERR_STATE if it is the
+     * last unretired secret of the source. */
+    phg_status (*wh_secret_retire)(void *conn, const char *name, int64_t idx, int64_t at);
 } phg_store_engine;
 
 extern const phg_store_engine phg_store_engine_sqlite;

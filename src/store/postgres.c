@@ -93,6 +93,8 @@ typedef struct pg_conn {
     "id, ts_us, chain, seq, hash, request_id, key_id, user_id, action, outcome, subject, record"
 #define AUDIT_NCOLUMNS 12
 
+#define WH_COLUMNS "name, scheme, tolerance_s, deliver_to, created_at, updated_at, version"
+
 typedef enum stmt_id {
     ST_SCHEMA_EXISTS,
     ST_SCHEMA_MAX,
@@ -123,6 +125,19 @@ typedef enum stmt_id {
     ST_AUDIT_HEAD_PUT,
     ST_AUDIT_HEAD_GET,
     ST_AUDIT_CP_INSERT,
+    ST_WH_SOURCE_INSERT,
+    ST_WH_SECRET_INSERT,
+    ST_WH_SOURCE_GET,
+    ST_WH_SECRETS_GET,
+    ST_WH_SOURCE_LIST,
+    ST_WH_SECRETS_DELETE,
+    ST_WH_SOURCE_DELETE,
+    ST_WH_SOURCE_LOCK,
+    ST_WH_SECRETS_ACTIVE,
+    ST_WH_SECRET_NEXT,
+    ST_WH_SOURCE_TOUCH,
+    ST_WH_SECRET_LOCK,
+    ST_WH_SECRET_RETIRE,
     ST_COUNT /* not a statement */
 } stmt_id;
 
@@ -264,6 +279,68 @@ static const stmt_def stmts[ST_COUNT] = {
                             "VALUES ($1, $2, $3, $4, $5)",
                             5,
                             {OID_TEXT, OID_INT8, OID_TEXT, OID_INT8, OID_TEXT}},
+    [ST_WH_SOURCE_INSERT] = {"phg_wh_source_insert",
+                             "INSERT INTO webhook_sources (" WH_COLUMNS ") "
+                             "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                             7,
+                             {OID_TEXT, OID_TEXT, OID_INT8, OID_TEXT, OID_INT8, OID_INT8,
+                              OID_INT8}},
+    [ST_WH_SECRET_INSERT] =
+        {"phg_wh_secret_insert",
+         "INSERT INTO webhook_secrets (source, idx, secret_enc, fingerprint, "
+         "not_after, retired_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         7,
+         {OID_TEXT, OID_INT8, OID_TEXT, OID_TEXT, OID_INT8, OID_INT8, OID_INT8}},
+    [ST_WH_SOURCE_GET] = {"phg_wh_source_get",
+                          "SELECT " WH_COLUMNS " FROM webhook_sources WHERE name = $1",
+                          1,
+                          {OID_TEXT}},
+    [ST_WH_SECRETS_GET] = {"phg_wh_secrets_get",
+                           "SELECT idx, secret_enc, fingerprint, not_after, retired_at, created_at "
+                           "FROM webhook_secrets WHERE source = $1 ORDER BY idx LIMIT 1001",
+                           1,
+                           {OID_TEXT}},
+    [ST_WH_SOURCE_LIST] = {"phg_wh_source_list",
+                           "SELECT " WH_COLUMNS " FROM webhook_sources ORDER BY name LIMIT 1000",
+                           0,
+                           {0}},
+    [ST_WH_SECRETS_DELETE] = {"phg_wh_secrets_delete",
+                              "DELETE FROM webhook_secrets WHERE source = $1",
+                              1,
+                              {OID_TEXT}},
+    [ST_WH_SOURCE_DELETE] = {"phg_wh_source_delete",
+                             "DELETE FROM webhook_sources WHERE name = $1 RETURNING name",
+                             1,
+                             {OID_TEXT}},
+    [ST_WH_SOURCE_LOCK] = {"phg_wh_source_lock",
+                           "SELECT name FROM webhook_sources WHERE name = $1 FOR UPDATE",
+                           1,
+                           {OID_TEXT}},
+    [ST_WH_SECRETS_ACTIVE] = {"phg_wh_secrets_active",
+                              "SELECT count(*)::int8 FROM webhook_secrets "
+                              "WHERE source = $1 AND retired_at = 0",
+                              1,
+                              {OID_TEXT}},
+    [ST_WH_SECRET_NEXT] = {"phg_wh_secret_next",
+                           "SELECT (COALESCE(max(idx), -1) + 1)::int8 FROM webhook_secrets "
+                           "WHERE source = $1",
+                           1,
+                           {OID_TEXT}},
+    [ST_WH_SOURCE_TOUCH] = {"phg_wh_source_touch",
+                            "UPDATE webhook_sources SET updated_at = $2, version = $3 "
+                            "WHERE name = $1",
+                            3,
+                            {OID_TEXT, OID_INT8, OID_INT8}},
+    [ST_WH_SECRET_LOCK] = {"phg_wh_secret_lock",
+                           "SELECT retired_at FROM webhook_secrets WHERE source = $1 AND idx = $2 "
+                           "FOR UPDATE",
+                           2,
+                           {OID_TEXT, OID_INT8}},
+    [ST_WH_SECRET_RETIRE] = {"phg_wh_secret_retire",
+                             "UPDATE webhook_secrets SET retired_at = $3 "
+                             "WHERE source = $1 AND idx = $2",
+                             3,
+                             {OID_TEXT, OID_INT8, OID_INT8}},
 };
 
 /* Bound parameters, all in binary format: int8 as 8 big-endian bytes, text
@@ -2436,6 +2513,331 @@ static phg_status pg_audit_query(void *conn, const phg_audit_store_filter *f,
     return read_with_retry(conn, do_audit_query, &a);
 }
 
+/* ---- webhook sources ------------------------------------------------------------- */
+
+static int wh_text_ok(const char *s, size_t cap)
+{
+    return memchr(s, '\0', cap) != NULL;
+}
+
+static phg_status wh_secret_params(const char *name, const phg_wh_secret_row *s, int64_t idx,
+                                   params *p)
+{
+    if (!wh_text_ok(s->secret_enc, sizeof s->secret_enc) ||
+        !wh_text_ok(s->fingerprint, sizeof s->fingerprint))
+        return PHG_ERR_INVALID;
+    memset(p, 0, sizeof *p);
+    p_text(p, name);
+    p_int8(p, idx);
+    p_text(p, s->secret_enc);
+    p_text(p, s->fingerprint);
+    p_int8(p, s->not_after);
+    p_int8(p, s->retired_at);
+    p_int8(p, s->created_at);
+    return PHG_OK;
+}
+
+static phg_status pg_wh_source_insert(void *conn, const phg_wh_source_row *src,
+                                      const phg_wh_secret_row *secrets, size_t n)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    params p;
+    int64_t counter = 0;
+    size_t i;
+
+    assert(c != NULL && src != NULL);
+    if (!wh_text_ok(src->name, sizeof src->name) || !wh_text_ok(src->scheme, sizeof src->scheme) ||
+        !wh_text_ok(src->deliver_to, sizeof src->deliver_to))
+        return PHG_ERR_INVALID;
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(bump(c, &counter));
+    memset(&p, 0, sizeof p);
+    p_text(&p, src->name);
+    p_text(&p, src->scheme);
+    p_int8(&p, src->tolerance_s);
+    p_text(&p, src->deliver_to);
+    p_int8(&p, src->created_at);
+    p_int8(&p, src->updated_at);
+    p_int8(&p, counter);
+    TRY(run(c, ST_WH_SOURCE_INSERT, &p, NULL));
+    for (i = 0; i < n; i++) {
+        TRY(wh_secret_params(src->name, &secrets[i], secrets[i].idx, &p));
+        TRY(run(c, ST_WH_SECRET_INSERT, &p, NULL));
+    }
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+static phg_status wh_row_read(const PGresult *res, int row, phg_wh_source_row *r)
+{
+    phg_status rc;
+    TRY(get_text(res, row, 0, r->name, sizeof r->name));
+    TRY(get_text(res, row, 1, r->scheme, sizeof r->scheme));
+    TRY(get_int8(res, row, 2, &r->tolerance_s));
+    TRY(get_text(res, row, 3, r->deliver_to, sizeof r->deliver_to));
+    TRY(get_int8(res, row, 4, &r->created_at));
+    TRY(get_int8(res, row, 5, &r->updated_at));
+    TRY(get_int8(res, row, 6, &r->version));
+out:
+    return rc;
+}
+
+typedef struct wh_get_args {
+    const char *name;
+    phg_wh_source_row *src;
+    phg_wh_secret_row **secrets;
+    size_t *n;
+} wh_get_args;
+
+static phg_status do_wh_source_get(pg_conn *c, void *arg)
+{
+    wh_get_args *a = arg;
+    phg_status rc;
+    PGresult *res = NULL, *res2 = NULL;
+    phg_wh_secret_row *rows = NULL, *r;
+    params p;
+    int i, nt = 0;
+
+    memset(&p, 0, sizeof p);
+    p_text(&p, a->name);
+    TRY(begin(c));
+    TRY(run(c, ST_WH_SOURCE_GET, &p, &res));
+    if (PQntuples(res) == 0) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    TRY(wh_row_read(res, 0, a->src));
+    if (a->secrets != NULL) {
+        TRY(run(c, ST_WH_SECRETS_GET, &p, &res2));
+        nt = PQntuples(res2);
+        if (nt > PHG_WH_ROWS_MAX) {
+            rc = PHG_ERR_SCHEMA;
+            goto out;
+        }
+        if (nt > 0) {
+            rows = calloc((size_t)nt, sizeof *rows);
+            if (rows == NULL) {
+                rc = PHG_ERR_NOMEM;
+                goto out;
+            }
+        }
+        for (i = 0; i < nt; i++) {
+            r = &rows[i];
+            TRY(get_int8(res2, i, 0, &r->idx));
+            TRY(get_text(res2, i, 1, r->secret_enc, sizeof r->secret_enc));
+            TRY(get_text(res2, i, 2, r->fingerprint, sizeof r->fingerprint));
+            TRY(get_int8(res2, i, 3, &r->not_after));
+            TRY(get_int8(res2, i, 4, &r->retired_at));
+            TRY(get_int8(res2, i, 5, &r->created_at));
+        }
+        *a->secrets = rows;
+        *a->n = (size_t)nt;
+        rows = NULL;
+    }
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    PQclear(res);
+    PQclear(res2);
+    if (rows != NULL) {
+        memset(rows, 0, (size_t)nt * sizeof *rows);
+        free(rows);
+    }
+    if (rc != PHG_OK) {
+        if (a->secrets != NULL && *a->secrets != NULL) {
+            free(*a->secrets);
+            *a->secrets = NULL;
+            *a->n = 0;
+        }
+        rc = end_failed_write(c, rc);
+    }
+    return rc;
+}
+
+static phg_status pg_wh_source_get(void *conn, const char *name, phg_wh_source_row *src,
+                                   phg_wh_secret_row **secrets, size_t *n)
+{
+    wh_get_args a = {name, src, secrets, n};
+    assert(conn != NULL && name != NULL && src != NULL && n != NULL);
+    *n = 0;
+    if (secrets != NULL)
+        *secrets = NULL;
+    return read_with_retry(conn, do_wh_source_get, &a);
+}
+
+typedef struct wh_list_args {
+    phg_wh_source_row **out;
+    size_t *n;
+} wh_list_args;
+
+static phg_status do_wh_source_list(pg_conn *c, void *arg)
+{
+    wh_list_args *a = arg;
+    phg_status rc;
+    PGresult *res = NULL;
+    phg_wh_source_row *rows = NULL;
+    int i, nt;
+
+    TRY(run(c, ST_WH_SOURCE_LIST, NULL, &res));
+    nt = PQntuples(res);
+    if (nt > 0) {
+        rows = calloc((size_t)nt, sizeof *rows);
+        if (rows == NULL) {
+            rc = PHG_ERR_NOMEM;
+            goto out;
+        }
+    }
+    for (i = 0; i < nt; i++)
+        TRY(wh_row_read(res, i, &rows[i]));
+    *a->out = rows;
+    *a->n = (size_t)nt;
+    rows = NULL;
+out:
+    PQclear(res);
+    free(rows);
+    return rc;
+}
+
+static phg_status pg_wh_source_list(void *conn, phg_wh_source_row **out, size_t *n)
+{
+    wh_list_args a = {out, n};
+    assert(conn != NULL && out != NULL && n != NULL);
+    *out = NULL;
+    *n = 0;
+    return read_with_retry(conn, do_wh_source_list, &a);
+}
+
+static phg_status pg_wh_source_delete(void *conn, const char *name)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    assert(c != NULL && name != NULL);
+    memset(&p, 0, sizeof p);
+    p_text(&p, name);
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(run(c, ST_WH_SECRETS_DELETE, &p, NULL));
+    TRY(run(c, ST_WH_SOURCE_DELETE, &p, &res));
+    if (PQntuples(res) == 0) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    PQclear(res);
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+/* Inside a transaction: one int8 of a one-row query. */
+static phg_status wh_int(pg_conn *c, stmt_id id, const params *p, int64_t *v)
+{
+    phg_status rc;
+    PGresult *res = NULL;
+    TRY(run(c, id, p, &res));
+    if (PQntuples(res) != 1) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    TRY(get_int8(res, 0, 0, v));
+out:
+    PQclear(res);
+    return rc;
+}
+
+/* Inside a transaction: lock the source row; NOT_FOUND if there is none. */
+static phg_status wh_lock_source(pg_conn *c, const params *p)
+{
+    phg_status rc;
+    PGresult *res = NULL;
+    TRY(run(c, ST_WH_SOURCE_LOCK, p, &res));
+    if (PQntuples(res) == 0)
+        rc = PHG_ERR_NOT_FOUND;
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status wh_touch(pg_conn *c, const char *name, int64_t at)
+{
+    phg_status rc;
+    params p;
+    int64_t counter = 0;
+    TRY(bump(c, &counter));
+    memset(&p, 0, sizeof p);
+    p_text(&p, name);
+    p_int8(&p, at);
+    p_int8(&p, counter);
+    TRY(run(c, ST_WH_SOURCE_TOUCH, &p, NULL));
+out:
+    return rc;
+}
+
+static phg_status pg_wh_secret_add(void *conn, const char *name, const phg_wh_secret_row *sec,
+                                   size_t max_active, int64_t *idx)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    params p, q;
+    int64_t active = 0, next = 0;
+
+    assert(c != NULL && name != NULL && sec != NULL && idx != NULL);
+    memset(&p, 0, sizeof p);
+    p_text(&p, name);
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(wh_lock_source(c, &p));
+    TRY(wh_int(c, ST_WH_SECRETS_ACTIVE, &p, &active));
+    if ((size_t)active >= max_active) {
+        rc = PHG_ERR_STATE;
+        goto out;
+    }
+    TRY(wh_int(c, ST_WH_SECRET_NEXT, &p, &next));
+    TRY(wh_secret_params(name, sec, next, &q));
+    TRY(run(c, ST_WH_SECRET_INSERT, &q, NULL));
+    TRY(wh_touch(c, name, sec->created_at));
+    TRY(exec_fixed(c, "COMMIT"));
+    *idx = next;
+out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+static phg_status pg_wh_secret_retire(void *conn, const char *name, int64_t idx, int64_t at)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    params p, q;
+    int64_t retired = 0, active = 0;
+
+    assert(c != NULL && name != NULL && at > 0);
+    memset(&p, 0, sizeof p);
+    p_text(&p, name);
+    memset(&q, 0, sizeof q);
+    p_text(&q, name);
+    p_int8(&q, idx);
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(wh_lock_source(c, &p));
+    TRY(wh_int(c, ST_WH_SECRET_LOCK, &q, &retired));
+    if (retired == 0) {
+        TRY(wh_int(c, ST_WH_SECRETS_ACTIVE, &p, &active));
+        if (active <= 1) {
+            rc = PHG_ERR_STATE;
+            goto out;
+        }
+        p_int8(&q, at);
+        TRY(run(c, ST_WH_SECRET_RETIRE, &q, NULL));
+        TRY(wh_touch(c, name, at));
+    }
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
 const phg_store_engine phg_store_engine_postgres = {
     .name = "postgres",
     .connect = pg_connect,
@@ -2466,4 +2868,10 @@ const phg_store_engine phg_store_engine_postgres = {
     .audit_partition_rows = pg_audit_partition_rows,
     .audit_mark_archived = pg_audit_mark_archived,
     .audit_drop_partition = pg_audit_drop_partition,
+    .wh_source_insert = pg_wh_source_insert,
+    .wh_source_get = pg_wh_source_get,
+    .wh_source_list = pg_wh_source_list,
+    .wh_source_delete = pg_wh_source_delete,
+    .wh_secret_add = pg_wh_secret_add,
+    .wh_secret_retire = pg_wh_secret_retire,
 };

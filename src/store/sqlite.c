@@ -2677,6 +2677,433 @@ out:
     return rc;
 }
 
+/* ---- webhook sources ------------------------------------------------------------ */
+
+/* Administrative, rare operations: prepared per call (not cached). */
+static phg_status wh_prepare(sqlite_conn *c, const char *sql, sqlite3_stmt **st)
+{
+    int src = sqlite3_prepare_v2(c->db, sql, -1, st, NULL);
+    if (src != SQLITE_OK) {
+        *st = NULL;
+        return (src & 0xff) == SQLITE_ERROR ? PHG_ERR_SCHEMA : map_rc(src);
+    }
+    return PHG_OK;
+}
+
+static phg_status wh_step_done(sqlite3_stmt *st)
+{
+    int src = sqlite3_step(st);
+    phg_status rc = src == SQLITE_DONE ? PHG_OK : map_rc(src);
+    if (src == SQLITE_ROW)
+        rc = PHG_ERR_INTERNAL;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+#define WH_BIND(expr)                                                                            \
+    do {                                                                                         \
+        if (rc == PHG_OK)                                                                        \
+            rc = map_rc(expr);                                                                   \
+    } while (0)
+
+static phg_status wh_secret_insert(sqlite_conn *c, const char *name, const phg_wh_secret_row *s,
+                                   int64_t idx)
+{
+    sqlite3_stmt *st = NULL;
+    phg_status rc = wh_prepare(c,
+                               "INSERT INTO webhook_secrets (source, idx, secret_enc, fingerprint, "
+                               "not_after, retired_at, created_at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                               &st);
+    if (rc != PHG_OK)
+        return rc;
+    WH_BIND(sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_int64(st, 2, idx));
+    WH_BIND(sqlite3_bind_text(st, 3, s->secret_enc, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_text(st, 4, s->fingerprint, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_int64(st, 5, s->not_after));
+    WH_BIND(sqlite3_bind_int64(st, 6, s->retired_at));
+    WH_BIND(sqlite3_bind_int64(st, 7, s->created_at));
+    if (rc != PHG_OK) {
+        sqlite3_finalize(st);
+        return rc;
+    }
+    return wh_step_done(st);
+}
+
+static phg_status sqlite_wh_source_insert(void *conn, const phg_wh_source_row *src,
+                                          const phg_wh_secret_row *secrets, size_t n)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    int64_t version = 0;
+    phg_status rc;
+    size_t i;
+
+    assert(c != NULL && src != NULL);
+    rc = txn_begin(c);
+    if (rc != PHG_OK)
+        goto out;
+    rc = counter_bump(c, &version);
+    if (rc != PHG_OK)
+        goto out;
+    rc = wh_prepare(c,
+                    "INSERT INTO webhook_sources (name, scheme, tolerance_s, deliver_to, "
+                    "created_at, updated_at, version) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                    &st);
+    if (rc != PHG_OK)
+        goto out;
+    WH_BIND(sqlite3_bind_text(st, 1, src->name, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_text(st, 2, src->scheme, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_int64(st, 3, src->tolerance_s));
+    WH_BIND(sqlite3_bind_text(st, 4, src->deliver_to, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_int64(st, 5, src->created_at));
+    WH_BIND(sqlite3_bind_int64(st, 6, src->updated_at));
+    WH_BIND(sqlite3_bind_int64(st, 7, version));
+    if (rc != PHG_OK) {
+        sqlite3_finalize(st);
+        goto out;
+    }
+    rc = wh_step_done(st);
+    for (i = 0; rc == PHG_OK && i < n; i++)
+        rc = wh_secret_insert(c, src->name, &secrets[i], secrets[i].idx);
+    if (rc != PHG_OK)
+        goto out;
+    rc = txn_commit(c);
+out:
+    if (rc != PHG_OK)
+        txn_abort(c);
+    return rc;
+}
+
+static phg_status wh_source_read(sqlite3_stmt *st, phg_wh_source_row *r)
+{
+    phg_status rc = column_text(st, 0, r->name, sizeof r->name);
+    if (rc == PHG_OK)
+        rc = column_text(st, 1, r->scheme, sizeof r->scheme);
+    if (rc == PHG_OK)
+        rc = column_int64(st, 2, &r->tolerance_s);
+    if (rc == PHG_OK)
+        rc = column_text(st, 3, r->deliver_to, sizeof r->deliver_to);
+    if (rc == PHG_OK)
+        rc = column_int64(st, 4, &r->created_at);
+    if (rc == PHG_OK)
+        rc = column_int64(st, 5, &r->updated_at);
+    if (rc == PHG_OK)
+        rc = column_int64(st, 6, &r->version);
+    return rc;
+}
+
+#define WH_SOURCE_COLUMNS "name, scheme, tolerance_s, deliver_to, created_at, updated_at, version"
+
+static phg_status wh_secrets_read(sqlite_conn *c, const char *name, phg_wh_secret_row **out,
+                                  size_t *n)
+{
+    sqlite3_stmt *st = NULL;
+    phg_wh_secret_row *rows = NULL, *r;
+    phg_status rc;
+    int src;
+
+    *out = NULL;
+    *n = 0;
+    rc = wh_prepare(c,
+                    "SELECT idx, secret_enc, fingerprint, not_after, retired_at, created_at "
+                    "FROM webhook_secrets WHERE source = ?1 ORDER BY idx",
+                    &st);
+    if (rc != PHG_OK)
+        return rc;
+    rc = map_rc(sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC));
+    while (rc == PHG_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n >= PHG_WH_ROWS_MAX) {
+            rc = PHG_ERR_SCHEMA;
+            break;
+        }
+        if (rows == NULL) {
+            rows = calloc(PHG_WH_ROWS_MAX, sizeof *rows);
+            if (rows == NULL) {
+                rc = PHG_ERR_NOMEM;
+                break;
+            }
+        }
+        r = &rows[*n];
+        rc = column_int64(st, 0, &r->idx);
+        if (rc == PHG_OK)
+            rc = column_text(st, 1, r->secret_enc, sizeof r->secret_enc);
+        if (rc == PHG_OK)
+            rc = column_text(st, 2, r->fingerprint, sizeof r->fingerprint);
+        if (rc == PHG_OK)
+            rc = column_int64(st, 3, &r->not_after);
+        if (rc == PHG_OK)
+            rc = column_int64(st, 4, &r->retired_at);
+        if (rc == PHG_OK)
+            rc = column_int64(st, 5, &r->created_at);
+        if (rc == PHG_OK)
+            (*n)++;
+    }
+    if (rc == PHG_OK && src != SQLITE_DONE)
+        rc = map_rc(src);
+    sqlite3_finalize(st);
+    if (rc != PHG_OK) {
+        if (rows != NULL)
+            memset(rows, 0, PHG_WH_ROWS_MAX * sizeof *rows);
+        free(rows);
+        *n = 0;
+        return rc;
+    }
+    *out = rows;
+    return PHG_OK;
+}
+
+static phg_status sqlite_wh_source_get(void *conn, const char *name, phg_wh_source_row *srcrow,
+                                       phg_wh_secret_row **secrets, size_t *n)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+    int src;
+
+    assert(c != NULL && name != NULL && srcrow != NULL && n != NULL);
+    *n = 0;
+    if (secrets != NULL)
+        *secrets = NULL;
+    rc = exec_cached(c, ST_BEGIN_READ);
+    if (rc != PHG_OK)
+        return rc;
+    rc = wh_prepare(c, "SELECT " WH_SOURCE_COLUMNS " FROM webhook_sources WHERE name = ?1", &st);
+    if (rc != PHG_OK)
+        goto out;
+    rc = map_rc(sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC));
+    if (rc == PHG_OK) {
+        src = sqlite3_step(st);
+        if (src == SQLITE_ROW)
+            rc = wh_source_read(st, srcrow);
+        else
+            rc = src == SQLITE_DONE ? PHG_ERR_NOT_FOUND : map_rc(src);
+    }
+    sqlite3_finalize(st);
+    if (rc == PHG_OK && secrets != NULL)
+        rc = wh_secrets_read(c, name, secrets, n);
+out:
+    txn_abort(c); /* a read: end it either way */
+    return rc;
+}
+
+static phg_status sqlite_wh_source_list(void *conn, phg_wh_source_row **out, size_t *n)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_wh_source_row *rows = NULL;
+    phg_status rc;
+    int src = SQLITE_DONE;
+
+    assert(c != NULL && out != NULL && n != NULL);
+    *out = NULL;
+    *n = 0;
+    rc = wh_prepare(c, "SELECT " WH_SOURCE_COLUMNS " FROM webhook_sources ORDER BY name LIMIT 1000",
+                    &st);
+    if (rc != PHG_OK)
+        return rc;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        if (rows == NULL) {
+            rows = calloc(PHG_WH_ROWS_MAX, sizeof *rows);
+            if (rows == NULL) {
+                rc = PHG_ERR_NOMEM;
+                break;
+            }
+        }
+        rc = wh_source_read(st, &rows[*n]);
+        if (rc != PHG_OK)
+            break;
+        (*n)++;
+    }
+    if (rc == PHG_OK && src != SQLITE_DONE)
+        rc = map_rc(src);
+    sqlite3_finalize(st);
+    if (rc != PHG_OK) {
+        free(rows);
+        *n = 0;
+        return rc;
+    }
+    *out = rows;
+    return PHG_OK;
+}
+
+static phg_status wh_exec_name(sqlite_conn *c, const char *sql, const char *name, int *changes)
+{
+    sqlite3_stmt *st = NULL;
+    phg_status rc = wh_prepare(c, sql, &st);
+    if (rc != PHG_OK)
+        return rc;
+    rc = map_rc(sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC));
+    if (rc != PHG_OK) {
+        sqlite3_finalize(st);
+        return rc;
+    }
+    rc = wh_step_done(st);
+    if (changes != NULL)
+        *changes = sqlite3_changes(c->db);
+    return rc;
+}
+
+static phg_status sqlite_wh_source_delete(void *conn, const char *name)
+{
+    sqlite_conn *c = conn;
+    phg_status rc;
+    int changes = 0;
+
+    assert(c != NULL && name != NULL);
+    rc = txn_begin(c);
+    if (rc == PHG_OK)
+        rc = wh_exec_name(c, "DELETE FROM webhook_secrets WHERE source = ?1", name, NULL);
+    if (rc == PHG_OK)
+        rc = wh_exec_name(c, "DELETE FROM webhook_sources WHERE name = ?1", name, &changes);
+    if (rc == PHG_OK && changes == 0)
+        rc = PHG_ERR_NOT_FOUND;
+    if (rc == PHG_OK)
+        rc = txn_commit(c);
+    if (rc != PHG_OK)
+        txn_abort(c);
+    return rc;
+}
+
+/* Inside a transaction: bump the counter into the source's version. */
+static phg_status wh_touch_source(sqlite_conn *c, const char *name, int64_t at)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t version = 0;
+    phg_status rc = counter_bump(c, &version);
+    if (rc != PHG_OK)
+        return rc;
+    rc = wh_prepare(c, "UPDATE webhook_sources SET updated_at = ?1, version = ?2 WHERE name = ?3",
+                    &st);
+    if (rc != PHG_OK)
+        return rc;
+    WH_BIND(sqlite3_bind_int64(st, 1, at));
+    WH_BIND(sqlite3_bind_int64(st, 2, version));
+    WH_BIND(sqlite3_bind_text(st, 3, name, -1, SQLITE_STATIC));
+    if (rc != PHG_OK) {
+        sqlite3_finalize(st);
+        return rc;
+    }
+    return wh_step_done(st);
+}
+
+/* Inside a transaction: a query of one integer with the name as ?1. */
+static phg_status wh_int_query(sqlite_conn *c, const char *sql, const char *name, int64_t *v)
+{
+    sqlite3_stmt *st = NULL;
+    phg_status rc = wh_prepare(c, sql, &st);
+    int src;
+    if (rc != PHG_OK)
+        return rc;
+    rc = map_rc(sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC));
+    if (rc == PHG_OK) {
+        src = sqlite3_step(st);
+        if (src == SQLITE_ROW)
+            rc = column_int64(st, 0, v);
+        else
+            rc = src == SQLITE_DONE ? PHG_ERR_NOT_FOUND : map_rc(src);
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static phg_status sqlite_wh_secret_add(void *conn, const char *name, const phg_wh_secret_row *sec,
+                                       size_t max_active, int64_t *idx)
+{
+    sqlite_conn *c = conn;
+    int64_t v = 0, active = 0, next = 0;
+    phg_status rc;
+
+    assert(c != NULL && name != NULL && sec != NULL && idx != NULL);
+    rc = txn_begin(c);
+    if (rc == PHG_OK)
+        rc = wh_int_query(c, "SELECT count(*) FROM webhook_sources WHERE name = ?1", name, &v);
+    if (rc == PHG_OK && v == 0)
+        rc = PHG_ERR_NOT_FOUND;
+    if (rc == PHG_OK)
+        rc = wh_int_query(c,
+                          "SELECT count(*) FROM webhook_secrets WHERE source = ?1 AND "
+                          "retired_at = 0",
+                          name, &active);
+    if (rc == PHG_OK && (size_t)active >= max_active)
+        rc = PHG_ERR_STATE;
+    if (rc == PHG_OK)
+        rc = wh_int_query(c,
+                          "SELECT COALESCE(MAX(idx), -1) + 1 FROM webhook_secrets WHERE "
+                          "source = ?1",
+                          name, &next);
+    if (rc == PHG_OK)
+        rc = wh_secret_insert(c, name, sec, next);
+    if (rc == PHG_OK)
+        rc = wh_touch_source(c, name, sec->created_at);
+    if (rc == PHG_OK)
+        rc = txn_commit(c);
+    if (rc != PHG_OK) {
+        txn_abort(c);
+        return rc;
+    }
+    *idx = next;
+    return PHG_OK;
+}
+
+static phg_status sqlite_wh_secret_retire(void *conn, const char *name, int64_t idx, int64_t at)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    int64_t retired = 0, active = 0;
+    phg_status rc;
+    int src;
+
+    assert(c != NULL && name != NULL && at > 0);
+    rc = txn_begin(c);
+    if (rc == PHG_OK)
+        rc = wh_prepare(c, "SELECT retired_at FROM webhook_secrets WHERE source = ?1 AND idx = ?2",
+                        &st);
+    if (rc == PHG_OK) {
+        WH_BIND(sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC));
+        WH_BIND(sqlite3_bind_int64(st, 2, idx));
+        if (rc == PHG_OK) {
+            src = sqlite3_step(st);
+            if (src == SQLITE_ROW)
+                rc = column_int64(st, 0, &retired);
+            else
+                rc = src == SQLITE_DONE ? PHG_ERR_NOT_FOUND : map_rc(src);
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+    if (rc == PHG_OK && retired != 0)
+        goto commit; /* retired already: nothing changes */
+    if (rc == PHG_OK)
+        rc = wh_int_query(c,
+                          "SELECT count(*) FROM webhook_secrets WHERE source = ?1 AND "
+                          "retired_at = 0",
+                          name, &active);
+    if (rc == PHG_OK && active <= 1)
+        rc = PHG_ERR_STATE;
+    if (rc == PHG_OK)
+        rc = wh_prepare(c,
+                        "UPDATE webhook_secrets SET retired_at = ?1 WHERE source = ?2 AND idx = ?3",
+                        &st);
+    if (rc == PHG_OK) {
+        WH_BIND(sqlite3_bind_int64(st, 1, at));
+        WH_BIND(sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC));
+        WH_BIND(sqlite3_bind_int64(st, 3, idx));
+        if (rc == PHG_OK)
+            rc = wh_step_done(st);
+        else
+            sqlite3_finalize(st);
+    }
+    if (rc == PHG_OK)
+        rc = wh_touch_source(c, name, at);
+commit:
+    if (rc == PHG_OK)
+        rc = txn_commit(c);
+    if (rc != PHG_OK)
+        txn_abort(c);
+    return rc;
+}
+
 const phg_store_engine phg_store_engine_sqlite = {
     .name = "sqlite",
     .connect = sqlite_connect,
@@ -2707,4 +3134,10 @@ const phg_store_engine phg_store_engine_sqlite = {
     .audit_partition_rows = sqlite_audit_partition_rows,
     .audit_mark_archived = sqlite_audit_mark_archived,
     .audit_drop_partition = sqlite_audit_drop_partition,
+    .wh_source_insert = sqlite_wh_source_insert,
+    .wh_source_get = sqlite_wh_source_get,
+    .wh_source_list = sqlite_wh_source_list,
+    .wh_source_delete = sqlite_wh_source_delete,
+    .wh_secret_add = sqlite_wh_secret_add,
+    .wh_secret_retire = sqlite_wh_secret_retire,
 };
