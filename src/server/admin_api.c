@@ -1367,13 +1367,6 @@ out_body:
 #define VIOLATIONS_PERIOD_US (86400LL * 1000000) /* the default period: one day */
 #define VIOLATION_COUNT_MAX 1000000000000LL      /* one record's count, clamped (hostile text) */
 
-/* The clock the server decides on: a local peek must use the same one. */
-static uint64_t rl_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static int rl_engine_is_redis(const gw_config *cfg)
 {
@@ -1445,7 +1438,7 @@ static void ratelimit_usage(const gw_admin_ctx *ctx, gw_call *call, const char *
     phg_rl_policy_format(&policy, text, sizeof text);
     redis = rl_engine_is_redis(ctx->cfg);
     windows = json_array();
-    now_ms = rl_now_ms();
+    now_ms = gw_mono_ms();
     /* One peek per window, each with a policy of that window alone: a
      * decision reports only its binding window. A peek counts nothing and
      * leaves the key's other windows as they are. */

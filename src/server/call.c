@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "gw.h"
 
@@ -66,7 +67,7 @@ json_t *gw_call_json_body(gw_call *call)
     return v;
 }
 
-static int hexval(int c)
+int gw_hex_digit(int c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -96,7 +97,7 @@ int gw_call_query(gw_call *call, const char *name, char *buf, size_t len)
                 int c = (unsigned char)*v;
                 if (c == '%') {
                     int h, l;
-                    if (vend - v < 3 || (h = hexval(v[1])) < 0 || (l = hexval(v[2])) < 0) {
+                    if (vend - v < 3 || (h = gw_hex_digit(v[1])) < 0 || (l = gw_hex_digit(v[2])) < 0) {
                         gw_call_fail(call, 400, "invalid_parameter",
                                      "query parameter %s: bad percent-encoding", name);
                         return -1;
@@ -125,4 +126,11 @@ int gw_call_query(gw_call *call, const char *name, char *buf, size_t len)
         p = end + 1;
     }
     return 0;
+}
+
+uint64_t gw_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }

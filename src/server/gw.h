@@ -159,6 +159,13 @@ void gw_call_fail(gw_call *call, int status, const char *code, const char *fmt, 
  * 415 otherwise; 400 invalid_json). NULL after gw_call_fail. */
 json_t *gw_call_json_body(gw_call *call);
 
+/* The value of a hex digit, or -1. */
+int gw_hex_digit(int c);
+
+/* Milliseconds on CLOCK_MONOTONIC: the clock every rate-limit decision of
+ * the gateway uses (the admin API's peeks must use the same one). */
+uint64_t gw_mono_ms(void);
+
 /* The value of one query parameter, percent-decoded, into buf; 1 found,
  * 0 absent, -1 malformed or too long (after gw_call_fail with 400). */
 int gw_call_query(gw_call *call, const char *name, char *buf, size_t len);

@@ -1317,10 +1317,6 @@ static _Atomic int64_t ready_at_ms;
 static atomic_int ready_bits = -1; /* store | audit << 1 | upstream << 2; -1 none yet */
 static uint64_t ready_prev_failed, ready_prev_appended;
 
-static int64_t mono_ms(void)
-{
-    return (int64_t)(now_s() * 1000.0);
-}
 
 static void ready_result(gw_req *r, int bits)
 {
@@ -1356,7 +1352,7 @@ static void ready_work(gw_req *r)
     }
     bits = store_ok | audit_ok << 1 | up_ok << 2;
     atomic_store(&ready_bits, bits);
-    atomic_store(&ready_at_ms, mono_ms());
+    atomic_store(&ready_at_ms, (int64_t)gw_mono_ms());
     atomic_store(&ready_running, 0);
     ready_result(r, bits);
 }
@@ -1409,17 +1405,6 @@ static void worker_then_reply(gw_req *r)
     send_value(r, r->call.status, r->call.result);
 }
 
-static int hexdig(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static int percent_decode_path(const char *in, size_t len, char *out, size_t cap)
 {
     size_t i, o = 0;
@@ -1427,7 +1412,7 @@ static int percent_decode_path(const char *in, size_t len, char *out, size_t cap
         int c = (unsigned char)in[i];
         if (c == '%') {
             int h, l;
-            if (len - i < 3 || (h = hexdig(in[i + 1])) < 0 || (l = hexdig(in[i + 2])) < 0)
+            if (len - i < 3 || (h = gw_hex_digit(in[i + 1])) < 0 || (l = gw_hex_digit(in[i + 2])) < 0)
                 return -1;
             c = h * 16 + l;
             i += 2;
@@ -1609,7 +1594,7 @@ static void handle_health(gw_req *r)
     memset(&r->call, 0, sizeof r->call);
     {
         int bits = atomic_load(&ready_bits), expect = 0;
-        if (bits >= 0 && (mono_ms() - atomic_load(&ready_at_ms) < 1000 ||
+        if (bits >= 0 && ((int64_t)gw_mono_ms() - atomic_load(&ready_at_ms) < 1000 ||
                           !atomic_compare_exchange_strong(&ready_running, &expect, 1))) {
             /* fresh, or a check is running: the last answer */
             ready_result(r, bits);
@@ -1998,7 +1983,7 @@ static void violation_note(gw_req *r, const phg_rl_policy *p, const phg_rl_decis
 {
     size_t h = 5381, i;
     violation *v;
-    int64_t now_ms_ = (int64_t)(now_s() * 1000.0), us = wall_us();
+    int64_t now_ms_ = (int64_t)gw_mono_ms(), us = wall_us();
     for (i = 0; r->id.key_id[i]; i++)
         h = h * 33 + (unsigned char)r->id.key_id[i];
     h %= sizeof violations / sizeof violations[0];
@@ -2050,12 +2035,6 @@ static void violations_flush(void)
     pthread_mutex_unlock(&violations_lock);
 }
 
-static uint64_t mono_ms_u(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void rl_decided(gw_req *r, const phg_rl_decision *d)
 {
@@ -2088,7 +2067,7 @@ static void rl_local_fallback(gw_req *r)
         if (p.limits[i].count == 0)
             p.limits[i].count = 1;
     }
-    if (phg_rl_check(g_srv->rl, r->id.key_id, strlen(r->id.key_id), &p, mono_ms_u(), &d) !=
+    if (phg_rl_check(g_srv->rl, r->id.key_id, strlen(r->id.key_id), &p, gw_mono_ms(), &d) !=
         PHG_OK) {
         send_error(r, 503, "ratelimit_unavailable", "the rate limiter cannot decide");
         return;
@@ -2136,7 +2115,7 @@ static void rate_limit(gw_req *r)
                         &r->rl_policy, on_rl_redis, r);
         return;
     }
-    if (phg_rl_check(g_srv->rl, r->id.key_id, strlen(r->id.key_id), &r->rl_policy, mono_ms_u(),
+    if (phg_rl_check(g_srv->rl, r->id.key_id, strlen(r->id.key_id), &r->rl_policy, gw_mono_ms(),
                      &d) != PHG_OK) {
         send_error(r, 503, "ratelimit_unavailable", "the rate limiter cannot decide");
         return;
