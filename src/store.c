@@ -80,7 +80,7 @@ static void set_err(char *err, size_t len, const char *msg)
  * "password=" query parameter replaced by ***.
  *   postgres://u:secret@host/db?sslmode=x&password=y -> postgres://u:***@host/db?sslmode=x&password=***
  */
-static char *redact_url(const char *url)
+char *phg_store_redact_url(const char *url)
 {
     size_t n = strlen(url), i = 0, o = 0;
     const char *scheme_end = strstr(url, "://"), *at = NULL, *colon = NULL, *query;
@@ -89,10 +89,12 @@ static char *redact_url(const char *url)
     if (out == NULL)
         return NULL;
     if (scheme_end != NULL) {
-        const char *c, *slash = strchr(scheme_end + 3, '/');
-        for (c = scheme_end + 3; *c && (slash == NULL || c < slash); c++) {
+        /* the authority ends at '/', '?' or '#' (RFC 3986); the last '@'
+         * in it ends the user info */
+        const char *c, *end = scheme_end + 3 + strcspn(scheme_end + 3, "/?#");
+        for (c = scheme_end + 3; c < end; c++) {
             if (*c == '@')
-                at = c; /* the last '@' before the path ends the user info */
+                at = c;
         }
         if (at != NULL)
             colon = memchr(scheme_end + 3, ':', (size_t)(at - (scheme_end + 3)));
@@ -188,7 +190,7 @@ phg_status phg_store_open(const char *url, const phg_store_options *opts, phg_st
     st->opts = *opts;
     st->npool = n;
     st->target = strdup(target);
-    st->display_url = redact_url(url);
+    st->display_url = phg_store_redact_url(url);
     pthread_mutex_init(&st->lock, NULL);
     pthread_cond_init(&st->freed, NULL);
     if (st->target == NULL || st->display_url == NULL) {

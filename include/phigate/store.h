@@ -64,6 +64,13 @@ PHG_API void phg_store_close(phg_store *store);
 /* "sqlite" or "postgres". */
 PHG_API const char *phg_store_engine_name(const phg_store *store);
 
+/*
+ * A store URL with the password of its user info and of any "password="
+ * query parameter replaced by "***", for messages and configuration dumps.
+ * Heap memory the caller frees with free(); NULL when out of memory.
+ */
+PHG_API char *phg_store_redact_url(const char *url);
+
 /* The URL with any password replaced by "***", for messages. Static per store. */
 PHG_API const char *phg_store_display_url(const phg_store *store);
 

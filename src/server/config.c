@@ -458,44 +458,12 @@ static int store_has_password(const char *url)
 }
 
 /* The URL with every password replaced by "***" (as phg_store_display_url). */
+/* The URL as messages and GET /admin/config show it (store.c redacts). */
 static void store_redact(const char *url, char *out, size_t out_len)
 {
-    const char *scheme_end = strstr(url, "://"), *at = NULL, *colon = NULL, *query;
-    size_t i = 0, o = 0, n = strlen(url);
-
-    if (scheme_end != NULL) {
-        const char *c, *end = scheme_end + 3 + strcspn(scheme_end + 3, "/?#");
-        for (c = scheme_end + 3; c < end; c++) {
-            if (*c == '@')
-                at = c;
-        }
-        if (at != NULL)
-            colon = memchr(scheme_end + 3, ':', (size_t)(at - (scheme_end + 3)));
-    }
-    query = strchr(url, '?');
-    while (i < n && o + 1 < out_len) {
-        const char *piece = NULL;
-        if (colon != NULL && url + i == colon) {
-            piece = ":***";
-            i = (size_t)(at - url);
-        } else if (query != NULL && url + i > query && (url[i - 1] == '?' || url[i - 1] == '&') &&
-                   strncasecmp(url + i, "password=", 9) == 0) {
-            piece = "password=***";
-            i += 9;
-            while (i < n && url[i] != '&')
-                i++;
-        }
-        if (piece != NULL) {
-            size_t pn = strlen(piece);
-            if (o + pn >= out_len)
-                break;
-            memcpy(out + o, piece, pn);
-            o += pn;
-            continue;
-        }
-        out[o++] = url[i++];
-    }
-    out[o] = '\0';
+    char *r = phg_store_redact_url(url);
+    snprintf(out, out_len, "%s", r != NULL ? r : "(a store URL)");
+    free(r);
 }
 
 static int set_store(gw_config *cfg, const char *v, source src, char *why, size_t len)

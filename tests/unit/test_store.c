@@ -513,9 +513,32 @@ static void test_threads_on_one_pool(void **state)
 
 #define DB_TEST(f) cmocka_unit_test_setup_teardown(f, db_setup, db_teardown)
 
+/* Passwords never survive redaction; nothing else changes. */
+static void test_redact_url(void **state)
+{
+    static const char *const cases[][2] = {
+        {"postgres://u:secret@host:5432/db", "postgres://u:***@host:5432/db"},
+        {"postgres://u:s@cr@t@host/db", "postgres://u:***@host/db"},
+        {"postgres://u@host/db?sslmode=require&password=secret",
+         "postgres://u@host/db?sslmode=require&password=***"},
+        {"postgres://u:a@host/db?password=b&x=1", "postgres://u:***@host/db?password=***&x=1"},
+        {"postgres://host/db?note=a@b:c", "postgres://host/db?note=a@b:c"},
+        {"sqlite:./var/phigate.db", "sqlite:./var/phigate.db"},
+    };
+    size_t i;
+    (void)state;
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *r = phg_store_redact_url(cases[i][0]);
+        assert_non_null(r);
+        assert_string_equal(r, cases[i][1]);
+        free(r);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_redact_url),
         cmocka_unit_test(test_open_bad_urls),
         cmocka_unit_test(test_open_unreachable),
         DB_TEST(test_open_names),
