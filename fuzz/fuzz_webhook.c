@@ -1,19 +1,35 @@
 /*
- * fuzz_webhook.c: the webhook header parsers and secret parsers
- * (phigate/webhook.h). Input: one byte that picks the scheme (low 3 bits)
- * and the mode (bit 7: the rest is a secret for phg_webhook_source_new),
- * then header lines "name: value\n", an empty line, and the body.
+ * fuzz_webhook.c: the webhook header parsers, secret parsers and Google
+ * Health keyset parser (phigate/webhook.h). Input: one byte that picks the
+ * scheme (low 4 bits: 0..8 as phg_webhook_scheme; 9 means the rest is a
+ * Tink keyset for phg_webhook_keyset_parse; 10..15 do nothing) and the mode
+ * (bit 7: the rest is a secret for phg_webhook_source_new), then header
+ * lines "name: value\n", an empty line, and the body. The google-health
+ * source holds a fixed keyset (key id 0x0a0b0c0d; the seed gh_valid was
+ * signed for it with Python's cryptography) and the Authorization value
+ * "Bearer fuzz-authorization-0123".
  *
  * Checked: nothing crashes; a result agrees with its status (PHG_OK exactly
  * when the reason is ok, a msg_id and a secret index only then); a refused
  * secret always says why; what verifies still verifies when the headers come
  * in the other order, and stops verifying with a repeated header.
  */
+#include <strings.h>
+
 #include "fuzz_common.h"
 #include "phigate/webhook.h"
 
 #define NOW_MS 1614265330000LL
 #define MAX_HEADERS 32
+#define N_SCHEMES 9
+#define KEYSET_MODE 9
+
+static const char gh_keyset[] =
+    "{\"primaryKeyId\":168496141,\"key\":[{\"keyData\":{\"typeUrl\":\"type.googleapis.com/"
+    "google.crypto.tink.EcdsaPublicKey\",\"value\":\"EgYIAxACGAIaIFFcPW6545a5BNP+yn9U/"
+    "c0MwemXvzddylFa0KbDtANfIiBFNr46UPMY+/mlR1kCoiFQK+8NV+CMU7LMClbxfZ+TVA==\","
+    "\"keyMaterialType\":\"ASYMMETRIC_PUBLIC\"},\"status\":\"ENABLED\",\"keyId\":168496141,"
+    "\"outputPrefixType\":\"TINK\"}]}";
 
 static const char *const secrets[] = {
     "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
@@ -24,17 +40,25 @@ static const char *const secrets[] = {
     "polar_test_signature_secret_key",
     "suunto_test_notification_secret",
     "unsigned-token-0123456789",
+    "Bearer fuzz-authorization-0123",
 };
 
 static phg_webhook_source *source_for(int scheme)
 {
-    static phg_webhook_source *srcs[8];
+    static phg_webhook_source *srcs[N_SCHEMES];
     if (srcs[scheme] == NULL) {
         phg_webhook_secret s[2] = {{secrets[scheme], strlen(secrets[scheme]), 0},
                                    {"whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=", 49, 0}};
         if (phg_webhook_source_new(phg_webhook_scheme_name((phg_webhook_scheme)scheme), s,
                                    scheme == 0 ? 2 : 1, NULL, &srcs[scheme], NULL, 0) != PHG_OK)
             abort();
+        if (scheme == PHG_WEBHOOK_GOOGLE_HEALTH) {
+            phg_webhook_keyset *ks = NULL;
+            if (phg_webhook_keyset_parse(gh_keyset, sizeof gh_keyset - 1, &ks, NULL, 0) != PHG_OK)
+                abort();
+            phg_webhook_source_set_keyset(srcs[scheme], ks);
+            phg_webhook_keyset_free(ks);
+        }
     }
     return srcs[scheme];
 }
@@ -61,7 +85,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (size < 1)
         return 0;
-    scheme = data[0] & 7;
+    scheme = data[0] & 15;
+    if (scheme == KEYSET_MODE) {
+        phg_webhook_keyset *ks = NULL;
+        char err[256] = "";
+        st = phg_webhook_keyset_parse((const char *)data + 1, size - 1, &ks, err, sizeof err);
+        if ((st == PHG_OK) != (ks != NULL) || (st != PHG_OK && err[0] == '\0') ||
+            (st == PHG_OK && (phg_webhook_keyset_count(ks) < 1 ||
+                              phg_webhook_keyset_count(ks) > PHG_WEBHOOK_KEYSET_KEYS_MAX)))
+            abort();
+        phg_webhook_keyset_free(ks);
+        return 0;
+    }
+    if (scheme >= N_SCHEMES)
+        return 0;
     if (data[0] & 0x80) {
         phg_webhook_secret s = {(const char *)data + 1, size - 1, 0};
         phg_webhook_source *src = NULL;
@@ -108,6 +145,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     st = phg_webhook_verify(source_for(scheme), h, n, data + i, size - i, NOW_MS, &res);
     check_result(st, &res);
+    if (scheme == PHG_WEBHOOK_GOOGLE_HEALTH) {
+        /* the Authorization header alone, as for the verification POSTs: a
+         * verified request's value always passes */
+        for (size_t k = 0; k < n; k++) {
+            if (h[k].name_len == 13 && strncasecmp(h[k].name, "authorization", 13) == 0 &&
+                !phg_webhook_check_authorization(source_for(scheme), h[k].value, h[k].value_len,
+                                                 NOW_MS) &&
+                st == PHG_OK)
+                abort();
+        }
+    }
     if (st == PHG_OK && n > 0) {
         phg_webhook_result again;
         phg_webhook_header t = h[0];

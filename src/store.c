@@ -646,3 +646,13 @@ phg_status phg_internal_store_wh_secret_retire(phg_store *st, const char *name, 
     ON_CONN(st, st->engine->wh_secret_retire(conn, name, idx, at));
     return rc;
 }
+
+/* ---- any engine call ----------------------------------------------------------------- */
+
+phg_status phg_internal_store_with_conn(phg_store *st, phg_store_conn_fn fn, void *arg)
+{
+    phg_status rc;
+    assert(st != NULL && fn != NULL);
+    ON_CONN(st, fn(st->engine, conn, arg));
+    return rc;
+}

@@ -91,6 +91,13 @@ phg_status phg_internal_store_wh_secret_add(phg_store *store, const char *name,
 phg_status phg_internal_store_wh_secret_retire(phg_store *store, const char *name, int64_t idx,
                                                int64_t at);
 
+/* Run fn(engine, conn, arg) on a pooled connection of a store whose schema
+ * this build understands, and return what fn returns (or the pool's
+ * failure). For a module that calls its own part of the engine table (the
+ * webhook inbox, webhook_inbox.c). */
+typedef phg_status (*phg_store_conn_fn)(const phg_store_engine *engine, void *conn, void *arg);
+phg_status phg_internal_store_with_conn(phg_store *store, phg_store_conn_fn fn, void *arg);
+
 /* apikey.c: put a record in the in-memory index only (benchmarks load a
  * million keys this way), and the key hash through the per-thread context. */
 phg_status phg_internal_keys_index_add(phg_keys *keys, const phg_apikey_record *rec);

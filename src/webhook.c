@@ -1,7 +1,9 @@
 /*
  * webhook.c: verification of inbound webhooks (phigate/webhook.h): secret
  * parsing per scheme, strict header grammars, timestamp windows, HMAC and
- * Ed25519 checks on the raw body; the Standard Webhooks signing helper.
+ * Ed25519 checks on the raw body; Google Health's ECDSA P-256 scheme and its
+ * Tink keysets (a small strict protobuf reader for EcdsaPublicKey); the
+ * Standard Webhooks signing helper.
  *
  * Not here: replay memory, handshakes, HTTP, configuration (the gateway's).
  * Byte layouts and grammars are written down in docs/formats.md, section 17;
@@ -17,20 +19,33 @@
  *    key, key schedule and computed MAC is wiped before it is released;
  *  - a source is read-only after phg_webhook_source_new: verification dups
  *    a keyed HMAC template (the key schedule is computed once, at creation)
- *    so that any number of threads can verify with one source.
+ *    so that any number of threads can verify with one source. The one
+ *    exception is a google-health source's keyset pointer: read and replaced
+ *    only under ks_mu, and a verification holds a reference to the keyset it
+ *    read, so a swap never frees keys in use;
+ *  - a keyset is immutable once parsed: its EVP_PKEYs are only read.
  */
 #include <assert.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <strings.h>
+
+#include <jansson.h>
 #include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
 
+#include "httpc.h"
 #include "phigate/crypto.h"
 #include "phigate/webhook.h"
 
@@ -60,6 +75,10 @@ struct phg_webhook_source {
     size_t n;
     int has_hmac, has_ed25519;
     wh_key keys[PHG_WEBHOOK_SECRETS_MAX];
+    /* google-health: the one mutable part of a source (see the top) */
+    pthread_mutex_t ks_mu;
+    int ks_mu_ready;
+    phg_webhook_keyset *keyset;
 };
 
 /* How the single-header vendor schemes lay out their bytes. */
@@ -125,7 +144,7 @@ phg_status phg_webhook_scheme_parse(const char *name, phg_webhook_scheme *scheme
     size_t i;
     assert(name != NULL && scheme != NULL);
     for (i = 0; i < sizeof scheme_names / sizeof scheme_names[0]; i++) {
-        if (i != PHG_WEBHOOK_GOOGLE_HEALTH && strcmp(name, scheme_names[i]) == 0) {
+        if (strcmp(name, scheme_names[i]) == 0) {
             *scheme = (phg_webhook_scheme)i;
             return PHG_OK;
         }
@@ -162,6 +181,10 @@ const char *phg_webhook_reason_name(phg_webhook_reason reason)
         return "bad_token";
     case PHG_WH_WRONG_SCHEME:
         return "wrong_scheme";
+    case PHG_WH_BAD_AUTHORIZATION:
+        return "bad_authorization";
+    case PHG_WH_UNKNOWN_KEY:
+        return "unknown_key";
     }
     return "unknown";
 }
@@ -432,6 +455,38 @@ static phg_status parse_standard_key(const char *s, size_t len, size_t idx, int 
     return PHG_OK;
 }
 
+/*
+ * google-health: the secret is a whole Authorization value ("Bearer ..."),
+ * kept only as its SHA-256 (compared like a path token). Printable ASCII;
+ * a space may separate words ("Bearer x" has one) but never two in a row,
+ * so that one value has one text.
+ */
+static phg_status make_authorization_key(wh_key *k, const char *s, size_t len, size_t idx,
+                                         char *err, size_t err_len)
+{
+    size_t i;
+    if (len < SECRET_MIN_TEXT) {
+        seterr(err, err_len,
+               "secret %zu: an Authorization value needs at least %d characters (e.g. \"Bearer "
+               "\" and a long random token)",
+               idx, SECRET_MIN_TEXT);
+        return PHG_ERR_INVALID;
+    }
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c > 0x7e || (c == ' ' && i > 0 && s[i - 1] == ' ')) {
+            seterr(err, err_len,
+                   "secret %zu: an Authorization value is printable ASCII with single spaces "
+                   "between words (no tab, control or non-ASCII character)",
+                   idx);
+            return PHG_ERR_INVALID;
+        }
+    }
+    k->kind = KEY_TOKEN;
+    k->len = PHG_SHA256_SIZE;
+    return phg_sha256((const uint8_t *)s, len, k->bytes);
+}
+
 static phg_status make_key(phg_webhook_source *src, const phg_webhook_secret *sec, size_t idx,
                            char *err, size_t err_len)
 {
@@ -459,6 +514,8 @@ static phg_status make_key(phg_webhook_source *src, const phg_webhook_secret *se
         seterr(err, err_len, "secret %zu: longer than %d bytes", idx, PHG_WEBHOOK_SECRET_TEXT_MAX);
         return PHG_ERR_INVALID;
     }
+    if (src->scheme == PHG_WEBHOOK_GOOGLE_HEALTH)
+        return make_authorization_key(k, s, len, idx, err, err_len);
     if (!printable(s, len)) {
         seterr(err, err_len,
                "secret %zu: contains a space, control or non-ASCII character inside it", idx);
@@ -518,7 +575,7 @@ static phg_status make_key(phg_webhook_source *src, const phg_webhook_secret *se
         }
         break;
     case PHG_WEBHOOK_GOOGLE_HEALTH:
-        return PHG_ERR_NOT_FOUND;
+        break; /* handled above */
     }
     /* The text itself is the key (Fitbit: followed by '&', from OAuth 1 signing). */
     memcpy(k->bytes, s, len);
@@ -553,10 +610,8 @@ phg_status phg_webhook_source_new(const char *scheme, const phg_webhook_secret *
         err[0] = '\0';
     if (phg_webhook_scheme_parse(scheme, &sch) != PHG_OK) {
         seterr(err, err_len,
-               strcmp(scheme, "google-health") == 0
-                   ? "scheme google-health is not implemented yet"
-                   : "unknown scheme (standard-webhooks, stripe, oura, whoop, fitbit, polar, "
-                     "suunto, unsigned)");
+               "unknown scheme (standard-webhooks, stripe, oura, whoop, fitbit, polar, suunto, "
+               "unsigned, google-health)");
         return PHG_ERR_NOT_FOUND;
     }
     if (n == 0) {
@@ -571,6 +626,11 @@ phg_status phg_webhook_source_new(const char *scheme, const phg_webhook_secret *
     if (src == NULL)
         return PHG_ERR_NOMEM;
     src->scheme = sch;
+    if (pthread_mutex_init(&src->ks_mu, NULL) != 0) {
+        rc = PHG_ERR_INTERNAL;
+        goto out;
+    }
+    src->ks_mu_ready = 1;
     if (opts != NULL)
         src->opts = *opts;
     else
@@ -607,6 +667,9 @@ void phg_webhook_source_free(phg_webhook_source *src)
         EVP_MAC_CTX_free(src->keys[i].mac); /* OpenSSL cleanses the HMAC pads */
         EVP_PKEY_free(src->keys[i].pkey);
     }
+    phg_webhook_keyset_free(src->keyset);
+    if (src->ks_mu_ready)
+        pthread_mutex_destroy(&src->ks_mu);
     phg_wipe(src, sizeof *src);
     free(src);
 }
@@ -985,6 +1048,10 @@ static int key_valid_at(const wh_key *k, int64_t now_ms)
     return k->not_after == 0 || floor_div(now_ms, 1000) <= k->not_after;
 }
 
+static phg_status verify_google(const phg_webhook_source *src, const phg_webhook_header *headers,
+                                size_t n_headers, const uint8_t *body, size_t body_len,
+                                int64_t now_ms, phg_webhook_result *out);
+
 phg_status phg_webhook_verify(const phg_webhook_source *src, const phg_webhook_header *headers,
                               size_t n_headers, const uint8_t *body, size_t body_len,
                               int64_t now_ms, phg_webhook_result *out)
@@ -1008,6 +1075,8 @@ phg_status phg_webhook_verify(const phg_webhook_source *src, const phg_webhook_h
         return refuse(out, PHG_WH_TOO_LARGE);
     if (n_headers > PHG_WEBHOOK_HEADERS_MAX)
         return refuse(out, PHG_WH_MALFORMED_HEADER);
+    if (src->scheme == PHG_WEBHOOK_GOOGLE_HEALTH)
+        return verify_google(src, headers, n_headers, body, body_len, now_ms, out);
 
     memset(&p, 0, sizeof p);
     p.sigs = sigs;
@@ -1123,6 +1192,731 @@ phg_status phg_webhook_verify_token(const phg_webhook_source *src, const char *t
     out->msg_id_is_signature = 0;
     out->secret_index = matched;
     out->authenticated = 0;
+    out->reason = PHG_WH_OK;
+    return PHG_OK;
+}
+
+/* ---- Google Health: Tink keysets and ECDSA P-256 ----------------------------------- */
+
+#define GH_TYPE_URL "type.googleapis.com/google.crypto.tink.EcdsaPublicKey"
+#define GH_PRIVATE_TYPE_URL "type.googleapis.com/google.crypto.tink.EcdsaPrivateKey"
+#define GH_VALUE_MAX 1024   /* bytes of one serialized EcdsaPublicKey (about 80 in practice) */
+#define GH_COORD 32         /* bytes of a P-256 coordinate */
+#define GH_TINK_PREFIX 0x01 /* Tink output prefix: 0x01 || key id (4 bytes, big-endian) */
+#define GH_PREFIX_LEN 5
+#define GH_DER_SIG_MAX 72 /* DER ECDSA-P256: SEQUENCE of two INTEGERs of <= 33 bytes */
+#define GH_P1363_SIG 64   /* r || s */
+#define GH_SIG_MAX (GH_PREFIX_LEN + GH_DER_SIG_MAX)
+#define GH_SIG_B64_MAX ((GH_SIG_MAX + 2) / 3 * 4)
+#define GH_SIG_MIN 8 /* shorter cannot be a prefix and a signature */
+/* Tink's enum values (proto/common.proto, proto/ecdsa.proto) */
+#define TINK_HASH_SHA256 3
+#define TINK_CURVE_NIST_P256 2
+#define TINK_ENC_IEEE_P1363 1
+#define TINK_ENC_DER 2
+
+typedef struct gh_key {
+    uint32_t id;
+    int raw;   /* output prefix RAW: the signature carries no 0x01 || id */
+    int p1363; /* the signature is r || s (64 bytes), not DER */
+    EVP_PKEY *pkey;
+} gh_key;
+
+struct phg_webhook_keyset {
+    atomic_size_t refs;
+    size_t n;
+    int has_raw;
+    gh_key keys[PHG_WEBHOOK_KEYSET_KEYS_MAX];
+};
+
+/*
+ * A strict reader for the few protobuf messages of a Tink public key:
+ * varints of at most 10 bytes that fit 64 bits, length-delimited fields
+ * inside their parent, unknown fields skipped by wire type, groups and
+ * reserved wire types refused.
+ */
+typedef struct pb_reader {
+    const uint8_t *p, *end;
+} pb_reader;
+
+typedef struct pb_field {
+    uint32_t number;
+    int wire_type;
+    uint64_t varint;      /* wire type 0 */
+    const uint8_t *bytes; /* wire type 2 */
+    size_t len;
+} pb_field;
+
+static int pb_varint(pb_reader *r, uint64_t *v)
+{
+    uint64_t x = 0;
+    int shift;
+    for (shift = 0; shift < 64; shift += 7) {
+        uint8_t b;
+        if (r->p == r->end)
+            return -1;
+        b = *r->p++;
+        if (shift == 63 && b > 1)
+            return -1; /* past 64 bits, or an 11th byte */
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if ((b & 0x80) == 0) {
+            *v = x;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* The next field: 1 read, 0 at the end, -1 malformed. */
+static int pb_next(pb_reader *r, pb_field *f)
+{
+    uint64_t tag;
+    if (r->p == r->end)
+        return 0;
+    if (pb_varint(r, &tag) != 0 || (tag >> 3) == 0 || (tag >> 3) > 0x1fffffff)
+        return -1;
+    f->number = (uint32_t)(tag >> 3);
+    f->wire_type = (int)(tag & 7);
+    switch (f->wire_type) {
+    case 0:
+        return pb_varint(r, &f->varint) == 0 ? 1 : -1;
+    case 1: /* fixed64 */
+    case 5: /* fixed32 */ {
+        size_t n = f->wire_type == 1 ? 8 : 4;
+        if ((size_t)(r->end - r->p) < n)
+            return -1;
+        r->p += n;
+        return 1;
+    }
+    case 2:
+        if (pb_varint(r, &f->varint) != 0 || f->varint > (uint64_t)(r->end - r->p))
+            return -1;
+        f->bytes = r->p;
+        f->len = (size_t)f->varint;
+        r->p += f->len;
+        return 1;
+    default:
+        return -1; /* 3 and 4 (groups), 6, 7 */
+    }
+}
+
+typedef struct ecdsa_public {
+    uint64_t version, hash, curve, encoding;
+    const uint8_t *x, *y;
+    size_t x_len, y_len;
+} ecdsa_public;
+
+/* EcdsaParams { hash_type = 1; curve = 2; encoding = 3; } (enums as varints).
+ * A known field given twice, or with another wire type, is refused. */
+static int pb_ecdsa_params(const uint8_t *b, size_t n, ecdsa_public *k)
+{
+    pb_reader r = {b, b + n};
+    pb_field f;
+    unsigned seen = 0;
+    int got;
+    while ((got = pb_next(&r, &f)) == 1) {
+        if (f.number < 1 || f.number > 3)
+            continue;
+        if (f.wire_type != 0 || (seen & (1u << f.number)))
+            return -1;
+        seen |= 1u << f.number;
+        if (f.number == 1)
+            k->hash = f.varint;
+        else if (f.number == 2)
+            k->curve = f.varint;
+        else
+            k->encoding = f.varint;
+    }
+    return got;
+}
+
+/* EcdsaPublicKey { version = 1; params = 2; x = 3; y = 4; }. */
+static int pb_ecdsa_public(const uint8_t *b, size_t n, ecdsa_public *k)
+{
+    pb_reader r = {b, b + n};
+    pb_field f;
+    unsigned seen = 0;
+    int got;
+    memset(k, 0, sizeof *k);
+    while ((got = pb_next(&r, &f)) == 1) {
+        if (f.number < 1 || f.number > 4)
+            continue;
+        if ((seen & (1u << f.number)) || f.wire_type != (f.number == 1 ? 0 : 2))
+            return -1;
+        seen |= 1u << f.number;
+        if (f.number == 1) {
+            k->version = f.varint;
+        } else if (f.number == 2) {
+            if (pb_ecdsa_params(f.bytes, f.len, k) != 0)
+                return -1;
+        } else if (f.number == 3) {
+            k->x = f.bytes;
+            k->x_len = f.len;
+        } else {
+            k->y = f.bytes;
+            k->y_len = f.len;
+        }
+    }
+    if (got != 0 || (seen & 0x1c) != 0x1c) /* params, x and y are required */
+        return -1;
+    return 0;
+}
+
+/* A big-endian unsigned integer (Tink may add a 0x00 so that it reads as
+ * positive) into exactly GH_COORD bytes. */
+static int coord(const uint8_t *b, size_t n, uint8_t out[GH_COORD])
+{
+    while (n > 0 && b[0] == 0)
+        b++, n--;
+    if (n > GH_COORD)
+        return -1;
+    memset(out, 0, GH_COORD);
+    if (n > 0)
+        memcpy(out + GH_COORD - n, b, n);
+    return 0;
+}
+
+/* An EC public key on P-256 from its affine coordinates, checked to be a
+ * valid point of the group (not infinity, on the curve). */
+static EVP_PKEY *p256_public(const uint8_t x[GH_COORD], const uint8_t y[GH_COORD])
+{
+    uint8_t pt[1 + 2 * GH_COORD];
+    char group[] = "prime256v1";
+    OSSL_PARAM params[3];
+    EVP_PKEY_CTX *ctx = NULL, *check = NULL;
+    EVP_PKEY *pkey = NULL;
+
+    pt[0] = 0x04; /* uncompressed */
+    memcpy(pt + 1, x, GH_COORD);
+    memcpy(pt + 1 + GH_COORD, y, GH_COORD);
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, 0);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, pt, sizeof pt);
+    params[2] = OSSL_PARAM_construct_end();
+    ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    if (ctx == NULL || EVP_PKEY_fromdata_init(ctx) != 1 ||
+        EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        goto fail;
+    check = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+    if (check == NULL || EVP_PKEY_public_check(check) != 1)
+        goto fail;
+    EVP_PKEY_CTX_free(check);
+    EVP_PKEY_CTX_free(ctx);
+    return pkey;
+fail:
+    EVP_PKEY_CTX_free(check);
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_free(pkey);
+    ERR_clear_error();
+    return NULL;
+}
+
+/* One entry of the "key" array into ks (or skipped, when not enabled or
+ * of another key type). */
+static phg_status keyset_entry(phg_webhook_keyset *ks, const json_t *k, size_t idx, char *err,
+                               size_t err_len)
+{
+    const json_t *kd = json_object_get(k, "keyData"), *id = json_object_get(k, "keyId");
+    const char *status = json_string_value(json_object_get(k, "status"));
+    const char *prefix = json_string_value(json_object_get(k, "outputPrefixType"));
+    const char *type_url, *value, *material;
+    uint8_t buf[GH_VALUE_MAX], x[GH_COORD], y[GH_COORD];
+    size_t n = 0, i;
+    json_int_t idv;
+    ecdsa_public ek;
+    gh_key *g;
+
+    if (!json_is_object(k) || !json_is_object(kd) || !json_is_integer(id) || status == NULL ||
+        prefix == NULL) {
+        seterr(err, err_len,
+               "keyset: key %zu needs keyData (an object), status, keyId (an integer) and "
+               "outputPrefixType",
+               idx);
+        return PHG_ERR_INVALID;
+    }
+    idv = json_integer_value(id);
+    /* Tink writes ids unsigned; older writers wrote them as signed int32 */
+    if (idv < -2147483648LL || idv > 4294967295LL) {
+        seterr(err, err_len, "keyset: key %zu: keyId is not a 32-bit value", idx);
+        return PHG_ERR_INVALID;
+    }
+    if (strcmp(status, "ENABLED") != 0)
+        return PHG_OK; /* DISABLED, DESTROYED: never used */
+    type_url = json_string_value(json_object_get(kd, "typeUrl"));
+    value = json_string_value(json_object_get(kd, "value"));
+    material = json_string_value(json_object_get(kd, "keyMaterialType"));
+    if (type_url == NULL || value == NULL || material == NULL) {
+        seterr(err, err_len, "keyset: key %zu: keyData needs typeUrl, value and keyMaterialType",
+               idx);
+        return PHG_ERR_INVALID;
+    }
+    if (strcmp(type_url, GH_PRIVATE_TYPE_URL) == 0 || strcmp(material, "ASYMMETRIC_PRIVATE") == 0 ||
+        strcmp(material, "SYMMETRIC") == 0) {
+        seterr(err, err_len,
+               "keyset: key %zu holds secret key material: give the public keyset only", idx);
+        return PHG_ERR_INVALID;
+    }
+    if (strcmp(type_url, GH_TYPE_URL) != 0)
+        return PHG_OK; /* another kind of key: nothing here can check it */
+    if (strcmp(material, "ASYMMETRIC_PUBLIC") != 0) {
+        seterr(err, err_len, "keyset: key %zu: keyMaterialType must be ASYMMETRIC_PUBLIC", idx);
+        return PHG_ERR_INVALID;
+    }
+    if (ks->n == PHG_WEBHOOK_KEYSET_KEYS_MAX)
+        return PHG_ERR_INTERNAL; /* cannot happen: the array size was checked */
+    g = &ks->keys[ks->n];
+    if (strcmp(prefix, "TINK") == 0) {
+        g->raw = 0;
+    } else if (strcmp(prefix, "RAW") == 0) {
+        g->raw = 1;
+    } else {
+        seterr(err, err_len, "keyset: key %zu: outputPrefixType must be TINK or RAW", idx);
+        return PHG_ERR_INVALID;
+    }
+    if (phg_base64_decode(value, strlen(value), buf, sizeof buf, &n, PHG_B64_STD) != PHG_OK ||
+        pb_ecdsa_public(buf, n, &ek) != 0) {
+        seterr(err, err_len,
+               "keyset: key %zu: value is not canonical base64 of a serialized EcdsaPublicKey "
+               "(at most %d bytes)",
+               idx, GH_VALUE_MAX);
+        return PHG_ERR_INVALID;
+    }
+    if (ek.version != 0 || ek.hash != TINK_HASH_SHA256 || ek.curve != TINK_CURVE_NIST_P256 ||
+        (ek.encoding != TINK_ENC_DER && ek.encoding != TINK_ENC_IEEE_P1363)) {
+        seterr(err, err_len,
+               "keyset: key %zu: only version 0 ECDSA with SHA-256 on NIST P-256 and DER or "
+               "IEEE_P1363 signatures is supported",
+               idx);
+        return PHG_ERR_INVALID;
+    }
+    g->pkey = NULL;
+    if (coord(ek.x, ek.x_len, x) == 0 && coord(ek.y, ek.y_len, y) == 0)
+        g->pkey = p256_public(x, y);
+    if (g->pkey == NULL) {
+        seterr(err, err_len, "keyset: key %zu: not a valid P-256 public key", idx);
+        return PHG_ERR_INVALID;
+    }
+    g->id = (uint32_t)idv;
+    g->p1363 = ek.encoding == TINK_ENC_IEEE_P1363;
+    ks->n++; /* from here the keyset owns pkey */
+    for (i = 0; i + 1 < ks->n; i++) {
+        if (ks->keys[i].id == g->id) {
+            seterr(err, err_len, "keyset: key %zu: key id %" PRIu32 " appears twice", idx, g->id);
+            return PHG_ERR_INVALID;
+        }
+    }
+    ks->has_raw |= g->raw;
+    return PHG_OK;
+}
+
+phg_status phg_webhook_keyset_parse(const char *json, size_t len, phg_webhook_keyset **out,
+                                    char *err, size_t err_len)
+{
+    phg_status rc = PHG_ERR_INVALID;
+    phg_webhook_keyset *ks = NULL;
+    json_error_t je;
+    json_t *root = NULL, *keys, *primary;
+    size_t i;
+
+    assert(out != NULL && (json != NULL || len == 0));
+    *out = NULL;
+    if (err != NULL && err_len > 0)
+        err[0] = '\0';
+    if (len > PHG_WEBHOOK_KEYSET_MAX) {
+        seterr(err, err_len, "keyset: over %u bytes", PHG_WEBHOOK_KEYSET_MAX);
+        return PHG_ERR_TOO_LARGE;
+    }
+    root = json_loadb(json != NULL ? json : "", len, JSON_REJECT_DUPLICATES, &je);
+    if (root == NULL || !json_is_object(root)) {
+        seterr(err, err_len, "keyset: not a JSON object (line %d: %s)", root == NULL ? je.line : 1,
+               root == NULL ? je.text : "another JSON value");
+        goto out;
+    }
+    primary = json_object_get(root, "primaryKeyId");
+    keys = json_object_get(root, "key");
+    if ((primary != NULL && !json_is_integer(primary)) || !json_is_array(keys) ||
+        json_array_size(keys) == 0) {
+        seterr(err, err_len,
+               "keyset: needs a non-empty \"key\" array (and primaryKeyId, if any, an integer)");
+        goto out;
+    }
+    if (json_array_size(keys) > PHG_WEBHOOK_KEYSET_KEYS_MAX) {
+        seterr(err, err_len, "keyset: more than %d keys", PHG_WEBHOOK_KEYSET_KEYS_MAX);
+        rc = PHG_ERR_TOO_LARGE;
+        goto out;
+    }
+    ks = calloc(1, sizeof *ks);
+    if (ks == NULL) {
+        rc = PHG_ERR_NOMEM;
+        goto out;
+    }
+    atomic_init(&ks->refs, 1);
+    for (i = 0; i < json_array_size(keys); i++) {
+        rc = keyset_entry(ks, json_array_get(keys, i), i, err, err_len);
+        if (rc != PHG_OK)
+            goto out;
+    }
+    if (ks->n == 0) {
+        seterr(err, err_len, "keyset: no enabled ECDSA P-256 public key");
+        rc = PHG_ERR_INVALID;
+        goto out;
+    }
+    *out = ks;
+    ks = NULL;
+    rc = PHG_OK;
+out:
+    json_decref(root);
+    phg_webhook_keyset_free(ks);
+    return rc;
+}
+
+void phg_webhook_keyset_free(phg_webhook_keyset *ks)
+{
+    size_t i;
+    if (ks == NULL || atomic_fetch_sub_explicit(&ks->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    for (i = 0; i < ks->n; i++)
+        EVP_PKEY_free(ks->keys[i].pkey);
+    free(ks);
+}
+
+size_t phg_webhook_keyset_count(const phg_webhook_keyset *ks)
+{
+    assert(ks != NULL);
+    return ks->n;
+}
+
+void phg_webhook_source_set_keyset(phg_webhook_source *src, phg_webhook_keyset *ks)
+{
+    phg_webhook_keyset *old;
+    assert(src != NULL);
+    if (ks != NULL)
+        atomic_fetch_add_explicit(&ks->refs, 1, memory_order_relaxed);
+    pthread_mutex_lock(&src->ks_mu);
+    old = src->keyset;
+    src->keyset = ks;
+    pthread_mutex_unlock(&src->ks_mu);
+    phg_webhook_keyset_free(old);
+}
+
+/* The source's keyset with a reference taken (the caller drops it), or NULL. */
+static phg_webhook_keyset *keyset_acquire(const phg_webhook_source *src)
+{
+    /* ks_mu and the pointer are the documented mutable part of a source */
+    pthread_mutex_t *mu = (pthread_mutex_t *)&src->ks_mu;
+    phg_webhook_keyset *ks;
+    pthread_mutex_lock(mu);
+    ks = src->keyset;
+    if (ks != NULL)
+        atomic_fetch_add_explicit(&ks->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(mu);
+    return ks;
+}
+
+/* An http:// URL may only name this machine: a keyset fetched in clear
+ * from elsewhere could be anyone's. */
+static int url_is_loopback_http(const char *url)
+{
+    const char *h = url + 7, *e;
+    char host[64];
+    struct in_addr a4;
+    size_t n;
+    if (*h == '[') {
+        e = strchr(h, ']');
+        return e != NULL && e - h == 4 && memcmp(h, "[::1", 4) == 0 &&
+               (e[1] == '\0' || e[1] == ':' || e[1] == '/' || e[1] == '?');
+    }
+    for (e = h; *e != '\0' && *e != ':' && *e != '/' && *e != '?'; e++)
+        ;
+    n = (size_t)(e - h);
+    if (n == 0 || n >= sizeof host)
+        return 0;
+    memcpy(host, h, n);
+    host[n] = '\0';
+    if (strcasecmp(host, "localhost") == 0)
+        return 1;
+    return inet_pton(AF_INET, host, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
+}
+
+static phg_status keyset_fetch(const char *url, const char *ca_file, phg_webhook_keyset **out,
+                               char *err, size_t err_len)
+{
+    static const char *const headers[] = {"Accept: application/json"};
+    phg_httpc *c = NULL;
+    phg_httpc_request req;
+    phg_httpc_response resp;
+    char herr[PHG_HTTPC_ERR_MAX] = "";
+    phg_status rc;
+
+    memset(&resp, 0, sizeof resp);
+    if (strncasecmp(url, "http://", 7) == 0 && !url_is_loopback_http(url)) {
+        seterr(err, err_len,
+               "keyset: an http:// URL must name a loopback host (use https:// for others)");
+        return PHG_ERR_INVALID;
+    }
+    rc = phg_httpc_new(ca_file, &c);
+    if (rc != PHG_OK) {
+        seterr(err, err_len,
+               rc == PHG_ERR_IO ? "keyset: the CA file cannot be read"
+                                : "keyset: cannot set up an HTTP client");
+        return rc;
+    }
+    memset(&req, 0, sizeof req);
+    req.method = "GET";
+    req.url = url;
+    req.headers = headers;
+    req.n_headers = 1;
+    req.timeout_ms = 10000;
+    req.max_response = PHG_WEBHOOK_KEYSET_MAX;
+    rc = phg_httpc_do(c, &req, &resp, herr, sizeof herr);
+    if (rc != PHG_OK) {
+        seterr(err, err_len, "keyset: cannot fetch it: %s", herr[0] ? herr : phg_strerror(rc));
+        goto out;
+    }
+    if (resp.status != 200) {
+        seterr(err, err_len, "keyset: the server answered HTTP %d", resp.status);
+        rc = PHG_ERR_UNAVAILABLE;
+        goto out;
+    }
+    rc = phg_webhook_keyset_parse((const char *)resp.body, resp.body_len, out, err, err_len);
+out:
+    phg_httpc_response_free(&resp);
+    phg_httpc_free(c);
+    return rc;
+}
+
+static phg_status keyset_read_file(const char *path, phg_webhook_keyset **out, char *err,
+                                   size_t err_len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0;
+    phg_status rc = PHG_ERR_IO;
+    int failed;
+
+    if (f == NULL) {
+        seterr(err, err_len, "keyset: cannot open %s: %s", path, strerror(errno));
+        return PHG_ERR_IO;
+    }
+    buf = malloc(PHG_WEBHOOK_KEYSET_MAX + 1);
+    if (buf == NULL) {
+        rc = PHG_ERR_NOMEM;
+        goto out;
+    }
+    n = fread(buf, 1, PHG_WEBHOOK_KEYSET_MAX + 1, f);
+    failed = ferror(f);
+    if (failed) {
+        seterr(err, err_len, "keyset: cannot read %s", path);
+        goto out;
+    }
+    if (n > PHG_WEBHOOK_KEYSET_MAX) {
+        seterr(err, err_len, "keyset: %s is over %u bytes", path, PHG_WEBHOOK_KEYSET_MAX);
+        rc = PHG_ERR_TOO_LARGE;
+        goto out;
+    }
+    rc = phg_webhook_keyset_parse(buf, n, out, err, err_len);
+out:
+    free(buf);
+    fclose(f);
+    return rc;
+}
+
+phg_status phg_webhook_keyset_load(const char *file_or_url, const char *ca_file,
+                                   phg_webhook_keyset **out, char *err, size_t err_len)
+{
+    assert(file_or_url != NULL && out != NULL);
+    *out = NULL;
+    if (err != NULL && err_len > 0)
+        err[0] = '\0';
+    if (strncasecmp(file_or_url, "https://", 8) == 0 || strncasecmp(file_or_url, "http://", 7) == 0)
+        return keyset_fetch(file_or_url, ca_file, out, err, err_len);
+    return keyset_read_file(file_or_url, out, err, err_len);
+}
+
+/* ECDSA-P256-SHA256 of the body under key g; *match set when it verifies.
+ * A signature of the wrong size or encoding is a mismatch, not an error. */
+static phg_status ecdsa_check(const gh_key *g, const uint8_t *sig, size_t n, const uint8_t *body,
+                              size_t body_len, int *match)
+{
+    uint8_t der[GH_DER_SIG_MAX + 8];
+    const uint8_t *s = sig;
+    size_t s_len = n;
+    EVP_MD_CTX *md = NULL;
+    phg_status rc = PHG_ERR_INTERNAL;
+
+    *match = 0;
+    if (g->p1363) {
+        /* r || s into the DER that OpenSSL verifies */
+        ECDSA_SIG *es;
+        BIGNUM *r, *sv;
+        uint8_t *p = der;
+        int len;
+        if (n != GH_P1363_SIG)
+            return PHG_OK;
+        es = ECDSA_SIG_new();
+        r = BN_bin2bn(sig, GH_P1363_SIG / 2, NULL);
+        sv = BN_bin2bn(sig + GH_P1363_SIG / 2, GH_P1363_SIG / 2, NULL);
+        if (es == NULL || r == NULL || sv == NULL || ECDSA_SIG_set0(es, r, sv) != 1) {
+            BN_free(r);
+            BN_free(sv);
+            ECDSA_SIG_free(es);
+            return PHG_ERR_NOMEM;
+        }
+        len = i2d_ECDSA_SIG(es, NULL);
+        if (len <= 0 || (size_t)len > sizeof der || i2d_ECDSA_SIG(es, &p) != len) {
+            ECDSA_SIG_free(es);
+            return PHG_ERR_INTERNAL;
+        }
+        ECDSA_SIG_free(es);
+        s = der;
+        s_len = (size_t)len;
+    } else if (n > GH_DER_SIG_MAX) {
+        return PHG_OK;
+    }
+    md = EVP_MD_CTX_new();
+    if (md == NULL)
+        return PHG_ERR_NOMEM;
+    if (EVP_DigestVerifyInit_ex(md, NULL, "SHA256", NULL, NULL, g->pkey, NULL) != 1)
+        goto out;
+    /* 1 verified; 0 or -1 (a DER that does not parse, or parses but is not
+     * the canonical encoding OpenSSL re-creates) refuse alike */
+    *match =
+        EVP_DigestVerify(md, s, s_len, body != NULL ? body : (const uint8_t *)"", body_len) == 1;
+    rc = PHG_OK;
+out:
+    EVP_MD_CTX_free(md);
+    ERR_clear_error();
+    return rc;
+}
+
+/* The decoded signature header against the keyset: the reason. */
+static phg_status google_check(const phg_webhook_keyset *ks, const uint8_t *sig, size_t n,
+                               const uint8_t *body, size_t body_len, phg_webhook_reason *why)
+{
+    int prefixed = n > GH_PREFIX_LEN && sig[0] == GH_TINK_PREFIX, known = 0, m = 0;
+    uint32_t id = 0;
+    size_t i;
+    phg_status rc;
+
+    if (prefixed)
+        id = (uint32_t)sig[1] << 24 | (uint32_t)sig[2] << 16 | (uint32_t)sig[3] << 8 | sig[4];
+    for (i = 0; prefixed && i < ks->n && !known; i++) {
+        const gh_key *g = &ks->keys[i];
+        if (g->raw || g->id != id)
+            continue;
+        known = 1;
+        rc = ecdsa_check(g, sig + GH_PREFIX_LEN, n - GH_PREFIX_LEN, body, body_len, &m);
+        if (rc != PHG_OK)
+            return rc;
+    }
+    /* RAW keys sign without a prefix: each is tried on the whole value, as
+     * Tink does after the prefixed keys */
+    for (i = 0; !m && ks->has_raw && i < ks->n; i++) {
+        if (!ks->keys[i].raw)
+            continue;
+        rc = ecdsa_check(&ks->keys[i], sig, n, body, body_len, &m);
+        if (rc != PHG_OK)
+            return rc;
+    }
+    if (m)
+        *why = PHG_WH_OK;
+    else if (prefixed && !known)
+        *why = PHG_WH_UNKNOWN_KEY;
+    else if (!prefixed && !ks->has_raw)
+        *why = PHG_WH_MALFORMED_HEADER; /* not Tink's 0x01 prefix, and no RAW key */
+    else
+        *why = PHG_WH_BAD_SIGNATURE;
+    return PHG_OK;
+}
+
+/* Every secret compared (no early exit): 1 with *which set when value is one
+ * still valid at now_ms. */
+static int authorization_match(const phg_webhook_source *src, const char *value, size_t len,
+                               int64_t now_ms, int *which)
+{
+    uint8_t h[PHG_SHA256_SIZE];
+    size_t i;
+    int matched = -1;
+    if (phg_sha256((const uint8_t *)value, len, h) != PHG_OK)
+        return 0;
+    for (i = 0; i < src->n; i++) {
+        int eq = phg_ct_equal(h, src->keys[i].bytes, PHG_SHA256_SIZE);
+        if (eq && matched < 0 && key_valid_at(&src->keys[i], now_ms))
+            matched = (int)i;
+    }
+    phg_wipe(h, sizeof h);
+    *which = matched;
+    return matched >= 0;
+}
+
+int phg_webhook_check_authorization(const phg_webhook_source *src, const char *value, size_t len,
+                                    int64_t now_ms)
+{
+    int which = -1;
+    assert(src != NULL && (value != NULL || len == 0));
+    if (src->scheme != PHG_WEBHOOK_GOOGLE_HEALTH || len > PHG_WEBHOOK_HEADER_MAX)
+        return 0;
+    return authorization_match(src, value != NULL ? value : "", len, now_ms, &which);
+}
+
+static phg_status verify_google(const phg_webhook_source *src, const phg_webhook_header *headers,
+                                size_t n_headers, const uint8_t *body, size_t body_len,
+                                int64_t now_ms, phg_webhook_result *out)
+{
+    const char *auth = NULL, *sig_new = NULL, *sig_old = NULL, *sig_text;
+    size_t auth_len = 0, new_len = 0, old_len = 0, sig_text_len, n = 0, i;
+    uint8_t sig[GH_SIG_MAX + 3], h[PHG_SHA256_SIZE];
+    phg_webhook_keyset *ks;
+    phg_webhook_reason why;
+    phg_status rc;
+    int found_new, found_old, live = 0, matched = -1;
+
+    /* headers: Authorization, and exactly one signature header of one name */
+    why = get_header(src, headers, n_headers, "authorization", PHG_WH_BAD_AUTHORIZATION, &auth,
+                     &auth_len);
+    if (why != PHG_WH_OK)
+        return refuse(out, why);
+    found_new = find_header(headers, n_headers, "google-health-api-signature", &sig_new, &new_len);
+    found_old = find_header(headers, n_headers, "x-healthapi-signature", &sig_old, &old_len);
+    if (found_new < 0 || found_old < 0 || (found_new && found_old))
+        return refuse(out, PHG_WH_REPEATED_HEADER);
+    if (!found_new && !found_old)
+        return refuse(out, PHG_WH_NO_SIGNATURE);
+    sig_text = found_new ? sig_new : sig_old;
+    sig_text_len = found_new ? new_len : old_len;
+    if (sig_text_len > src->opts.max_header)
+        return refuse(out, PHG_WH_HEADER_TOO_LONG);
+    if (sig_text_len > GH_SIG_B64_MAX ||
+        phg_base64_decode(sig_text, sig_text_len, sig, sizeof sig, &n, PHG_B64_STD) != PHG_OK ||
+        n < GH_SIG_MIN)
+        return refuse(out, PHG_WH_MALFORMED_HEADER);
+
+    for (i = 0; i < src->n; i++)
+        live += key_valid_at(&src->keys[i], now_ms);
+    if (live == 0)
+        return refuse(out, PHG_WH_NO_SECRET);
+    if (!authorization_match(src, auth, auth_len, now_ms, &matched))
+        return refuse(out, PHG_WH_BAD_AUTHORIZATION);
+
+    ks = keyset_acquire(src);
+    if (ks == NULL)
+        return refuse(out, PHG_WH_UNKNOWN_KEY);
+    rc = google_check(ks, sig, n, body, body_len, &why);
+    phg_webhook_keyset_free(ks);
+    if (rc != PHG_OK) {
+        refuse(out, PHG_WH_BAD_SIGNATURE); /* not verified; the status says why */
+        return rc;
+    }
+    if (why != PHG_WH_OK)
+        return refuse(out, why);
+    rc = phg_sha256(body != NULL ? body : (const uint8_t *)"", body_len, h);
+    if (rc != PHG_OK) {
+        refuse(out, PHG_WH_BAD_SIGNATURE);
+        return rc;
+    }
+    hex_encode(h, sizeof h, out->msg_id);
+    out->msg_id_is_signature = 0;
+    out->secret_index = matched;
+    out->authenticated = 1;
     out->reason = PHG_WH_OK;
     return PHG_OK;
 }

@@ -2,8 +2,9 @@
  * webhook_store.c: webhook sources in the store (phigate/webhook_store.h).
  * Validation happens here, before anything reaches an engine; secrets are
  * checked by phg_webhook_source_new, trimmed, and stored only as Fernet
- * tokens under the first master key. Decrypted texts live in malloc'd
- * buffers that every free function wipes.
+ * tokens under the first master key; so is a source's verify token (the
+ * handshake secret of oura and fitbit, migration 4). Decrypted texts live in
+ * malloc'd buffers that every free function wipes.
  */
 #include <assert.h>
 #include <stdio.h>
@@ -115,14 +116,58 @@ static phg_status check_secrets(const char *scheme, int64_t tolerance_s,
     return rc;
 }
 
+/* A text as a Fernet token under the first master key, into out[cap]. */
+static phg_status encrypt_text(const phg_masterkeys *mk, const char *text, size_t text_len,
+                               char *out, size_t cap)
+{
+    size_t len = 0;
+    if (phg_fernet_token_len(text_len) + 1 > cap)
+        return PHG_ERR_TOO_LARGE;
+    return phg_fernet_encrypt(mk->keys[0], (const uint8_t *)text, text_len, (uint64_t)time(NULL),
+                              NULL, out, cap, &len);
+}
+
 static phg_status encrypt_secret(const phg_masterkeys *mk, const phg_webhook_secret *s,
                                  phg_wh_secret_row *row)
 {
-    size_t len = 0;
-    if (phg_fernet_token_len(s->len) + 1 > sizeof row->secret_enc)
-        return PHG_ERR_TOO_LARGE;
-    return phg_fernet_encrypt(mk->keys[0], (const uint8_t *)s->text, s->len, (uint64_t)time(NULL),
-                              NULL, row->secret_enc, sizeof row->secret_enc, &len);
+    return encrypt_text(mk, s->text, s->len, row->secret_enc, sizeof row->secret_enc);
+}
+
+/*
+ * A verify token trimmed (*text, *len: a view into the caller's text) and
+ * checked: 1 to PHG_WEBHOOK_VERIFY_TOKEN_MAX bytes of 0x21..0x7e. The
+ * handshake compares it with a query parameter, which carries no space and
+ * no control byte; the messages never quote it.
+ */
+static phg_status check_verify_token(const char **text, size_t *len, char *err, size_t err_len)
+{
+    const char *t = *text;
+    size_t n = *len, i;
+    while (n > 0 && is_space(*t)) {
+        t++;
+        n--;
+    }
+    while (n > 0 && is_space(t[n - 1]))
+        n--;
+    if (n == 0) {
+        set_err(err, err_len, "verify_token: empty (1 to 512 printable ASCII characters)");
+        return PHG_ERR_INVALID;
+    }
+    if (n > PHG_WEBHOOK_VERIFY_TOKEN_MAX) {
+        set_err(err, err_len, "verify_token: at most 512 bytes");
+        return PHG_ERR_INVALID;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)t[i];
+        if (ch < 0x21 || ch > 0x7e) {
+            set_err(err, err_len,
+                    "verify_token: only printable ASCII characters, without spaces");
+            return PHG_ERR_INVALID;
+        }
+    }
+    *text = t;
+    *len = n;
+    return PHG_OK;
 }
 
 phg_status phg_webhook_sources_add(phg_store *store, const phg_masterkeys *mk,
@@ -168,6 +213,15 @@ phg_status phg_webhook_sources_add(phg_store *store, const phg_masterkeys *mk,
         set_err(err, err_len, "secrets: 1 to 16");
         return PHG_ERR_INVALID;
     }
+    if (spec->verify_token != NULL && spec->verify_token_len > 0) {
+        const char *vt = spec->verify_token;
+        size_t vt_len = spec->verify_token_len;
+        rc = check_verify_token(&vt, &vt_len, err, err_len);
+        if (rc == PHG_OK)
+            rc = encrypt_text(mk, vt, vt_len, src.verify_token_enc, sizeof src.verify_token_enc);
+        if (rc != PHG_OK)
+            return rc;
+    }
     rows = calloc(spec->n_secrets, sizeof *rows);
     if (rows == NULL)
         return PHG_ERR_NOMEM;
@@ -203,6 +257,7 @@ static void info_from_row(const phg_wh_source_row *r, phg_webhook_source_info *i
     info->tolerance_s = r->tolerance_s;
     info->created_at = r->created_at;
     info->updated_at = r->updated_at;
+    info->has_verify_token = r->verify_token_enc[0] != '\0';
 }
 
 phg_status phg_webhook_sources_list(phg_store *store, phg_webhook_source_info **out, size_t *n)
@@ -234,7 +289,10 @@ phg_status phg_webhook_sources_list(phg_store *store, phg_webhook_source_info **
     return PHG_OK;
 }
 
-/* Open a token with any key of mk into a malloc'd NUL-terminated text. */
+/* Open a token with any key of mk into a malloc'd NUL-terminated text (a
+ * secret or a verify token: the same limit holds both). */
+_Static_assert(PHG_WEBHOOK_VERIFY_TOKEN_MAX <= PHG_WEBHOOK_SECRET_TEXT_MAX,
+               "decrypt_secret's limit must hold a verify token");
 static phg_status decrypt_secret(const phg_masterkeys *mk, const char *token, char **text,
                                  size_t *len)
 {
@@ -277,6 +335,10 @@ static void info_clear(phg_webhook_source_info *info)
     free(info->active);
     free(info->active_index);
     free(info->secrets);
+    if (info->verify_token != NULL) {
+        phg_wipe(info->verify_token, info->verify_token_len);
+        free(info->verify_token);
+    }
     phg_wipe(info, sizeof *info);
 }
 
@@ -352,6 +414,12 @@ phg_status phg_webhook_sources_get(phg_store *store, const phg_masterkeys *mk, c
             info->n_active = active;
         }
     }
+    if (mk != NULL && info->has_verify_token) {
+        rc = decrypt_secret(mk, src.verify_token_enc, &info->verify_token,
+                            &info->verify_token_len);
+        if (rc != PHG_OK)
+            goto out;
+    }
     *out = info;
     info = NULL;
 out:
@@ -426,4 +494,55 @@ phg_status phg_webhook_sources_retire_secret(phg_store *store, const char *name,
     if (!phg_webhook_source_name_valid(name) || index < 0)
         return PHG_ERR_NOT_FOUND;
     return phg_internal_store_wh_secret_retire(store, name, index, (int64_t)time(NULL));
+}
+
+typedef struct set_vt_call {
+    const char *name;
+    const char *enc;
+    int64_t at;
+} set_vt_call;
+
+static phg_status call_set_verify_token(const phg_store_engine *e, void *conn, void *arg)
+{
+    const set_vt_call *a = arg;
+    return e->wh_source_set_verify_token(conn, a->name, a->enc, a->at);
+}
+
+phg_status phg_webhook_sources_set_verify_token(phg_store *store, const phg_masterkeys *mk,
+                                                const char *name, const char *token, size_t len,
+                                                char *err, size_t err_len)
+{
+    char enc[PHG_WH_SECRET_ENC_MAX + 1];
+    set_vt_call a;
+    phg_status rc;
+
+    set_err(err, err_len, "");
+    if (store == NULL)
+        return PHG_ERR_INVALID;
+    enc[0] = '\0';
+    if (token != NULL) {
+        if (mk == NULL || mk->n == 0) {
+            set_err(err, err_len, "no master key");
+            return PHG_ERR_MASTER_KEY;
+        }
+        rc = check_verify_token(&token, &len, err, err_len);
+        if (rc != PHG_OK)
+            return rc;
+    }
+    if (!phg_webhook_source_name_valid(name)) {
+        set_err(err, err_len, "no such source");
+        return PHG_ERR_NOT_FOUND;
+    }
+    if (token != NULL) {
+        rc = encrypt_text(mk, token, len, enc, sizeof enc);
+        if (rc != PHG_OK)
+            return rc;
+    }
+    a.name = name;
+    a.enc = enc;
+    a.at = (int64_t)time(NULL);
+    rc = phg_internal_store_with_conn(store, call_set_verify_token, &a);
+    if (rc == PHG_ERR_NOT_FOUND)
+        set_err(err, err_len, "no such source");
+    return rc;
 }

@@ -1,9 +1,11 @@
 /*
  * phigate/webhook.h: verifying inbound webhooks on their raw bytes, for the
  * Standard Webhooks scheme (Svix), Stripe's scheme and the wearable vendors
- * (Oura, WHOOP, Fitbit, Polar AccessLink, Suunto), plus a constant-time path
- * token for vendors that do not sign (Garmin, Withings); and a signing helper
- * for Standard Webhooks (phigate's own outbound webhooks, and tests).
+ * (Oura, WHOOP, Fitbit, Polar AccessLink, Suunto), Google Health API's
+ * ECDSA P-256 scheme (a Tink public keyset and the registered Authorization
+ * value), plus a constant-time path token for vendors that do not sign
+ * (Garmin, Withings); and a signing helper for Standard Webhooks (phigate's
+ * own outbound webhooks, and tests).
  *
  * What each scheme signs, byte for byte, the header grammar phigate accepts,
  * the secret formats and the timestamp windows: docs/formats.md, section 17.
@@ -18,11 +20,15 @@
  *
  * Not here: replay memory (the caller keeps message ids for twice the
  * tolerance), subscription handshakes, HTTP, configuration files, and
- * storing secrets (the caller encrypts them at rest). Google Health API's
- * ECDSA P-256 scheme is not implemented yet (its scheme number is reserved).
+ * storing secrets (the caller encrypts them at rest), and deciding when to
+ * fetch Google's keyset again (the caller does, on PHG_WH_UNKNOWN_KEY).
  *
- * Thread safety: a source is immutable once made; any number of threads may
- * verify with it at once. Free it only when no verification is running.
+ * Thread safety: a source is immutable once made, but for one thing: the
+ * keyset of a google-health source, which phg_webhook_source_set_keyset may
+ * replace while other threads verify (a mutex guards the pointer; each
+ * verification holds a reference to the keyset it started with). Any number
+ * of threads may verify with one source at once. Free it only when no
+ * verification is running. A keyset is immutable and reference-counted.
  */
 #ifndef PHIGATE_WEBHOOK_H
 #define PHIGATE_WEBHOOK_H
@@ -60,7 +66,7 @@ typedef enum phg_webhook_scheme {
     PHG_WEBHOOK_POLAR = 5,         /* "polar": Polar AccessLink (not polar.sh) */
     PHG_WEBHOOK_SUUNTO = 6,        /* "suunto" */
     PHG_WEBHOOK_UNSIGNED = 7,      /* "unsigned": a secret path token (Garmin, Withings) */
-    PHG_WEBHOOK_GOOGLE_HEALTH = 8, /* "google-health": reserved, not implemented */
+    PHG_WEBHOOK_GOOGLE_HEALTH = 8, /* "google-health": Google Health API, ECDSA P-256 */
 } phg_webhook_scheme;
 
 /* The scheme's configuration name ("standard-webhooks", "stripe", ...);
@@ -68,7 +74,7 @@ typedef enum phg_webhook_scheme {
 PHG_API const char *phg_webhook_scheme_name(phg_webhook_scheme scheme);
 
 /* The scheme named name (exact, lowercase). PHG_ERR_NOT_FOUND for an unknown
- * name, and for "google-health" (not implemented). */
+ * name. */
 PHG_API phg_status phg_webhook_scheme_parse(const char *name, phg_webhook_scheme *scheme);
 
 /*
@@ -90,6 +96,8 @@ typedef enum phg_webhook_reason {
     PHG_WH_TOO_MANY_SIGNATURES = 10, /* more entries than max_signatures */
     PHG_WH_BAD_TOKEN = 11,           /* unsigned scheme: the path token matches no secret */
     PHG_WH_WRONG_SCHEME = 12,        /* verify on an unsigned source, or the reverse */
+    PHG_WH_BAD_AUTHORIZATION = 13,   /* google-health: Authorization absent or not registered */
+    PHG_WH_UNKNOWN_KEY = 14,         /* google-health: no keyset, or its key id is not in it */
 } phg_webhook_reason;
 
 /* A stable snake_case name for a reason ("ok", "bad_signature", ...); "unknown"
@@ -98,7 +106,9 @@ PHG_API const char *phg_webhook_reason_name(phg_webhook_reason reason);
 
 /* One secret as configured. text is trimmed of surrounding whitespace
  * (spaces, tabs, CR, LF) by phg_webhook_source_new; see docs/formats.md 17.2
- * for the forms each scheme accepts. */
+ * for the forms each scheme accepts. For google-health a secret is a whole
+ * accepted Authorization value, scheme included ("Bearer abc..."): at least
+ * 16 bytes, printable ASCII, single spaces allowed inside. */
 typedef struct phg_webhook_secret {
     const char *text;
     size_t len;
@@ -171,17 +181,21 @@ typedef struct phg_webhook_result {
     /*
      * The key for replay memory, NUL-terminated, "" when refused:
      *  - standard-webhooks: the webhook-id (svix-id) value;
-     *  - every other signed scheme: the lowercase hex of the matching
+     *  - every other HMAC scheme: the lowercase hex of the matching
      *    signature's bytes (whatever case or encoding the sender used);
-     *  - unsigned: the lowercase hex SHA-256 of the body.
+     *  - unsigned and google-health: the lowercase hex SHA-256 of the body
+     *    (an ECDSA signature can be re-made for the same body, and (r, s)
+     *    can be turned into (r, n - s): it cannot be the replay key).
      * msg_id_is_signature says which of the last two kinds it is.
      */
     char msg_id[PHG_WEBHOOK_MSG_ID_MAX + 1];
     int msg_id_is_signature;
-    int has_timestamp;   /* 1 when the scheme signs a timestamp and one was read */
+    int has_timestamp;   /* 1 when the scheme signs a timestamp and one was read (never
+                          * for fitbit, polar, suunto, google-health) */
     int64_t timestamp;   /* as sent, in the scheme's unit (ms for WHOOP) */
     int64_t timestamp_s; /* the same in Unix seconds (floor) */
-    int secret_index;    /* index of the matching secret in the source, -1 if none */
+    int secret_index;    /* index of the matching secret in the source, -1 if none
+                          * (google-health: the matching Authorization value) */
     int authenticated;   /* 1: signature verified; 0: unsigned scheme (origin unauthenticated) */
 } phg_webhook_result;
 
@@ -203,11 +217,19 @@ typedef struct phg_webhook_result {
  * failure of this machine, never for hostile input. An unsigned source
  * gives PHG_ERR_AUTH with PHG_WH_WRONG_SCHEME (use phg_webhook_verify_token).
  *
+ * google-health: the Authorization header must equal one valid secret
+ * (PHG_WH_BAD_AUTHORIZATION, also when absent), then the signature header
+ * (GOOGLE-HEALTH-API-SIGNATURE, or the older X-HEALTHAPI-SIGNATURE; both at
+ * once is PHG_WH_REPEATED_HEADER) is checked with the source's keyset:
+ * PHG_WH_UNKNOWN_KEY when the source has no keyset or the signature names a
+ * key id the keyset lacks. On that reason the caller may load the keyset
+ * again (Google rotates it), set it, and verify once more.
+ *
  * WARNING: PHG_OK means the bytes came from a holder of a secret, not that
  * they are new: the caller must still refuse a msg_id it saw within twice the
- * tolerance (or, with PHG_WEBHOOK_NO_WINDOW, forever). Fitbit, Polar and
- * Suunto sign no timestamp at all: their replays are stopped only by that
- * memory.
+ * tolerance (or, with PHG_WEBHOOK_NO_WINDOW, forever). Fitbit, Polar,
+ * Suunto and Google Health sign no timestamp at all: their replays are
+ * stopped only by that memory.
  */
 PHG_API PHG_WARN_UNUSED phg_status phg_webhook_verify(const phg_webhook_source *src,
                                                       const phg_webhook_header *headers,
@@ -232,12 +254,87 @@ PHG_API PHG_WARN_UNUSED phg_status phg_webhook_verify_token(const phg_webhook_so
                                                             phg_webhook_result *out);
 
 /*
+ * google-health: 1 when value (len bytes, exactly as received) is one of the
+ * source's secrets still valid at now_ms, compared in constant time (every
+ * secret is compared); 0 otherwise, and for a source of another scheme. For
+ * the verification POSTs Google sends when a subscriber is created or
+ * changed (body {"type":"verification"}, answered 201 or 401 by the
+ * gateway): they carry the Authorization value but no usable signature.
+ */
+PHG_API PHG_WARN_UNUSED int phg_webhook_check_authorization(const phg_webhook_source *src,
+                                                            const char *value, size_t len,
+                                                            int64_t now_ms);
+
+/*
  * Constant-time equality of two secret texts of any lengths (SHA-256 of each,
  * then phg_ct_equal): for verification tokens of subscription handshakes
  * (Oura's verification_token, Fitbit's verify code). 1 if equal, 0 if not.
  */
 PHG_API PHG_WARN_UNUSED int phg_webhook_token_equal(const char *a, size_t a_len, const char *b,
                                                     size_t b_len);
+
+/* ---- Google Health keysets ----------------------------------------------------------- */
+
+#define PHG_WEBHOOK_KEYSET_MAX (64u << 10) /* bytes of keyset JSON */
+#define PHG_WEBHOOK_KEYSET_KEYS_MAX 32     /* entries of its "key" array */
+#define PHG_WEBHOOK_GOOGLE_KEYSET_URL                                                              \
+    "https://www.gstatic.com/googlehealthapi/webhooks/webhooks_public_keyset.json"
+
+/*
+ * A parsed Tink public keyset: the ECDSA P-256 keys Google Health signs
+ * webhooks with, each with its 32-bit key id. Immutable and reference-
+ * counted: a source holds a reference, each verification holds one for its
+ * duration, so the caller may drop its own at any time.
+ */
+typedef struct phg_webhook_keyset phg_webhook_keyset;
+
+/*
+ * Parse a Tink JSON keyset (docs/formats.md 17.7): at most
+ * PHG_WEBHOOK_KEYSET_MAX bytes, at most PHG_WEBHOOK_KEYSET_KEYS_MAX keys.
+ * Used: keys with status ENABLED, typeUrl
+ * type.googleapis.com/google.crypto.tink.EcdsaPublicKey, hash SHA256, curve
+ * NIST_P256, signature encoding DER or IEEE_P1363, output prefix TINK or
+ * RAW. Keys with another status or typeUrl are skipped; an enabled ECDSA key
+ * with other parameters, a bad public point, a duplicate key id, a private
+ * keyset, or no usable key at all refuse the whole keyset.
+ *
+ * PHG_OK and *out (one reference, the caller's: phg_webhook_keyset_free);
+ * PHG_ERR_TOO_LARGE over the limits; PHG_ERR_INVALID for anything else
+ * refused, with a sentence in err (may be NULL); PHG_ERR_NOMEM.
+ */
+PHG_API PHG_WARN_UNUSED phg_status phg_webhook_keyset_parse(const char *json, size_t len,
+                                                            phg_webhook_keyset **out, char *err,
+                                                            size_t err_len);
+
+/*
+ * Parse a keyset from file_or_url: an https:// URL (fetched with a 10 s
+ * timeout and a PHG_WEBHOOK_KEYSET_MAX cap, the server's certificate checked
+ * against ca_file, or the system's store when ca_file is NULL), an http://
+ * URL to a loopback host only (127.0.0.0/8, [::1], localhost: a local
+ * mirror or a test), or else a file path. PHG_ERR_UNAVAILABLE when the
+ * server cannot be reached or answers other than 200; PHG_ERR_IO for a
+ * file that cannot be read; PHG_ERR_INVALID for an http:// URL to another
+ * host; otherwise as phg_webhook_keyset_parse. Blocks: not for an event loop.
+ */
+PHG_API PHG_WARN_UNUSED phg_status phg_webhook_keyset_load(const char *file_or_url,
+                                                           const char *ca_file,
+                                                           phg_webhook_keyset **out, char *err,
+                                                           size_t err_len);
+
+/* Drop one reference; the last frees the keys. NULL is a no-op. */
+PHG_API void phg_webhook_keyset_free(phg_webhook_keyset *ks);
+
+/* The number of usable keys (>= 1 for a parsed keyset). */
+PHG_API size_t phg_webhook_keyset_count(const phg_webhook_keyset *ks);
+
+/*
+ * Give a google-health source the keyset its signatures are checked with
+ * (the source takes its own reference; the one it held before is dropped).
+ * ks NULL removes it (verification then gives PHG_WH_UNKNOWN_KEY). Safe
+ * while other threads verify with src: they finish with the keyset they
+ * started with. A source of another scheme keeps it unused.
+ */
+PHG_API void phg_webhook_source_set_keyset(phg_webhook_source *src, phg_webhook_keyset *ks);
 
 /* ---- signing (Standard Webhooks) ---------------------------------------------------- */
 

@@ -12,6 +12,14 @@
  * returned for verification. A source always keeps at least one unretired
  * secret, and at most PHG_WEBHOOK_SECRETS_MAX.
  *
+ * A source may also have a VERIFY TOKEN (migration 4): the secret of a
+ * provider's subscription handshake, apart from the signing secrets (Oura's
+ * `verification_token`, Fitbit's subscriber verification code). Only the
+ * schemes oura and fitbit use it, but it is stored for any scheme (so it can
+ * be set before the scheme's handshake needs it). It is kept like a secret
+ * (a Fernet token under the first master key) and never returned without
+ * the master keys.
+ *
  * Thread safety: every function may be called from any thread.
  */
 #ifndef PHIGATE_WEBHOOK_STORE_H
@@ -32,10 +40,13 @@ extern "C" {
 #define PHG_WEBHOOK_SOURCE_NAME_MAX 64 /* [a-z0-9_-]{1,64} */
 #define PHG_WEBHOOK_URL_MAX 2048       /* deliver_to: http:// or https:// */
 #define PHG_WEBHOOK_STORE_TOLERANCE_MAX 86400
+#define PHG_WEBHOOK_VERIFY_TOKEN_MAX 512 /* bytes of a verify token, after trimming */
 
 /* What an add needs. secrets as phg_webhook_source_new takes them (trimmed
  * there and here); the caller wipes its texts. tolerance_s 0: the default
- * (300 s). */
+ * (300 s). verify_token (NULL / 0: none): the handshake's verify token,
+ * trimmed of surrounding whitespace, then 1 to PHG_WEBHOOK_VERIFY_TOKEN_MAX
+ * printable ASCII bytes without spaces (0x21..0x7e); the caller wipes it. */
 typedef struct phg_webhook_source_spec {
     const char *name;
     const char *scheme;
@@ -43,6 +54,8 @@ typedef struct phg_webhook_source_spec {
     const char *deliver_to;
     const phg_webhook_secret *secrets;
     size_t n_secrets;
+    const char *verify_token;
+    size_t verify_token_len;
 } phg_webhook_source_spec;
 
 /* One stored secret, without its text. */
@@ -70,6 +83,13 @@ typedef struct phg_webhook_source_info {
     phg_webhook_secret *active;
     int64_t *active_index;
     size_t n_active;
+    /* 1 if the source has a verify token (list and get, with or without
+     * master keys). */
+    int has_verify_token;
+    /* Its decrypted text, NUL-terminated (get with master keys only; NULL /
+     * 0 otherwise, or when there is none): the free functions wipe it. */
+    char *verify_token;
+    size_t verify_token_len;
 } phg_webhook_source_info;
 
 /* Check a name ([a-z0-9_-]{1,64}): 1 if valid. */
@@ -78,9 +98,9 @@ PHG_API int phg_webhook_source_name_valid(const char *name);
 /*
  * Store a new source. PHG_ERR_INVALID (err says which field; never a
  * secret) for a bad name, tolerance (1..86400), deliver_to (http(s)://,
- * printable, at most 2048 bytes) or secret; PHG_ERR_NOT_FOUND for an unknown
- * scheme; PHG_ERR_EXISTS for a name taken; PHG_ERR_MASTER_KEY without a
- * master key; store errors as the store gives them.
+ * printable, at most 2048 bytes), secret or verify token; PHG_ERR_NOT_FOUND
+ * for an unknown scheme; PHG_ERR_EXISTS for a name taken; PHG_ERR_MASTER_KEY
+ * without a master key; store errors as the store gives them.
  */
 PHG_API PHG_WARN_UNUSED phg_status phg_webhook_sources_add(phg_store *store,
                                                            const phg_masterkeys *mk,
@@ -95,10 +115,11 @@ PHG_API PHG_WARN_UNUSED phg_status phg_webhook_sources_list(phg_store *store,
 
 /*
  * One source with its secrets' metadata; with mk (may be NULL) also the
- * decrypted unretired secrets (any master key of mk opens them: the first
- * one wraps new ones, so a master-key rotation keeps them readable).
- * PHG_ERR_NOT_FOUND for an unknown name, PHG_ERR_MASTER_KEY if no key of mk
- * opens a secret. *out freed with phg_webhook_source_info_free.
+ * decrypted unretired secrets and verify token (any master key of mk opens
+ * them: the first one wraps new ones, so a master-key rotation keeps them
+ * readable). PHG_ERR_NOT_FOUND for an unknown name, PHG_ERR_MASTER_KEY if no
+ * key of mk opens a secret or the verify token. *out freed with
+ * phg_webhook_source_info_free.
  */
 PHG_API PHG_WARN_UNUSED phg_status phg_webhook_sources_get(phg_store *store,
                                                            const phg_masterkeys *mk,
@@ -125,6 +146,22 @@ PHG_API PHG_WARN_UNUSED phg_status phg_webhook_sources_retire_secret(phg_store *
                                                                      const char *name,
                                                                      int64_t index);
 
+/*
+ * Set a source's verify token (see the top of this file), or clear it with
+ * token NULL (mk may then be NULL). The token is trimmed of surrounding
+ * whitespace, then must be 1 to PHG_WEBHOOK_VERIFY_TOKEN_MAX printable ASCII
+ * bytes without spaces: else PHG_ERR_INVALID with a sentence in err (never
+ * the token). It is stored as a Fernet token under mk's first key, replacing
+ * any previous one; the source's updated_at and version change, so every
+ * instance's poller picks it up. PHG_ERR_NOT_FOUND for an unknown source;
+ * PHG_ERR_MASTER_KEY when setting without a master key; store errors as the
+ * store gives them. The caller wipes its text.
+ */
+PHG_API PHG_WARN_UNUSED phg_status phg_webhook_sources_set_verify_token(
+    phg_store *store, const phg_masterkeys *mk, const char *name, const char *token, size_t len,
+    char *err, size_t err_len);
+
+/* Free what list and get give (each wipes the decrypted texts); NULL: no-op. */
 PHG_API void phg_webhook_source_info_free(phg_webhook_source_info *info);
 PHG_API void phg_webhook_source_infos_free(phg_webhook_source_info *infos, size_t n);
 

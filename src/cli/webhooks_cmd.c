@@ -1,9 +1,11 @@
 /*
  * webhooks_cmd.c: phigate webhooks source add|list|show|remove|add-secret|
- * retire-secret: webhook sources kept in the store, their secrets encrypted
- * under the master key (phigate/webhook_store.h). Every change needs the
- * master key and leaves an audit record. Secrets are read from files (at
- * most 4 KiB, trimmed) and never printed: show gives fingerprints.
+ * retire-secret|set-verify-token: webhook sources kept in the store, their
+ * secrets and verify token encrypted under the master key
+ * (phigate/webhook_store.h). Every change needs the master key and leaves an
+ * audit record. Secrets and verify tokens are read from files (at most 4
+ * KiB, trimmed) and never printed: show gives fingerprints, and whether a
+ * verify token is set.
  *
  * Exit codes: 0 done; 1 not found, exists, store or audit failure; 2 usage
  * or a value refused (name, scheme, URL, tolerance, secret).
@@ -31,6 +33,8 @@ typedef struct wh_args {
     const char *not_after;
     const char *index;
     const char *mkfile;
+    const char *verify_token_file;
+    int clear;
     int json;
 } wh_args;
 
@@ -42,7 +46,9 @@ enum {
     A_DELIVER = 16,
     A_NOT_AFTER = 32,
     A_INDEX = 64,
-    A_MK = 128
+    A_MK = 128,
+    A_VERIFY_TOKEN = 256,
+    A_CLEAR = 512
 };
 
 /* argv[0] is the subcommand; NAME first if want_name; then options.
@@ -78,7 +84,13 @@ static int parse_args(const char *cmd, int argc, char **argv, int want_name, int
         if (strcmp(name, "json") == 0) {
             takes = 0;
             a->json = 1;
-        } else if (strcmp(name, "store") == 0)
+        } else if (strcmp(name, "clear") == 0) {
+            takes = 0;
+            bit = A_CLEAR;
+            a->clear = 1;
+        } else if (strcmp(name, "verify-token-file") == 0)
+            bit = A_VERIFY_TOKEN, slot = &a->verify_token_file;
+        else if (strcmp(name, "store") == 0)
             slot = &a->store;
         else if (strcmp(name, "scheme") == 0)
             bit = A_SCHEME, slot = &a->scheme;
@@ -119,26 +131,46 @@ static int parse_args(const char *cmd, int argc, char **argv, int want_name, int
     return CLI_OK;
 }
 
-/* Read a secret file: at most 4 KiB; the library trims it. */
-static int read_secret(const char *path, char **buf, size_t *len)
+/* Read a secret file ("secret" or "verify token" file, as `what` says): at
+ * most 4 KiB; the library trims it. */
+static int read_secret_as(const char *what, const char *path, char **buf, size_t *len)
 {
     FILE *fp = fopen(path, "rb");
     phg_status st;
     if (fp == NULL) {
-        cli_error("cannot open the secret file %s: %s", path, strerror(errno));
+        cli_error("cannot open the %s file %s: %s", what, path, strerror(errno));
         return CLI_FAIL;
     }
     st = cli_read_all(fp, SECRET_FILE_MAX, buf, len);
     fclose(fp);
     if (st == PHG_ERR_TOO_LARGE) {
-        cli_error("the secret file %s is over %d bytes", path, SECRET_FILE_MAX);
+        cli_error("the %s file %s is over %d bytes", what, path, SECRET_FILE_MAX);
         return CLI_USAGE;
     }
     if (st != PHG_OK) {
-        cli_error("cannot read the secret file %s: %s", path, phg_strerror(st));
+        cli_error("cannot read the %s file %s: %s", what, path, phg_strerror(st));
         return CLI_FAIL;
     }
     return CLI_OK;
+}
+
+static int read_secret(const char *path, char **buf, size_t *len)
+{
+    return read_secret_as("secret", path, buf, len);
+}
+
+/* A verify token file: as a secret file, and not empty (the library would
+ * read an empty one as "none"). */
+static int read_verify_token(const char *path, char **buf, size_t *len)
+{
+    int rc = read_secret_as("verify token", path, buf, len);
+    if (rc == CLI_OK && *len == 0) {
+        cli_free_secret(*buf, 0);
+        *buf = NULL;
+        cli_error("the verify token file %s is empty", path);
+        rc = CLI_USAGE;
+    }
+    return rc;
 }
 
 static int status_exit(phg_status st)
@@ -183,10 +215,11 @@ static json_t *time_json(int64_t t)
 
 static json_t *info_json(const phg_webhook_source_info *info, int with_secrets)
 {
-    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "name", info->name, "scheme",
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:o, s:o, s:b}", "name", info->name, "scheme",
                           info->scheme, "tolerance_s", (json_int_t)info->tolerance_s, "deliver_to",
                           info->deliver_to, "created_at", time_json(info->created_at), "updated_at",
-                          time_json(info->updated_at));
+                          time_json(info->updated_at), "has_verify_token",
+                          info->has_verify_token);
     size_t i;
     if (o == NULL || !with_secrets)
         return o;
@@ -211,8 +244,9 @@ static int print_show(const phg_webhook_source_info *info, int json)
         return cli_print_json(info_json(info, 1));
     cli_format_time((long long)info->created_at, t, sizeof t);
     printf("name:        %s\nscheme:      %s\ntolerance:   %lld s\ndeliver to:  %s\n"
-           "created:     %s\n",
-           info->name, info->scheme, (long long)info->tolerance_s, info->deliver_to, t);
+           "created:     %s\nverify token: %s\n",
+           info->name, info->scheme, (long long)info->tolerance_s, info->deliver_to, t,
+           info->has_verify_token ? "set" : "none");
     printf("secrets:\n");
     for (i = 0; i < info->n_secrets; i++) {
         const phg_webhook_secret_info *s = &info->secrets[i];
@@ -240,25 +274,31 @@ static int source_add(int argc, char **argv)
     phg_webhook_source_info *info = NULL;
     phg_store *store = NULL;
     phg_masterkeys *mk = NULL;
-    char err[256], res[96], *details = NULL;
+    char err[256], res[96], *details = NULL, *vt = NULL;
     phg_status st;
-    size_t i, tol = 0;
+    size_t i, tol = 0, vt_len = 0;
     int rc;
 
     if (cli_wants_help(argc, argv)) {
         puts("Usage: phigate webhooks source add NAME --scheme SCHEME --secret-file FILE\n"
              "         [--secret-file FILE2 ...] [--tolerance 300] --deliver-to URL\n"
-             "         [--store URL] [--master-key-file FILE] [--json]\n\n"
+             "         [--verify-token-file FILE] [--store URL] [--master-key-file FILE]\n"
+             "         [--json]\n\n"
              "Add a webhook source: NAME is 1 to 64 of a-z, 0-9, '_' and '-'; SCHEME one of\n"
-             "standard-webhooks, stripe, oura, whoop, fitbit, polar, suunto, unsigned. Each\n"
-             "secret is read from a file (at most 4 KiB, surrounding whitespace trimmed),\n"
-             "checked for its scheme, and stored encrypted under the master key\n"
-             "(PHI_MASTER_KEY). The tolerance is 1 to 86400 seconds; accepted events go to\n"
-             "--deliver-to (http:// or https://). Audited. Exit 2 for a value refused.");
+             "standard-webhooks, stripe, oura, whoop, fitbit, polar, suunto, unsigned,\n"
+             "google-health (its secret is the whole Authorization value registered with\n"
+             "Google, e.g. \"Bearer ...\"). Each secret is read from a file (at most 4 KiB,\n"
+             "surrounding whitespace trimmed), checked for its scheme, and stored encrypted\n"
+             "under the master key (PHI_MASTER_KEY). The tolerance is 1 to 86400 seconds;\n"
+             "accepted events go to --deliver-to (http:// or https://). --verify-token-file:\n"
+             "the subscription handshake's verify token (Oura's verification_token, Fitbit's\n"
+             "subscriber verification code; only oura and fitbit use it), 1 to 512 printable\n"
+             "ASCII characters without spaces, stored encrypted too (see set-verify-token).\n"
+             "Audited. Exit 2 for a value refused.");
         return CLI_OK;
     }
     rc = parse_args("webhooks source add", argc, argv, 1,
-                    A_SCHEME | A_SECRET | A_TOL | A_DELIVER | A_MK, &a);
+                    A_SCHEME | A_SECRET | A_TOL | A_DELIVER | A_MK | A_VERIFY_TOKEN, &a);
     if (rc != CLI_OK)
         return rc;
     if (a.scheme == NULL)
@@ -280,6 +320,11 @@ static int source_add(int argc, char **argv)
         secrets[i].len = lens[i];
         secrets[i].not_after = 0;
     }
+    if (a.verify_token_file != NULL) {
+        rc = read_verify_token(a.verify_token_file, &vt, &vt_len);
+        if (rc != CLI_OK)
+            goto out;
+    }
     rc = begin(&a, 1, &store, &mk);
     if (rc != CLI_OK)
         goto out;
@@ -290,6 +335,8 @@ static int source_add(int argc, char **argv)
     spec.deliver_to = a.deliver_to;
     spec.secrets = secrets;
     spec.n_secrets = a.n_files;
+    spec.verify_token = vt;
+    spec.verify_token_len = vt_len;
     st = phg_webhook_sources_add(store, mk, &spec, err, sizeof err);
     resource_of(a.name, res, sizeof res);
     if (st != PHG_OK) {
@@ -305,9 +352,10 @@ static int source_add(int argc, char **argv)
         goto out;
     }
     {
-        json_t *d = json_pack("{s:s, s:I, s:s, s:I}", "scheme", info->scheme, "tolerance_s",
+        json_t *d = json_pack("{s:s, s:I, s:s, s:I, s:b}", "scheme", info->scheme, "tolerance_s",
                               (json_int_t)info->tolerance_s, "deliver_to", info->deliver_to,
-                              "secrets", (json_int_t)info->n_secrets);
+                              "secrets", (json_int_t)info->n_secrets, "has_verify_token",
+                              info->has_verify_token);
         details = d != NULL ? json_dumps(d, JSON_COMPACT) : NULL;
         json_decref(d);
     }
@@ -329,6 +377,8 @@ out:
     for (i = 0; i < a.n_files; i++)
         if (bufs[i] != NULL)
             cli_free_secret(bufs[i], lens[i]);
+    if (vt != NULL)
+        cli_free_secret(vt, vt_len);
     phg_wipe(secrets, sizeof secrets);
     end(store, mk);
     return rc;
@@ -590,15 +640,87 @@ static int source_retire_secret(int argc, char **argv)
     return rc;
 }
 
+static int source_set_verify_token(int argc, char **argv)
+{
+    static const char cmd[] = "webhooks source set-verify-token";
+    wh_args a;
+    phg_store *store = NULL;
+    phg_masterkeys *mk = NULL;
+    char *vt = NULL, err[256], res[96], details[64];
+    size_t vt_len = 0;
+    phg_status st;
+    int rc;
+
+    if (cli_wants_help(argc, argv)) {
+        puts("Usage: phigate webhooks source set-verify-token NAME\n"
+             "         (--verify-token-file FILE | --clear) [--store URL]\n"
+             "         [--master-key-file FILE] [--json]\n\n"
+             "Set or clear the verify token of a source: the secret of the provider's\n"
+             "subscription handshake, apart from the signing secrets (Oura's\n"
+             "verification_token, Fitbit's subscriber verification code; only oura and\n"
+             "fitbit use it, but any source may keep one). It is read from FILE (at most\n"
+             "4 KiB, trimmed; then 1 to 512 printable ASCII characters without spaces),\n"
+             "stored encrypted under the master key, and never printed. Audited. Exit 2\n"
+             "for a value refused, 1 for no such source.");
+        return CLI_OK;
+    }
+    rc = parse_args(cmd, argc, argv, 1, A_VERIFY_TOKEN | A_CLEAR | A_MK, &a);
+    if (rc != CLI_OK)
+        return rc;
+    if ((a.verify_token_file != NULL) == (a.clear != 0))
+        return cli_usage(cmd, "give either --verify-token-file FILE or --clear");
+    if (a.verify_token_file != NULL) {
+        rc = read_verify_token(a.verify_token_file, &vt, &vt_len);
+        if (rc != CLI_OK)
+            return rc;
+    }
+    rc = begin(&a, 1, &store, &mk);
+    if (rc != CLI_OK) {
+        cli_free_secret(vt, vt_len);
+        return rc;
+    }
+    resource_of(a.name, res, sizeof res);
+    st = phg_webhook_sources_set_verify_token(store, mk, a.name, vt, vt_len, err, sizeof err);
+    cli_free_secret(vt, vt_len);
+    vt = NULL;
+    if (st != PHG_OK) {
+        if (st == PHG_ERR_NOT_FOUND)
+            cli_error("no webhook source named %.64s", a.name);
+        else
+            cli_error("cannot %s the verify token of %.64s: %s", a.clear ? "clear" : "set", a.name,
+                      err[0] ? err : phg_strerror(st));
+        (void)cli_audit_admin(store, mk, "webhooks.source.set_verify_token", res, "error", NULL);
+        end(store, mk);
+        return status_exit(st);
+    }
+    snprintf(details, sizeof details, "{\"has_verify_token\":%s}", a.clear ? "false" : "true");
+    if (cli_audit_admin(store, mk, "webhooks.source.set_verify_token", res, "success", details) !=
+        CLI_OK) {
+        cli_error("the verify token is %s, but its audit record failed",
+                  a.clear ? "cleared" : "set");
+        rc = CLI_FAIL;
+    } else if (a.json)
+        rc = cli_print_json(
+            json_pack("{s:s, s:b}", "name", a.name, "has_verify_token", a.clear ? 0 : 1));
+    else
+        rc = printf("%s the verify token of %s\n", a.clear ? "cleared" : "set", a.name) < 0
+                 ? CLI_FAIL
+                 : CLI_OK;
+    end(store, mk);
+    return rc;
+}
+
 static const char source_help[] =
     "Usage: phigate webhooks source COMMAND ...\n\n"
     "Webhook sources in the store, secrets encrypted under the master key:\n"
     "  add NAME --scheme S --secret-file F [--secret-file F2] [--tolerance 300] --deliver-to URL\n"
+    "      [--verify-token-file F]\n"
     "  list\n"
     "  show NAME\n"
     "  remove NAME\n"
     "  add-secret NAME --secret-file F [--not-after RFC3339]\n"
     "  retire-secret NAME --index N\n"
+    "  set-verify-token NAME (--verify-token-file F | --clear)\n"
     "Each takes [--store URL] [--json]; see phigate webhooks source COMMAND --help.\n";
 
 static int cmd_source(int argc, char **argv)
@@ -610,6 +732,7 @@ static int cmd_source(int argc, char **argv)
         {"remove", "remove a source", source_remove},
         {"add-secret", "add a secret", source_add_secret},
         {"retire-secret", "retire a secret", source_retire_secret},
+        {"set-verify-token", "set or clear the handshake's verify token", source_set_verify_token},
         {NULL, NULL, NULL},
     };
     return cli_dispatch("webhooks source", source_help, table, argc, argv);

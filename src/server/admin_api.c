@@ -3,7 +3,8 @@
  * gw_admin_handle): API keys, the audit log (query, accounting of
  * disclosures, verification), the PHI keyring (list, rotate, crypto-shred),
  * rate limits (a key's usage, reset and limit; the keys with the most
- * violations), the effective configuration and the OpenAPI document.
+ * violations), webhook sources and the events of the webhook inbox (list,
+ * show, replay), the effective configuration and the OpenAPI document.
  *
  * It runs on a worker thread and may block on the store. It does not
  * authenticate (server.c verified the key and the admin role before calling;
@@ -17,8 +18,9 @@
  *
  * Every identifier from the path, the query or the body is checked against
  * its shape before any store call: key ids "ak_[a-z0-9]+", kids
- * "[a-z0-9]{1,32}", ULIDs; every query value is at most 256 bytes, unknown
- * query parameters and body members are refused by name.
+ * "[a-z0-9]{1,32}", webhook source names "[a-z0-9_-]{1,64}", ULIDs; every
+ * query value is at most 256 bytes, unknown query parameters and body
+ * members are refused by name.
  *
  * The contract, for humans: docs/api.md; for machines: openapi.json.
  */
@@ -31,6 +33,7 @@
 
 #include "gw.h"
 #include "phigate/crypto.h"
+#include "phigate/webhook_store.h"
 
 #define PARAM_MAX 256        /* bytes of one query value */
 #define QUERY_MAX 8192       /* bytes of the whole query string */
@@ -1816,6 +1819,1021 @@ out:
     free(vs);
 }
 
+/* ---- webhooks ----------------------------------------------------------------------- */
+
+/*
+ * Webhook sources and the events of the inbox (issue 7). Sources are those
+ * of the store (phigate/webhook_store.h), changed here, and those of the
+ * configuration file ([webhook:NAME]), shown but never changed here (the
+ * file wins over a store source of the same name, so creating one is
+ * refused). A change rebuilds the gateway's live sources before the answer
+ * (gw_webhooks_reload); a replay wakes the delivery threads
+ * (gw_webhooks_kick).
+ *
+ * Secret texts come in a body, go to the store (which encrypts them under
+ * the master key) and are wiped, jansson's copies included; only their
+ * fingerprints come out, in answers and in audit details. A source's verify
+ * token (the oura / fitbit handshake's) is handled the same way, and only
+ * whether there is one (has_verify_token) ever comes out. Event bodies are
+ * PHI: they are never read here (an event is looked up through the list,
+ * which gives no bodies, rather than phg_wh_inbox_get, which decrypts).
+ */
+
+#define WH_SECRET_TEXT_MAX 4096 /* bytes of one secret's text in a body (the CLI's file limit) */
+#define WH_INDEX_DIGITS 9       /* a secret's index in a path */
+
+/* The inbox: the one a test set, else the gateway's. NULL: none. */
+static phg_wh_inbox *wh_inbox(const gw_admin_ctx *ctx)
+{
+    if (ctx->wh_inbox != NULL)
+        return ctx->wh_inbox;
+    return ctx->webhooks != NULL ? gw_webhooks_inbox(ctx->webhooks) : NULL;
+}
+
+static phg_wh_inbox *wh_inbox_or_respond(const gw_admin_ctx *ctx, gw_call *call)
+{
+    phg_wh_inbox *inbox = wh_inbox(ctx);
+    if (inbox == NULL)
+        gw_call_fail(call, 503, "webhooks_unavailable",
+                     "this instance has no webhook inbox ([webhooks] enabled = false, or it "
+                     "could not start)");
+    return inbox;
+}
+
+/* After a change to the store's sources: the live sources follow at once
+ * (other instances within their poll interval). */
+static void wh_reload(const gw_admin_ctx *ctx)
+{
+    if (ctx->webhooks != NULL)
+        gw_webhooks_reload(ctx->webhooks, NULL);
+}
+
+static void wh_kick(const gw_admin_ctx *ctx)
+{
+    if (ctx->webhooks != NULL)
+        gw_webhooks_kick(ctx->webhooks);
+}
+
+static int wh_store_or_respond(const gw_admin_ctx *ctx, gw_call *call)
+{
+    if (ctx->store != NULL)
+        return 1;
+    gw_call_fail(call, 503, "unavailable", "no store: webhook sources are not available");
+    return 0;
+}
+
+/* Adding a secret needs the master key that encrypts it. */
+static int wh_mk_or_respond(const gw_admin_ctx *ctx, gw_call *call)
+{
+    if (ctx->mk != NULL)
+        return 1;
+    gw_call_fail(call, 503, "unavailable",
+                 "no master key is loaded on this instance: webhook secrets cannot be stored "
+                 "(set PHI_MASTER_KEY, or use `phigate webhooks source` with the key)");
+    return 0;
+}
+
+/* The [webhook:NAME] section of that name, or NULL. */
+static const gw_wh_conf *wh_conf_find(const gw_admin_ctx *ctx, const char *name)
+{
+    size_t i;
+    if (ctx->cfg == NULL)
+        return NULL;
+    for (i = 0; i < ctx->cfg->n_wh_sources && i < GW_WH_CONF_MAX; i++) {
+        if (strcmp(ctx->cfg->wh_sources[i].name, name) == 0)
+            return &ctx->cfg->wh_sources[i];
+    }
+    return NULL;
+}
+
+/* A configured source may not be changed through the API: 409 and 1. */
+static int wh_configured_respond(const gw_admin_ctx *ctx, gw_call *call, const char *name)
+{
+    if (wh_conf_find(ctx, name) == NULL)
+        return 0;
+    gw_call_fail(call, 409, "conflict",
+                 "the source %s is defined in the configuration file ([webhook:%s]); change it "
+                 "there, then reload (SIGHUP)",
+                 name, name);
+    return 1;
+}
+
+/* Wipe a JSON string's text in place (jansson owns it; it is freed with
+ * its object, unwiped otherwise). */
+static void wipe_json_string(json_t *v)
+{
+    if (json_is_string(v))
+        phg_wipe((char *)json_string_value(v), json_string_length(v));
+}
+
+/* Every string of a webhook body, wherever a caller put a secret (a body
+ * refused for its shape may hold one anywhere). Called last: what was taken
+ * from the body was copied. */
+static void wh_wipe_body(json_t *v, int depth)
+{
+    const char *name;
+    json_t *item;
+    size_t i;
+    if (depth > 16)
+        return; /* a body is at most 64 KiB; jansson nests at most 2048 */
+    if (json_is_string(v)) {
+        wipe_json_string(v);
+    } else if (json_is_array(v)) {
+        json_array_foreach(v, i, item) {
+            wh_wipe_body(item, depth + 1);
+        }
+    } else if (json_is_object(v)) {
+        json_object_foreach(v, name, item) {
+            wh_wipe_body(item, depth + 1);
+        }
+    }
+}
+
+/* A string member without NUL, or NULL. */
+static const char *json_text(json_t *v)
+{
+    if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v))
+        return NULL;
+    return json_string_value(v);
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Unix ms -> "YYYY-MM-DDTHH:MM:SS.mmmZ". */
+static void format_time_ms(int64_t ms, char out[TIME_TEXT])
+{
+    char secs[TIME_TEXT];
+    format_time(ms / 1000, secs);
+    if (ms < 0 || strlen(secs) != 20) {
+        snprintf(out, TIME_TEXT, "%s", secs);
+        return;
+    }
+    snprintf(out, TIME_TEXT, "%.19s.%03lldZ", secs, (long long)(ms % 1000));
+}
+
+static json_t *int_or_null(int64_t v)
+{
+    return v != 0 ? json_integer((json_int_t)v) : json_null();
+}
+
+static const char *wh_secret_state(const phg_webhook_secret_info *s, int64_t now)
+{
+    if (s->retired_at != 0)
+        return "retired";
+    if (s->not_after != 0 && now > s->not_after)
+        return "expired";
+    return "active";
+}
+
+/* A store source as JSON: never a secret's text, only its metadata. */
+static json_t *wh_source_json(const gw_admin_ctx *ctx, const phg_webhook_source_info *info,
+                              int with_secrets)
+{
+    int64_t now = (int64_t)time(NULL);
+    json_t *o, *arr;
+    size_t i;
+
+    o = json_pack("{s:s,s:s,s:I,s:s,s:o,s:o,s:s,s:b,s:b}", "name", info->name, "scheme",
+                  info->scheme, "tolerance_s", (json_int_t)info->tolerance_s, "deliver_to",
+                  info->deliver_to, "created_at", time_or_null(info->created_at), "updated_at",
+                  time_or_null(info->updated_at), "origin", "store", "shadowed",
+                  wh_conf_find(ctx, info->name) != NULL, "has_verify_token",
+                  info->has_verify_token != 0);
+    if (o == NULL || !with_secrets)
+        return o;
+    arr = json_array();
+    for (i = 0; arr != NULL && i < info->n_secrets; i++) {
+        const phg_webhook_secret_info *s = &info->secrets[i];
+        json_array_append_new(
+            arr, json_pack("{s:I,s:s,s:o,s:o,s:o,s:s}", "index", (json_int_t)s->index,
+                           "fingerprint", s->fingerprint, "not_after", time_or_null(s->not_after),
+                           "retired_at", time_or_null(s->retired_at), "created_at",
+                           time_or_null(s->created_at), "state", wh_secret_state(s, now)));
+    }
+    json_object_set_new(o, "secrets", arr != NULL ? arr : json_null());
+    return o;
+}
+
+/* A configured source as JSON: no secret, no file path. With the live
+ * source (the gateway's), the fingerprints of its secrets. */
+static json_t *wh_conf_json(const gw_admin_ctx *ctx, const gw_wh_conf *c, int with_secrets)
+{
+    const gw_wh_source *live;
+    json_t *o, *arr;
+    size_t i;
+
+    o = json_pack("{s:s,s:s,s:I,s:s,s:n,s:n,s:s,s:b,s:b}", "name", c->name, "scheme", c->scheme,
+                  "tolerance_s", (json_int_t)c->tolerance_s, "deliver_to", c->deliver_to,
+                  "created_at", "updated_at", "origin", "config", "shadowed", 0,
+                  "has_verify_token", c->verify_token_file[0] != '\0');
+    if (o == NULL || !with_secrets)
+        return o;
+    arr = json_array();
+    live = ctx->webhooks != NULL ? gw_webhooks_find(ctx->webhooks, c->name) : NULL;
+    for (i = 0; arr != NULL && live != NULL && live->from_config && live->src != NULL &&
+                i < PHG_WEBHOOK_SECRETS_MAX;
+         i++) {
+        char fp[20];
+        if (phg_webhook_secret_fingerprint(live->src, i, fp) != PHG_OK)
+            break;
+        json_array_append_new(arr, json_pack("{s:I,s:s,s:n,s:n,s:n,s:s}", "index",
+                                             (json_int_t)live->secret_index[i], "fingerprint", fp,
+                                             "not_after", "retired_at", "created_at", "state",
+                                             "active"));
+    }
+    json_object_set_new(o, "secrets", arr != NULL ? arr : json_null());
+    return o;
+}
+
+/* A source name from the path: checked before any lookup. */
+static int wh_name_or_respond(gw_call *call, const char *name)
+{
+    if (phg_webhook_source_name_valid(name))
+        return 1;
+    gw_call_fail(call, 400, "invalid_parameter", "source name: 1 to 64 of a-z, 0-9, '_' and '-'");
+    return 0;
+}
+
+/* Map the status of a call on one source. */
+static void wh_source_fail(gw_call *call, phg_status st, const char *doing, const char *err)
+{
+    if (st == PHG_ERR_NOT_FOUND)
+        gw_call_fail(call, 404, "not_found", "no webhook source of that name in the store");
+    else if (st == PHG_ERR_EXISTS)
+        gw_call_fail(call, 409, "conflict", "a webhook source of that name exists");
+    else if (st == PHG_ERR_STATE)
+        gw_call_fail(call, 409, "conflict", "cannot %s: %s", doing,
+                     err != NULL && err[0] ? err : "not allowed in the source's current state");
+    else if (st == PHG_ERR_INVALID || st == PHG_ERR_TOO_LARGE)
+        gw_call_fail(call, 400, "invalid_request", "%s",
+                     err != NULL && err[0] ? err : "a value is invalid");
+    else if (st == PHG_ERR_MASTER_KEY)
+        gw_call_fail(call, 503, "unavailable",
+                     "cannot %s: the master key of this instance cannot open the stored secrets",
+                     doing);
+    else
+        fail_status(call, st, doing);
+}
+
+/*
+ * A secret's not_after in a body: absent or null (none), Unix seconds, or an
+ * RFC 3339 time; in the future. 1 ok, 0 after a 400.
+ */
+static int wh_not_after(gw_call *call, json_t *v, const char *what, int64_t *out)
+{
+    int64_t us;
+    *out = 0;
+    if (v == NULL || json_is_null(v))
+        return 1;
+    if (json_is_integer(v) && json_integer_value(v) > 0 &&
+        json_integer_value(v) <= 253402300799LL) { /* 9999-12-31T23:59:59Z */
+        *out = (int64_t)json_integer_value(v);
+    } else if (json_is_string(v) && json_string_length(v) <= TIME_TEXT &&
+               strlen(json_string_value(v)) == json_string_length(v) &&
+               parse_time_us(json_string_value(v), &us)) {
+        *out = us / 1000000;
+    } else {
+        gw_call_fail(call, 400, "invalid_request",
+                     "%s.not_after must be Unix seconds, an RFC 3339 time "
+                     "(2027-01-01T00:00:00Z) or null",
+                     what);
+        return 0;
+    }
+    if (*out <= (int64_t)time(NULL)) {
+        gw_call_fail(call, 400, "invalid_request", "%s.not_after is in the past", what);
+        return 0;
+    }
+    return 1;
+}
+
+/*
+ * One {"secret":"...","not_after":...} of a body into *s (text borrowed from
+ * the JSON, wiped by the caller). `what` names it in messages. 1 ok, 0 after
+ * a 400.
+ */
+static int wh_secret_in(gw_call *call, json_t *obj, const char *what, phg_webhook_secret *s)
+{
+    static const char *const allowed[] = {"secret", "not_after", NULL};
+    json_t *v = json_object_get(obj, "secret");
+    memset(s, 0, sizeof *s);
+    if (!members_or_respond(call, obj, allowed))
+        return 0;
+    if (!json_is_string(v) || json_string_length(v) == 0) {
+        gw_call_fail(call, 400, "invalid_request", "%s.secret is required: the secret's text",
+                     what);
+        return 0;
+    }
+    if (json_string_length(v) > WH_SECRET_TEXT_MAX ||
+        strlen(json_string_value(v)) != json_string_length(v)) {
+        gw_call_fail(call, 400, "invalid_request", "%s.secret: at most %d bytes, without NUL", what,
+                     WH_SECRET_TEXT_MAX);
+        return 0;
+    }
+    s->text = json_string_value(v);
+    s->len = json_string_length(v);
+    return wh_not_after(call, json_object_get(obj, "not_after"), what, &s->not_after);
+}
+
+/* GET /admin/webhooks/sources */
+static void wh_sources_list(const gw_admin_ctx *ctx, gw_call *call)
+{
+    phg_webhook_source_info *infos = NULL;
+    size_t n = 0, i;
+    json_t *arr;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.source.list");
+    snprintf(call->resource, sizeof call->resource, "webhook_sources");
+    if (!query_names_or_respond(call, NULL) || !wh_store_or_respond(ctx, call))
+        return;
+    st = phg_webhook_sources_list(ctx->store, &infos, &n);
+    if (st != PHG_OK) {
+        fail_status(call, st, "list the webhook sources");
+        return;
+    }
+    arr = json_array();
+    if (ctx->cfg != NULL) {
+        for (i = 0; arr != NULL && i < ctx->cfg->n_wh_sources && i < GW_WH_CONF_MAX; i++)
+            json_array_append_new(arr, wh_conf_json(ctx, &ctx->cfg->wh_sources[i], 0));
+    }
+    for (i = 0; arr != NULL && i < n; i++)
+        json_array_append_new(arr, wh_source_json(ctx, &infos[i], 0));
+    set_details(call, json_pack("{s:I}", "count", (json_int_t)json_array_size(arr)));
+    reply(call, 200, json_pack("{s:o}", "sources", arr));
+    phg_webhook_source_infos_free(infos, n);
+}
+
+/* GET /admin/webhooks/sources/{name} */
+static void wh_source_get(const gw_admin_ctx *ctx, gw_call *call, const char *name)
+{
+    phg_webhook_source_info *info = NULL;
+    const gw_wh_conf *conf = wh_conf_find(ctx, name);
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.source.get");
+    set_details(call, json_pack("{s:s}", "name", name));
+    if (!query_names_or_respond(call, NULL))
+        return;
+    /* The file wins: a store source of the same name is not in use. */
+    if (conf != NULL) {
+        reply(call, 200, wh_conf_json(ctx, conf, 1));
+        return;
+    }
+    if (!wh_store_or_respond(ctx, call))
+        return;
+    st = phg_webhook_sources_get(ctx->store, NULL, name, &info);
+    if (st != PHG_OK) {
+        wh_source_fail(call, st, "read the source", NULL);
+        return;
+    }
+    reply(call, 200, wh_source_json(ctx, info, 1));
+    phg_webhook_source_info_free(info);
+}
+
+/*
+ * A verify token of a body: absent or null (none, *text NULL), or a string
+ * of at most WH_SECRET_TEXT_MAX bytes without NUL (text borrowed from the
+ * JSON, wiped by the caller; the library checks it further). 1 ok, 0 after a
+ * 400 that never quotes it.
+ */
+static int wh_verify_token_in(gw_call *call, json_t *v, const char **text, size_t *len)
+{
+    *text = NULL;
+    *len = 0;
+    if (v == NULL || json_is_null(v))
+        return 1;
+    if (!json_is_string(v) || json_string_length(v) > WH_SECRET_TEXT_MAX ||
+        strlen(json_string_value(v)) != json_string_length(v)) {
+        gw_call_fail(call, 400, "invalid_request",
+                     "verify_token must be the token's text (1 to %d printable ASCII "
+                     "characters, without spaces) or null",
+                     PHG_WEBHOOK_VERIFY_TOKEN_MAX);
+        return 0;
+    }
+    *text = json_string_value(v);
+    *len = json_string_length(v);
+    return 1;
+}
+
+/* POST /admin/webhooks/sources {"name","scheme","deliver_to","tolerance_s","secrets":[...],
+ * "verify_token"} */
+static void wh_source_create(const gw_admin_ctx *ctx, gw_call *call)
+{
+    static const char *const allowed[] = {"name",    "scheme",       "deliver_to", "tolerance_s",
+                                          "secrets", "verify_token", NULL};
+    phg_webhook_secret secrets[PHG_WEBHOOK_SECRETS_MAX];
+    phg_webhook_source_spec spec;
+    phg_webhook_source_info *info = NULL;
+    phg_webhook_scheme scheme;
+    json_t *body = NULL, *v, *item, *fps;
+    char err[256] = "", what[32];
+    size_t i;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.source.create");
+    snprintf(call->resource, sizeof call->resource, "webhook_sources");
+    memset(secrets, 0, sizeof secrets);
+    memset(&spec, 0, sizeof spec);
+    if (!query_names_or_respond(call, NULL))
+        return;
+    body = body_or_respond(call);
+    if (body == NULL)
+        return;
+    if (!members_or_respond(call, body, allowed))
+        goto out;
+    spec.name = json_text(json_object_get(body, "name"));
+    if (spec.name == NULL || !phg_webhook_source_name_valid(spec.name)) {
+        gw_call_fail(call, 400, "invalid_request",
+                     "name is required: 1 to 64 of a-z, 0-9, '_' and '-'");
+        goto out;
+    }
+    snprintf(call->resource, sizeof call->resource, "webhook_source:%s", spec.name);
+    spec.scheme = json_text(json_object_get(body, "scheme"));
+    if (spec.scheme == NULL || strlen(spec.scheme) > 31 ||
+        phg_webhook_scheme_parse(spec.scheme, &scheme) != PHG_OK) {
+        gw_call_fail(call, 400, "invalid_request",
+                     "scheme is required: standard-webhooks, stripe, oura, whoop, fitbit, "
+                     "polar, suunto or unsigned");
+        goto out;
+    }
+    spec.deliver_to = json_text(json_object_get(body, "deliver_to"));
+    if (spec.deliver_to == NULL || strlen(spec.deliver_to) > PHG_WEBHOOK_URL_MAX) {
+        gw_call_fail(call, 400, "invalid_request",
+                     "deliver_to is required: an http:// or https:// URL of at most %d bytes",
+                     PHG_WEBHOOK_URL_MAX);
+        goto out;
+    }
+    v = json_object_get(body, "tolerance_s");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+            json_integer_value(v) > PHG_WEBHOOK_STORE_TOLERANCE_MAX) {
+            gw_call_fail(call, 400, "invalid_request",
+                         "tolerance_s must be an integer from 1 to %d (seconds) or null",
+                         PHG_WEBHOOK_STORE_TOLERANCE_MAX);
+            goto out;
+        }
+        spec.tolerance_s = (int64_t)json_integer_value(v);
+    }
+    v = json_object_get(body, "secrets");
+    if (!json_is_array(v) || json_array_size(v) < 1 ||
+        json_array_size(v) > PHG_WEBHOOK_SECRETS_MAX) {
+        gw_call_fail(call, 400, "invalid_request",
+                     "secrets is required: an array of 1 to %d {\"secret\":\"...\"} objects",
+                     PHG_WEBHOOK_SECRETS_MAX);
+        goto out;
+    }
+    json_array_foreach(v, i, item) {
+        snprintf(what, sizeof what, "secrets[%zu]", i);
+        if (!json_is_object(item)) {
+            gw_call_fail(call, 400, "invalid_request", "%s must be an object", what);
+            goto out;
+        }
+        if (!wh_secret_in(call, item, what, &secrets[i]))
+            goto out;
+    }
+    spec.secrets = secrets;
+    spec.n_secrets = json_array_size(v);
+    if (!wh_verify_token_in(call, json_object_get(body, "verify_token"), &spec.verify_token,
+                            &spec.verify_token_len))
+        goto out;
+    if (spec.verify_token != NULL && spec.verify_token_len == 0) {
+        /* "" is a mistake, not "none" (the library reads NULL / 0 so) */
+        gw_call_fail(call, 400, "invalid_request",
+                     "verify_token: empty (give the token's text, or leave it out)");
+        goto out;
+    }
+    set_details(call, json_pack("{s:s,s:s,s:b}", "name", spec.name, "scheme",
+                                phg_webhook_scheme_name(scheme), "has_verify_token",
+                                spec.verify_token != NULL));
+    if (!wh_store_or_respond(ctx, call) || !wh_mk_or_respond(ctx, call) ||
+        wh_configured_respond(ctx, call, spec.name))
+        goto out;
+    st = phg_webhook_sources_add(ctx->store, ctx->mk, &spec, err, sizeof err);
+    if (st == PHG_ERR_NOT_FOUND) {
+        /* An unknown scheme (the library's list may be shorter than the names). */
+        gw_call_fail(call, 400, "invalid_request", "%s", err[0] ? err : "scheme: unknown");
+        goto out;
+    }
+    if (st == PHG_ERR_MASTER_KEY) {
+        gw_call_fail(call, 503, "unavailable", "no master key: webhook secrets cannot be stored");
+        goto out;
+    }
+    if (st != PHG_OK) {
+        wh_source_fail(call, st, "create the source", err);
+        goto out;
+    }
+    wh_reload(ctx);
+    /* The fingerprints, for the audit record and the answer. */
+    st = phg_webhook_sources_get(ctx->store, NULL, spec.name, &info);
+    if (st != PHG_OK) {
+        reply(call, 201,
+              json_pack("{s:s,s:s,s:s}", "name", spec.name, "scheme",
+                        phg_webhook_scheme_name(scheme), "origin", "store"));
+        goto out;
+    }
+    fps = json_array();
+    for (i = 0; fps != NULL && i < info->n_secrets; i++)
+        json_array_append_new(fps, json_string(info->secrets[i].fingerprint));
+    if (call->audit_details != NULL && fps != NULL) {
+        json_object_set_new(call->audit_details, "tolerance_s",
+                            json_integer((json_int_t)info->tolerance_s));
+        json_object_set_new(call->audit_details, "fingerprints", fps);
+    } else {
+        json_decref(fps);
+    }
+    reply(call, 201, wh_source_json(ctx, info, 1));
+out:
+    phg_webhook_source_info_free(info);
+    phg_wipe(secrets, sizeof secrets);
+    wh_wipe_body(body, 0);
+    json_decref(body);
+}
+
+/* PUT /admin/webhooks/sources/{name}/verify-token {"verify_token":"..."} or
+ * {"verify_token":null} (clear). */
+static void wh_verify_token_set(const gw_admin_ctx *ctx, gw_call *call, const char *name)
+{
+    static const char *const allowed[] = {"verify_token", NULL};
+    json_t *body = NULL, *v;
+    const char *token = NULL;
+    size_t len = 0;
+    char err[256] = "";
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.source.set_verify_token");
+    set_details(call, json_pack("{s:s}", "name", name));
+    if (!query_names_or_respond(call, NULL))
+        return;
+    body = body_or_respond(call);
+    if (body == NULL)
+        return;
+    if (!members_or_respond(call, body, allowed))
+        goto out;
+    v = json_object_get(body, "verify_token");
+    if (v == NULL) {
+        gw_call_fail(call, 400, "invalid_request",
+                     "verify_token is required: the token's text, or null to clear it");
+        goto out;
+    }
+    if (!wh_verify_token_in(call, v, &token, &len))
+        goto out;
+    if (call->audit_details != NULL)
+        json_object_set_new(call->audit_details, "has_verify_token", json_boolean(token != NULL));
+    if (!wh_store_or_respond(ctx, call) || (token != NULL && !wh_mk_or_respond(ctx, call)))
+        goto out;
+    st = phg_webhook_sources_set_verify_token(ctx->store, ctx->mk, name, token, len, err,
+                                              sizeof err);
+    if (st == PHG_ERR_NOT_FOUND && wh_configured_respond(ctx, call, name))
+        goto out;
+    if (st == PHG_ERR_MASTER_KEY) {
+        gw_call_fail(call, 503, "unavailable", "no master key: the verify token cannot be stored");
+        goto out;
+    }
+    if (st != PHG_OK) {
+        wh_source_fail(call, st, "set the verify token", err);
+        goto out;
+    }
+    wh_reload(ctx);
+    reply(call, 200, json_pack("{s:s,s:b}", "name", name, "has_verify_token", token != NULL));
+out:
+    wh_wipe_body(body, 0);
+    json_decref(body);
+}
+
+/* DELETE /admin/webhooks/sources/{name} */
+static void wh_source_remove(const gw_admin_ctx *ctx, gw_call *call, const char *name)
+{
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.source.remove");
+    set_details(call, json_pack("{s:s}", "name", name));
+    if (!query_names_or_respond(call, NULL))
+        return;
+    if (call->body_len > 0) {
+        gw_call_fail(call, 400, "invalid_request", "this call takes no body");
+        return;
+    }
+    if (!wh_store_or_respond(ctx, call))
+        return;
+    st = phg_webhook_sources_remove(ctx->store, name);
+    if (st == PHG_ERR_NOT_FOUND && wh_configured_respond(ctx, call, name))
+        return;
+    if (st != PHG_OK) {
+        wh_source_fail(call, st, "remove the source", NULL);
+        return;
+    }
+    wh_reload(ctx);
+    reply(call, 200, json_pack("{s:s}", "removed", name));
+}
+
+/* POST /admin/webhooks/sources/{name}/secrets {"secret":"...","not_after":...} */
+static void wh_secret_add(const gw_admin_ctx *ctx, gw_call *call, const char *name)
+{
+    phg_webhook_secret secret;
+    phg_webhook_source_info *info = NULL;
+    json_t *body = NULL;
+    char err[256] = "";
+    const char *fp = NULL;
+    int64_t index = -1;
+    size_t i;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.secret.add");
+    memset(&secret, 0, sizeof secret);
+    set_details(call, json_pack("{s:s}", "name", name));
+    if (!query_names_or_respond(call, NULL))
+        return;
+    body = body_or_respond(call);
+    if (body == NULL)
+        return;
+    if (!wh_secret_in(call, body, "body", &secret))
+        goto out;
+    if (!wh_store_or_respond(ctx, call) || !wh_mk_or_respond(ctx, call))
+        goto out;
+    st =
+        phg_webhook_sources_add_secret(ctx->store, ctx->mk, name, &secret, &index, err, sizeof err);
+    if (st == PHG_ERR_NOT_FOUND && wh_configured_respond(ctx, call, name))
+        goto out;
+    if (st == PHG_ERR_MASTER_KEY) {
+        gw_call_fail(call, 503, "unavailable", "no master key: webhook secrets cannot be stored");
+        goto out;
+    }
+    if (st != PHG_OK) {
+        wh_source_fail(call, st, "add the secret", err);
+        goto out;
+    }
+    wh_reload(ctx);
+    if (phg_webhook_sources_get(ctx->store, NULL, name, &info) == PHG_OK) {
+        for (i = 0; i < info->n_secrets; i++) {
+            if (info->secrets[i].index == index)
+                fp = info->secrets[i].fingerprint;
+        }
+    }
+    if (call->audit_details != NULL) {
+        json_object_set_new(call->audit_details, "index", json_integer((json_int_t)index));
+        json_object_set_new(call->audit_details, "fingerprint",
+                            fp != NULL ? json_string(fp) : json_null());
+        json_object_set_new(call->audit_details, "not_after", time_or_null(secret.not_after));
+    }
+    reply(call, 201,
+          json_pack("{s:s,s:I,s:o,s:o}", "name", name, "index", (json_int_t)index, "fingerprint",
+                    fp != NULL ? json_string(fp) : json_null(), "not_after",
+                    time_or_null(secret.not_after)));
+out:
+    phg_webhook_source_info_free(info);
+    phg_wipe(&secret, sizeof secret);
+    wh_wipe_body(body, 0);
+    json_decref(body);
+}
+
+/* DELETE /admin/webhooks/sources/{name}/secrets/{index} */
+static void wh_secret_retire(const gw_admin_ctx *ctx, gw_call *call, const char *name,
+                             const char *index_text)
+{
+    int64_t index = 0;
+    size_t i;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.secret.retire");
+    set_details(call, json_pack("{s:s}", "name", name));
+    for (i = 0; index_text[i] != '\0'; i++) {
+        if (index_text[i] < '0' || index_text[i] > '9' || i >= WH_INDEX_DIGITS) {
+            gw_call_fail(call, 400, "invalid_parameter",
+                         "secret index: a number from 0 (as GET /admin/webhooks/sources/%s "
+                         "shows)",
+                         name);
+            return;
+        }
+        index = index * 10 + (index_text[i] - '0');
+    }
+    if (call->audit_details != NULL)
+        json_object_set_new(call->audit_details, "index", json_integer((json_int_t)index));
+    if (!query_names_or_respond(call, NULL))
+        return;
+    if (call->body_len > 0) {
+        gw_call_fail(call, 400, "invalid_request", "this call takes no body");
+        return;
+    }
+    if (!wh_store_or_respond(ctx, call))
+        return;
+    st = phg_webhook_sources_retire_secret(ctx->store, name, index);
+    if (st == PHG_ERR_NOT_FOUND && wh_configured_respond(ctx, call, name))
+        return;
+    if (st == PHG_ERR_NOT_FOUND) {
+        gw_call_fail(call, 404, "not_found", "no such source, or no secret %lld in it",
+                     (long long)index);
+        return;
+    }
+    if (st == PHG_ERR_STATE) {
+        gw_call_fail(call, 409, "conflict",
+                     "secret %lld is the source's last unretired secret: add another first, "
+                     "or remove the source",
+                     (long long)index);
+        return;
+    }
+    if (st != PHG_OK) {
+        fail_status(call, st, "retire the secret");
+        return;
+    }
+    wh_reload(ctx);
+    reply(call, 200,
+          json_pack("{s:s,s:I,s:b}", "name", name, "index", (json_int_t)index, "retired", 1));
+}
+
+/* An event's metadata as JSON; never its body. */
+static json_t *wh_event_json(const phg_wh_event *e)
+{
+    char received[TIME_TEXT];
+    json_t *o = json_object();
+    if (o == NULL)
+        return NULL;
+    format_time_ms(e->received_ms, received);
+    json_object_set_new(o, "id", json_string(e->id));
+    json_object_set_new(o, "source", json_string(e->source));
+    json_object_set_new(o, "msg_id", json_string(e->msg_id));
+    json_object_set_new(o, "request_id",
+                        e->request_id[0] ? json_string(e->request_id) : json_null());
+    json_object_set_new(o, "authenticated", json_boolean(e->authenticated));
+    json_object_set_new(o, "secret_index",
+                        e->secret_index >= 0 ? json_integer(e->secret_index) : json_null());
+    json_object_set_new(o, "signed_ts", int_or_null(e->signed_ts_s));
+    json_object_set_new(o, "received_at", json_string(received));
+    json_object_set_new(o, "received_ms", json_integer((json_int_t)e->received_ms));
+    json_object_set_new(o, "state", json_string(phg_wh_event_state_name(e->state)));
+    json_object_set_new(o, "attempts", json_integer((json_int_t)e->attempts));
+    json_object_set_new(o, "next_attempt_ms",
+                        e->state == PHG_WH_EVENT_PENDING
+                            ? json_integer((json_int_t)e->next_attempt_ms)
+                            : json_null());
+    json_object_set_new(o, "last_attempt_ms", int_or_null(e->last_attempt_ms));
+    json_object_set_new(o, "delivered_ms", int_or_null(e->delivered_ms));
+    json_object_set_new(o, "last_status", int_or_null(e->last_status));
+    json_object_set_new(o, "last_error",
+                        e->last_error[0] ? json_string(e->last_error) : json_null());
+    json_object_set_new(o, "content_type", json_string(e->content_type));
+    json_object_set_new(o, "body_len", json_integer((json_int_t)e->body_len));
+    return o;
+}
+
+/* An event id from the path into its canonical (uppercase) text. 1 ok, 0
+ * after a 400. */
+static int wh_event_id_or_respond(gw_call *call, const char *text, char id[PHG_ULID_LEN + 1])
+{
+    phg_ulid u;
+    if (phg_ulid_parse(text, strlen(text), &u) != PHG_OK) {
+        gw_call_fail(call, 400, "invalid_parameter", "event id: must be a ULID");
+        return 0;
+    }
+    phg_ulid_format(&u, id);
+    return 1;
+}
+
+/*
+ * One event's metadata, without decrypting its body: the list's first event
+ * before the id that follows this one (ULID text order is byte order, and
+ * the list is newest first), if it is this one. PHG_ERR_NOT_FOUND if none.
+ */
+static phg_status wh_event_lookup(phg_wh_inbox *inbox, const char *id, phg_wh_event **out)
+{
+    phg_wh_event_filter f;
+    phg_wh_event *evs = NULL;
+    phg_ulid u;
+    char next[PHG_ULID_LEN + 1];
+    size_t n = 0;
+    int i, carry = 1;
+    phg_status st;
+
+    *out = NULL;
+    if (phg_ulid_parse(id, strlen(id), &u) != PHG_OK)
+        return PHG_ERR_NOT_FOUND;
+    for (i = PHG_ULID_BYTES - 1; i >= 0 && carry; i--) {
+        u.bytes[i]++;
+        carry = u.bytes[i] == 0;
+    }
+    phg_ulid_format(&u, next);
+    memset(&f, 0, sizeof f);
+    f.state = -1;
+    f.before_id = carry ? NULL : next; /* carry: the largest id there is */
+    f.limit = 1;
+    st = phg_wh_inbox_list(inbox, &f, &evs, &n);
+    if (st != PHG_OK)
+        return st;
+    if (n == 0 || strcmp(evs[0].id, id) != 0) {
+        phg_wh_events_free(evs, n);
+        return PHG_ERR_NOT_FOUND;
+    }
+    *out = evs;
+    return PHG_OK;
+}
+
+/* GET /admin/webhooks/events?state=&source=&before=&limit= */
+static void wh_events_list(const gw_admin_ctx *ctx, gw_call *call)
+{
+    static const char *const allowed[] = {"state", "source", "before", "limit", NULL};
+    char state[PARAM_MAX + 1], source[PARAM_MAX + 1], before[PARAM_MAX + 1];
+    char before_id[PHG_ULID_LEN + 1] = "";
+    phg_wh_event_filter f;
+    phg_wh_event_state s = PHG_WH_EVENT_PENDING;
+    phg_wh_event *evs = NULL;
+    phg_wh_inbox *inbox;
+    size_t n = 0, i;
+    json_t *arr;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.event.list");
+    snprintf(call->resource, sizeof call->resource, "webhook_events");
+    memset(&f, 0, sizeof f);
+    if (!query_names_or_respond(call, allowed) || !limit_param(call, LIST_DEFAULT, &f.limit) ||
+        param(call, "state", state) < 0 || param(call, "source", source) < 0 ||
+        param(call, "before", before) < 0)
+        return;
+    if (state[0] && phg_wh_event_state_parse(state, &s) != PHG_OK) {
+        gw_call_fail(call, 400, "invalid_parameter", "state must be pending, delivered or dead");
+        return;
+    }
+    if (source[0] && !phg_webhook_source_name_valid(source)) {
+        gw_call_fail(call, 400, "invalid_parameter",
+                     "source must be a source name: 1 to 64 of a-z, 0-9, '_' and '-'");
+        return;
+    }
+    if (before[0]) {
+        phg_ulid u;
+        if (phg_ulid_parse(before, strlen(before), &u) != PHG_OK) {
+            gw_call_fail(call, 400, "invalid_parameter", "before must be an event id (a ULID)");
+            return;
+        }
+        phg_ulid_format(&u, before_id);
+    }
+    f.state = state[0] ? (int)s : -1;
+    f.source = source[0] ? source : NULL;
+    f.before_id = before_id[0] ? before_id : NULL;
+    set_details(call, json_pack("{s:s?,s:s?,s:s?,s:I}", "state", state[0] ? state : NULL, "source",
+                                f.source, "before", f.before_id, "limit", (json_int_t)f.limit));
+    inbox = wh_inbox_or_respond(ctx, call);
+    if (inbox == NULL)
+        return;
+    st = phg_wh_inbox_list(inbox, &f, &evs, &n);
+    if (st == PHG_ERR_INVALID) {
+        gw_call_fail(call, 400, "invalid_parameter", "a filter is not valid");
+        return;
+    }
+    if (st != PHG_OK) {
+        fail_status(call, st, "list the webhook events");
+        return;
+    }
+    arr = json_array();
+    for (i = 0; arr != NULL && i < n; i++)
+        json_array_append_new(arr, wh_event_json(&evs[i]));
+    if (call->audit_details != NULL)
+        json_object_set_new(call->audit_details, "count", json_integer((json_int_t)n));
+    reply(call, 200,
+          json_pack("{s:o,s:o}", "events", arr, "next",
+                    n == f.limit && n > 0 ? json_string(evs[n - 1].id) : json_null()));
+    phg_wh_events_free(evs, n);
+}
+
+/* GET /admin/webhooks/events/{id} */
+static void wh_event_get(const gw_admin_ctx *ctx, gw_call *call, const char *id)
+{
+    phg_wh_inbox *inbox;
+    phg_wh_event *ev = NULL;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.event.get");
+    snprintf(call->resource, sizeof call->resource, "webhook_event:%s", id);
+    if (!query_names_or_respond(call, NULL))
+        return;
+    inbox = wh_inbox_or_respond(ctx, call);
+    if (inbox == NULL)
+        return;
+    st = wh_event_lookup(inbox, id, &ev);
+    if (st == PHG_ERR_NOT_FOUND) {
+        gw_call_fail(call, 404, "not_found", "no webhook event with that id");
+        return;
+    }
+    if (st != PHG_OK) {
+        fail_status(call, st, "read the webhook event");
+        return;
+    }
+    set_details(call, json_pack("{s:s}", "source", ev->source));
+    reply(call, 200, wh_event_json(ev));
+    phg_wh_events_free(ev, 1);
+}
+
+/* POST /admin/webhooks/events/{id}/replay */
+static void wh_event_replay(const gw_admin_ctx *ctx, gw_call *call, const char *id)
+{
+    phg_wh_inbox *inbox;
+    phg_wh_event *ev = NULL;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.event.replay");
+    snprintf(call->resource, sizeof call->resource, "webhook_event:%s", id);
+    set_details(call, json_pack("{s:s}", "id", id));
+    if (!query_names_or_respond(call, NULL))
+        return;
+    if (call->body_len > 0) {
+        gw_call_fail(call, 400, "invalid_request", "this call takes no body");
+        return;
+    }
+    inbox = wh_inbox_or_respond(ctx, call);
+    if (inbox == NULL)
+        return;
+    /* Its source, for the record (and a clear 404 / 409 before the change). */
+    st = wh_event_lookup(inbox, id, &ev);
+    if (st == PHG_OK && call->audit_details != NULL)
+        json_object_set_new(call->audit_details, "source", json_string(ev->source));
+    if (st == PHG_OK)
+        st = phg_wh_inbox_replay(inbox, id, wall_ms());
+    if (st == PHG_ERR_NOT_FOUND) {
+        gw_call_fail(call, 404, "not_found", "no webhook event with that id");
+    } else if (st == PHG_ERR_STATE) {
+        gw_call_fail(call, 409, "conflict", "only a dead event can be replayed; this one is %s",
+                     ev != NULL ? phg_wh_event_state_name(ev->state) : "not dead");
+    } else if (st != PHG_OK) {
+        fail_status(call, st, "replay the webhook event");
+    } else {
+        wh_kick(ctx);
+        reply(call, 200, json_pack("{s:s,s:s}", "id", id, "state", "pending"));
+    }
+    phg_wh_events_free(ev, ev != NULL ? 1 : 0);
+}
+
+/* POST /admin/webhooks/events/replay?source= */
+static void wh_events_replay_all(const gw_admin_ctx *ctx, gw_call *call)
+{
+    static const char *const allowed[] = {"source", NULL};
+    char source[PARAM_MAX + 1];
+    phg_wh_inbox *inbox;
+    size_t n = 0;
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.event.replay_all");
+    snprintf(call->resource, sizeof call->resource, "webhook_events");
+    if (!query_names_or_respond(call, allowed) || param(call, "source", source) < 0)
+        return;
+    if (source[0] && !phg_webhook_source_name_valid(source)) {
+        gw_call_fail(call, 400, "invalid_parameter",
+                     "source must be a source name: 1 to 64 of a-z, 0-9, '_' and '-'");
+        return;
+    }
+    set_details(call, json_pack("{s:s?}", "source", source[0] ? source : NULL));
+    if (call->body_len > 0) {
+        gw_call_fail(call, 400, "invalid_request", "this call takes no body");
+        return;
+    }
+    inbox = wh_inbox_or_respond(ctx, call);
+    if (inbox == NULL)
+        return;
+    st = phg_wh_inbox_replay_all(inbox, source[0] ? source : NULL, wall_ms(), &n);
+    if (st != PHG_OK) {
+        fail_status(call, st, "replay the dead webhook events");
+        return;
+    }
+    if (call->audit_details != NULL)
+        json_object_set_new(call->audit_details, "replayed", json_integer((json_int_t)n));
+    if (n > 0)
+        wh_kick(ctx);
+    reply(call, 200, json_pack("{s:I}", "replayed", (json_int_t)n));
+}
+
+/* GET /admin/webhooks/stats */
+static void wh_stats(const gw_admin_ctx *ctx, gw_call *call)
+{
+    phg_wh_inbox_stats s;
+    phg_wh_inbox *inbox;
+    char oldest[TIME_TEXT];
+    phg_status st;
+
+    snprintf(call->action, sizeof call->action, "admin.webhooks.stats");
+    snprintf(call->resource, sizeof call->resource, "webhook_events");
+    if (!query_names_or_respond(call, NULL))
+        return;
+    inbox = wh_inbox_or_respond(ctx, call);
+    if (inbox == NULL)
+        return;
+    memset(&s, 0, sizeof s);
+    st = phg_wh_inbox_stats_get(inbox, &s);
+    if (st != PHG_OK) {
+        fail_status(call, st, "read the webhook inbox's figures");
+        return;
+    }
+    format_time_ms(s.oldest_pending_ms, oldest);
+    reply(call, 200,
+          json_pack("{s:I,s:I,s:I,s:o,s:o,s:I,s:I,s:I,s:I,s:I}", "pending", (json_int_t)s.pending,
+                    "delivered", (json_int_t)s.delivered, "dead", (json_int_t)s.dead,
+                    "oldest_pending_ms", int_or_null(s.oldest_pending_ms), "oldest_pending_at",
+                    s.oldest_pending_ms != 0 ? json_string(oldest) : json_null(), "written",
+                    (json_int_t)s.written, "duplicates", (json_int_t)s.duplicates, "failed",
+                    (json_int_t)s.failed, "commits", (json_int_t)s.commits, "queue_depth",
+                    (json_int_t)s.queue_depth));
+}
+
 /* ---- configuration and the OpenAPI document ---------------------------------------- */
 
 static void config_get(const gw_admin_ctx *ctx, gw_call *call)
@@ -1876,6 +2894,64 @@ static int key_id_or_respond(gw_call *call, const char *id)
     return 0;
 }
 
+/* /admin/webhooks/... */
+static void wh_route(const gw_admin_ctx *ctx, gw_call *call, char **seg, size_t n)
+{
+    char id[PHG_ULID_LEN + 1];
+
+    if (n == 2 && eq(seg[1], "sources")) {
+        if (method_is(call, "GET"))
+            wh_sources_list(ctx, call);
+        else if (method_is(call, "POST"))
+            wh_source_create(ctx, call);
+        else
+            gw_call_fail(call, 405, "method_not_allowed", "use GET or POST");
+    } else if (n == 4 && eq(seg[1], "sources") && eq(seg[3], "verify-token")) {
+        snprintf(call->resource, sizeof call->resource, "webhook_source:%s",
+                 phg_webhook_source_name_valid(seg[2]) ? seg[2] : "(invalid)");
+        if (method_or_respond(call, "PUT") && wh_name_or_respond(call, seg[2]))
+            wh_verify_token_set(ctx, call, seg[2]);
+    } else if (n >= 3 && n <= 5 && eq(seg[1], "sources") && (n == 3 || eq(seg[3], "secrets"))) {
+        snprintf(call->resource, sizeof call->resource, "webhook_source:%s",
+                 phg_webhook_source_name_valid(seg[2]) ? seg[2] : "(invalid)");
+        if (n == 3 && !method_is(call, "GET") && !method_is(call, "DELETE")) {
+            gw_call_fail(call, 405, "method_not_allowed", "use GET or DELETE");
+            return;
+        }
+        if ((n == 4 && !method_or_respond(call, "POST")) ||
+            (n == 5 && !method_or_respond(call, "DELETE")) || !wh_name_or_respond(call, seg[2]))
+            return;
+        if (n == 3 && method_is(call, "GET"))
+            wh_source_get(ctx, call, seg[2]);
+        else if (n == 3)
+            wh_source_remove(ctx, call, seg[2]);
+        else if (n == 4)
+            wh_secret_add(ctx, call, seg[2]);
+        else
+            wh_secret_retire(ctx, call, seg[2], seg[4]);
+    } else if (n == 2 && eq(seg[1], "events")) {
+        if (method_or_respond(call, "GET"))
+            wh_events_list(ctx, call);
+    } else if (n == 3 && eq(seg[1], "events") && eq(seg[2], "replay")) {
+        if (method_or_respond(call, "POST"))
+            wh_events_replay_all(ctx, call);
+    } else if ((n == 3 || (n == 4 && eq(seg[3], "replay"))) && eq(seg[1], "events")) {
+        snprintf(call->resource, sizeof call->resource, "webhook_event:(invalid)");
+        if (!method_or_respond(call, n == 3 ? "GET" : "POST") ||
+            !wh_event_id_or_respond(call, seg[2], id))
+            return;
+        if (n == 3)
+            wh_event_get(ctx, call, id);
+        else
+            wh_event_replay(ctx, call, id);
+    } else if (n == 2 && eq(seg[1], "stats")) {
+        if (method_or_respond(call, "GET"))
+            wh_stats(ctx, call);
+    } else {
+        not_found(call);
+    }
+}
+
 static void route(const gw_admin_ctx *ctx, gw_call *call, char **seg, size_t n)
 {
     if (n == 1 && eq(seg[0], "openapi.json")) {
@@ -1926,6 +3002,8 @@ static void route(const gw_admin_ctx *ctx, gw_call *call, char **seg, size_t n)
     } else if (n == 2 && eq(seg[0], "ratelimit") && eq(seg[1], "violations")) {
         if (method_or_respond(call, "GET"))
             ratelimit_violations(ctx, call);
+    } else if (n >= 2 && eq(seg[0], "webhooks")) {
+        wh_route(ctx, call, seg, n);
     } else if (n == 1 && eq(seg[0], "audit")) {
         if (method_or_respond(call, "GET"))
             audit_query(ctx, call);

@@ -5,7 +5,8 @@
  * file (parsed with inih), PHIGATE_* environment variables, command-line
  * flags. Every value is checked where it is applied, so a bad value names its
  * setting and where it came from; checks that involve several settings (TLS
- * pair, store set) run once at the end. Routes come only from the file.
+ * pair, store set) run once at the end. Routes and webhook sources
+ * ([webhook:NAME]) come only from the file.
  *
  * What this file does not do: open the store, load TLS keys, read master
  * keys (keyring.c), or bind sockets. It only checks that the TLS files can be
@@ -16,6 +17,11 @@
  * PHIGATE_STORE_FILE, never from the INI file or --store (files are often
  * world-readable, flags show in `ps`). No message ever quotes a store URL;
  * store_display has the password replaced by "***".
+ *
+ * Webhook secrets are never in the file either: a [webhook:NAME] section
+ * names the files that hold them (secret_file, verify_token_file). This file
+ * only checks that they can be opened now; it never reads them (webhooks.c
+ * does), so no secret can end up in a message or in gw_config_json.
  *
  * The reference of every setting is docs/configuration.md; an example file is
  * deploy/phigate.ini.
@@ -38,6 +44,8 @@
 #include "gw.h"
 #include "text_internal.h"
 #include "phigate/crypto.h"
+#include "phigate/webhook.h"
+#include "phigate/webhook_store.h"
 
 #define CONFIG_FILE_MAX (1024 * 1024) /* bytes of the INI file */
 #define STORE_FILE_MAX 4096           /* bytes of the PHIGATE_STORE_FILE file */
@@ -50,6 +58,14 @@
  */
 #define LINE_MAX_BYTES (INI_MAX_LINE - 2)
 #define QUOTE_MAX 48 /* bytes of a value quoted back in a message */
+/*
+ * inih also cuts a section's name at 49 bytes (MAX_SECTION in ini.c, not
+ * in the header), which "route:" or "webhook:" and a long NAME exceed. So
+ * prepare() hands inih a longer [route:NAME] or [webhook:NAME] header as
+ * [route:#N] / [webhook:#N], N the section's index (no valid NAME holds a
+ * '#'); the handlers look them up by index.
+ */
+#define SECTION_ALIAS_FROM 40 /* bytes of a section name, at most, passed as written */
 
 typedef enum source { SRC_FILE, SRC_ENV, SRC_FLAG } source;
 
@@ -70,6 +86,8 @@ typedef enum kind {
     K_RL_FALLBACK, /* local|open|closed */
     K_REDIS,       /* redis://host:port or "" */
     K_POLICY,      /* a rate-limit policy text, or "" / none */
+    K_SECONDS,     /* int64_t seconds, plain decimal, within min..max */
+    K_KEYSET,      /* a file path or an http(s):// URL, not empty */
 } kind;
 
 typedef struct setting {
@@ -82,6 +100,8 @@ typedef struct setting {
 
 #define FIELD(f) offsetof(gw_config, f), sizeof(((gw_config *)0)->f)
 #define MS_MAX 3600000LL
+#define DAY_MS 86400000LL
+#define YEAR_S 31536000LL /* 365 days */
 
 static const setting settings[] = {
     {"server", "listen", K_LISTEN, 0, 0, 0, 0, "PHIGATE_LISTEN"},
@@ -111,15 +131,39 @@ static const setting settings[] = {
     {"ratelimit", "instances", K_INT, FIELD(rl_instances), 1, 1024, NULL},
     {"ratelimit", "default_user", K_POLICY, FIELD(rl_default_user), 0, 0, NULL},
     {"ratelimit", "default_admin", K_POLICY, FIELD(rl_default_admin), 0, 0, NULL},
+    {"webhooks", "enabled", K_BOOL, FIELD(wh_enabled), 0, 1, NULL},
+    {"webhooks", "workers", K_INT, FIELD(wh_workers), 1, 64, NULL},
+    {"webhooks", "max_attempts", K_INT, FIELD(wh_max_attempts), 1, 1000, NULL},
+    {"webhooks", "max_age_s", K_SECONDS, FIELD(wh_max_age_s), 60, YEAR_S, NULL},
+    {"webhooks", "backoff_ms", K_MS, FIELD(wh_backoff_ms), 10, MS_MAX, NULL},
+    {"webhooks", "backoff_max_ms", K_MS, FIELD(wh_backoff_max_ms), 10, DAY_MS, NULL},
+    {"webhooks", "timeout_ms", K_MS, FIELD(wh_timeout_ms), 100, 600000, NULL},
+    {"webhooks", "keep_delivered_s", K_SECONDS, FIELD(wh_keep_delivered_s), 0, 10 * YEAR_S, NULL},
+    {"webhooks", "google_keyset", K_KEYSET, FIELD(wh_google_keyset), 0, 0, NULL},
+    {"webhooks", "ca_file", K_PATH, FIELD(wh_ca_file), 0, 0, NULL},
+    {"webhooks", "redis", K_REDIS, FIELD(wh_redis_url), 0, 0, NULL},
 };
 #define N_SETTINGS (sizeof settings / sizeof settings[0])
-_Static_assert(N_SETTINGS <= 32, "loader.file_seen has one bit per setting");
+_Static_assert(N_SETTINGS <= 64, "loader.file_seen has one bit per setting");
 
-static const char *const sections[] = {"server", "upstream", "store",    "audit",
-                                       "phi",    "log",      "admin",    "ratelimit"};
+static const char *const sections[] = {"server", "upstream", "store",     "audit",   "phi",
+                                       "log",    "admin",    "ratelimit", "webhooks"};
+
+#define WH_GOOGLE_KEYSET_DEFAULT                                                                   \
+    "https://www.gstatic.com/googlehealthapi/webhooks/webhooks_public_keyset.json"
 
 /* The keys of a [route:NAME] section, as bits of route_seen. */
 enum { RK_METHODS = 1, RK_PREFIX = 2, RK_ROLE = 4, RK_SCOPES = 8 };
+
+/* The keys of a [webhook:NAME] section, as bits of wh_seen. */
+enum {
+    WK_SCHEME = 1,
+    WK_SECRET_FILE = 2,
+    WK_VERIFY_TOKEN_FILE = 4,
+    WK_TOLERANCE = 8,
+    WK_MAX_BODY = 16,
+    WK_DELIVER_TO = 32,
+};
 
 typedef struct loader {
     gw_config *cfg;
@@ -127,8 +171,9 @@ typedef struct loader {
     size_t err_len;
     int failed;         /* err holds the first failure; later ones are dropped */
     const char *file;   /* the INI file's path, for messages */
-    uint32_t file_seen; /* settings given by the file, one bit per settings[] entry */
+    uint64_t file_seen; /* settings given by the file, one bit per settings[] entry */
     uint8_t route_seen[GW_ROUTES_MAX];
+    uint8_t wh_seen[GW_WH_CONF_MAX]; /* WK_* bits per [webhook:NAME] section */
 } loader;
 
 /* ---- messages ---------------------------------------------------------------------- */
@@ -194,6 +239,36 @@ static int copy_text(char *dst, size_t size, const char *s)
         return 0;
     memcpy(dst, s, n + 1);
     return 1;
+}
+
+/*
+ * 0 if path can be opened for reading now and is not a directory (with
+ * regular_only: is a regular file); else -1 with why, naming the setting
+ * (name). Only opened, never read: the file may hold a secret. O_NONBLOCK
+ * so that a FIFO cannot hang the start.
+ */
+static int readable(const char *name, const char *path, int regular_only, char *why, size_t len)
+{
+    char q[QUOTE_MAX + 4];
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        snprintf(why, len, "%s: cannot read \"%s\": %s", name, quote(path, q), strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, &st) != 0) {
+        snprintf(why, len, "%s: cannot read \"%s\": %s", name, quote(path, q), strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (S_ISDIR(st.st_mode) || (regular_only && !S_ISREG(st.st_mode))) {
+        snprintf(why, len, "%s: cannot read \"%s\": %s", name, quote(path, q),
+                 S_ISDIR(st.st_mode) ? "it is a directory" : "not a regular file");
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
 }
 
 /* ---- value parsers (each: 0, or -1 with why, naming the setting, in why) --------- */
@@ -574,6 +649,72 @@ static int set_trusted(gw_config *cfg, const char *v, char *why, size_t len)
     return 0;
 }
 
+/*
+ * An http:// or https:// URL (lower-case scheme) of at most max bytes, with a
+ * host, only printable ASCII without spaces, and no user name or password
+ * (secrets are never in the configuration). The same rule as the store's
+ * deliver_to, so a URL that loads here would also be accepted there. 0, or
+ * -1 with why (after "name: "), never quoting the URL.
+ */
+static int http_url_check(const char *name, const char *v, size_t max, char *why, size_t len)
+{
+    size_t n = strnlen(v, max + 1), pre, an;
+    const unsigned char *p;
+    if (n > max) {
+        snprintf(why, len, "%s: longer than %zu bytes", name, max);
+        return -1;
+    }
+    if (strncmp(v, "https://", 8) == 0)
+        pre = 8;
+    else if (strncmp(v, "http://", 7) == 0)
+        pre = 7;
+    else {
+        snprintf(why, len, "%s: not an http:// or https:// URL", name);
+        return -1;
+    }
+    for (p = (const unsigned char *)v; *p != '\0'; p++) {
+        if (*p <= 0x20 || *p >= 0x7f) {
+            snprintf(why, len, "%s: the URL holds a space, a control character or a non-ASCII byte",
+                     name);
+            return -1;
+        }
+    }
+    an = strcspn(v + pre, "/?#");
+    if (an == 0) {
+        snprintf(why, len, "%s: the URL has no host", name);
+        return -1;
+    }
+    if (memchr(v + pre, '@', an) != NULL) {
+        snprintf(why, len,
+                 "%s: user names and passwords in the URL are not accepted (no secret is "
+                 "read from the configuration)",
+                 name);
+        return -1;
+    }
+    return 0;
+}
+
+/* webhooks.google_keyset: an http(s):// URL, or else a file path (read at
+ * start: finish() checks it can be opened). */
+static int set_keyset(gw_config *cfg, const char *v, char *why, size_t len)
+{
+    if (v[0] == '\0') {
+        snprintf(why, len, "webhooks.google_keyset: empty (a file path or an http(s):// URL)");
+        return -1;
+    }
+    if (strstr(v, "://") != NULL) {
+        if (http_url_check("webhooks.google_keyset", v, sizeof cfg->wh_google_keyset - 1, why,
+                           len) != 0)
+            return -1;
+    } else if (has_control(v) || strlen(v) >= sizeof cfg->wh_google_keyset) {
+        snprintf(why, len, "webhooks.google_keyset: not a file path of at most %zu bytes",
+                 sizeof cfg->wh_google_keyset - 1);
+        return -1;
+    }
+    memcpy(cfg->wh_google_keyset, v, strlen(v) + 1);
+    return 0;
+}
+
 /* Apply one value to one setting. 0, or -1 with why. */
 static int apply(gw_config *cfg, const setting *s, const char *v, source src, char *why, size_t len)
 {
@@ -589,12 +730,18 @@ static int apply(gw_config *cfg, const setting *s, const char *v, source src, ch
         return set_store(cfg, v, src, why, len);
     case K_TRUSTED:
         return set_trusted(cfg, v, why, len);
+    case K_KEYSET:
+        return set_keyset(cfg, v, why, len);
     case K_INT:
     case K_MS:
     case K_COUNT:
+    case K_SECONDS:
         if (!parse_decimal(v, &n)) {
             snprintf(why, len, "%s.%s: not a %s (\"%s\")", s->section, s->key,
-                     s->kind == K_MS ? "number of milliseconds" : "number", quote(v, q));
+                     s->kind == K_MS        ? "number of milliseconds"
+                     : s->kind == K_SECONDS ? "number of seconds"
+                                            : "number",
+                     quote(v, q));
             return -1;
         }
         goto range;
@@ -653,21 +800,31 @@ static int apply(gw_config *cfg, const setting *s, const char *v, source src, ch
         return -1;
     }
     case K_REDIS: {
-        char e[160];
+        /* ratelimit.redis or webhooks.redis: the URL and its parsed parts */
+        int wh = strcmp(s->section, "webhooks") == 0;
+        char *url = wh ? cfg->wh_redis_url : cfg->rl_redis_url;
+        char *host = wh ? cfg->wh_redis_host : cfg->rl_redis_host;
+        int *port = wh ? &cfg->wh_redis_port : &cfg->rl_redis_port;
+        char e[160], parsed[sizeof cfg->rl_redis_host];
+        int parsed_port = 0;
+        _Static_assert(sizeof cfg->wh_redis_url == sizeof cfg->rl_redis_url &&
+                           sizeof cfg->wh_redis_host == sizeof cfg->rl_redis_host,
+                       "both Redis settings have the same fields");
         if (v[0] == '\0') {
-            cfg->rl_redis_url[0] = cfg->rl_redis_host[0] = '\0';
-            cfg->rl_redis_port = 0;
+            url[0] = host[0] = '\0';
+            *port = 0;
             return 0;
         }
         if (has_control(v) || strlen(v) >= sizeof cfg->rl_redis_url ||
-            gw_redis_url_parse(v, cfg->rl_redis_host, sizeof cfg->rl_redis_host,
-                               &cfg->rl_redis_port, e, sizeof e) != 0) {
+            gw_redis_url_parse(v, parsed, sizeof parsed, &parsed_port, e, sizeof e) != 0) {
             /* the URL is not quoted: it may hold a password */
-            snprintf(why, len, "ratelimit.redis: not a Redis URL redis://HOST:PORT%s%s",
+            snprintf(why, len, "%s.%s: not a Redis URL redis://HOST:PORT%s%s", s->section, s->key,
                      has_control(v) ? "" : ": ", has_control(v) ? "" : e);
             return -1;
         }
-        memcpy(cfg->rl_redis_url, v, strlen(v) + 1);
+        memcpy(url, v, strlen(v) + 1);
+        memcpy(host, parsed, sizeof parsed);
+        *port = parsed_port;
         return 0;
     }
     case K_POLICY: {
@@ -712,10 +869,17 @@ range:
                  s->min, s->max);
         return -1;
     }
-    if (s->kind == K_SIZE || s->kind == K_COUNT)
+    /* the table's min..max fit the field's type (int: at most INT_MAX) */
+    if (s->kind == K_SIZE || s->kind == K_COUNT) {
+        assert(s->size == sizeof(size_t));
         *(size_t *)(void *)field = (size_t)n;
-    else
+    } else if (s->kind == K_SECONDS) {
+        assert(s->size == sizeof(int64_t));
+        *(int64_t *)(void *)field = (int64_t)n;
+    } else {
+        assert(s->size == sizeof(int));
         *(int *)(void *)field = (int)n;
+    }
     return 0;
 }
 
@@ -743,6 +907,17 @@ static const setting *find_setting(const char *section, const char *key)
 }
 
 /* ---- routes ---------------------------------------------------------------------- */
+
+/* 1 if the NAME inih gave (after "route:" or "webhook:") is the section of
+ * index i named real: the name itself, or the alias "#i" (SECTION_ALIAS_FROM). */
+static int section_is(const char *given, size_t i, const char *real)
+{
+    char alias[24];
+    if (given[0] != '#')
+        return strcmp(given, real) == 0;
+    snprintf(alias, sizeof alias, "#%zu", i);
+    return strcmp(given, alias) == 0;
+}
 
 static int route_name_ok(const char *s, size_t n)
 {
@@ -859,7 +1034,7 @@ static void on_route_key(loader *ld, const char *name, const char *key, const ch
     int rc = 0;
 
     for (i = 0; i < cfg->n_routes; i++) {
-        if (strcmp(cfg->routes[i].name, name) == 0) {
+        if (section_is(name, i, cfg->routes[i].name)) {
             r = &cfg->routes[i];
             break;
         }
@@ -914,6 +1089,190 @@ static void on_route_key(loader *ld, const char *name, const char *key, const ch
     }
 }
 
+/* ---- webhook sources ([webhook:NAME]) ----------------------------------------------- */
+
+/*
+ * secret_file = PATH[, PATH...]: 1..GW_WH_SECRET_FILES_MAX paths, each
+ * trimmed, each readable now. Only the paths are kept: webhooks.c reads the
+ * secrets. name is "webhook:NAME.secret_file".
+ */
+static int set_secret_files(gw_wh_conf *w, const char *name, const char *v, char *why, size_t len)
+{
+    char path[GW_PATH_MAX], q[QUOTE_MAX + 4];
+    const char *p = v;
+    size_t n = 0, k;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t l = comma != NULL ? (size_t)(comma - p) : strlen(p);
+        while (l > 0 && (*p == ' ' || *p == '\t')) {
+            p++;
+            l--;
+        }
+        while (l > 0 && (p[l - 1] == ' ' || p[l - 1] == '\t'))
+            l--;
+        if (l == 0) {
+            snprintf(why, len, "%s: an empty path in the list (PATH[, PATH...])", name);
+            return -1;
+        }
+        if (n == GW_WH_SECRET_FILES_MAX) {
+            snprintf(why, len, "%s: more than %d files", name, GW_WH_SECRET_FILES_MAX);
+            return -1;
+        }
+        if (l >= sizeof path) {
+            snprintf(why, len, "%s: a path longer than %zu bytes", name, sizeof path - 1);
+            return -1;
+        }
+        memcpy(path, p, l);
+        path[l] = '\0';
+        if (has_control(path)) {
+            snprintf(why, len, "%s: a path holds a control character", name);
+            return -1;
+        }
+        for (k = 0; k < n; k++) {
+            if (strcmp(w->secret_files[k], path) == 0) {
+                snprintf(why, len, "%s: \"%s\" is listed twice", name, quote(path, q));
+                return -1;
+            }
+        }
+        /* a secret is read again at every reload: a pipe would be empty */
+        if (readable(name, path, 1, why, len) != 0)
+            return -1;
+        memcpy(w->secret_files[n++], path, l + 1);
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    w->n_secret_files = n;
+    return 0;
+}
+
+/* The schemes phg_webhook_scheme_parse accepts, for a message: whatever the
+ * library implements, without a list to keep in step here. */
+static void known_schemes(char *out, size_t len)
+{
+    size_t o = 0;
+    int i;
+    out[0] = '\0';
+    for (i = 0; i < 32; i++) {
+        const char *nm = phg_webhook_scheme_name((phg_webhook_scheme)i);
+        phg_webhook_scheme sch;
+        int w;
+        if (strcmp(nm, "unknown") == 0 || phg_webhook_scheme_parse(nm, &sch) != PHG_OK)
+            continue;
+        w = snprintf(out + o, len - o, "%s%s", o > 0 ? ", " : "", nm);
+        if (w < 0 || (size_t)w >= len - o)
+            break;
+        o += (size_t)w;
+    }
+}
+
+static void on_webhook_key(loader *ld, const char *name, const char *key, const char *v)
+{
+    gw_config *cfg = ld->cfg;
+    gw_wh_conf *w = NULL;
+    char why[512], at[GW_PATH_MAX + 16], full[128], q[QUOTE_MAX + 4];
+    unsigned long long n;
+    unsigned bit;
+    size_t i;
+    int rc = 0;
+
+    for (i = 0; i < cfg->n_wh_sources; i++) {
+        if (section_is(name, i, cfg->wh_sources[i].name)) {
+            w = &cfg->wh_sources[i];
+            break;
+        }
+    }
+    if (w == NULL) /* the pre-scan registered every webhook section */
+        return;
+    if (strcmp(key, "scheme") == 0)
+        bit = WK_SCHEME;
+    else if (strcmp(key, "secret_file") == 0)
+        bit = WK_SECRET_FILE;
+    else if (strcmp(key, "verify_token_file") == 0)
+        bit = WK_VERIFY_TOKEN_FILE;
+    else if (strcmp(key, "tolerance_s") == 0)
+        bit = WK_TOLERANCE;
+    else if (strcmp(key, "max_body") == 0)
+        bit = WK_MAX_BODY;
+    else if (strcmp(key, "deliver_to") == 0)
+        bit = WK_DELIVER_TO;
+    else {
+        fail(ld,
+             "unknown setting webhook:%s.%s (a webhook source has scheme, secret_file, "
+             "verify_token_file, tolerance_s, max_body, deliver_to) (in %s)",
+             w->name, quote(key, q), ld->file);
+        return;
+    }
+    if (ld->wh_seen[i] & bit) {
+        fail(ld, "webhook:%s.%s: set twice (in %s)", w->name, key, ld->file);
+        return;
+    }
+    ld->wh_seen[i] |= (uint8_t)bit;
+    snprintf(full, sizeof full, "webhook:%s.%s", w->name, key);
+    switch (bit) {
+    case WK_SCHEME: {
+        phg_webhook_scheme sch;
+        if (phg_webhook_scheme_parse(v, &sch) != PHG_OK) {
+            char known[256];
+            known_schemes(known, sizeof known);
+            snprintf(why, sizeof why, "%s: unknown scheme \"%s\" (known: %s)", full, quote(v, q),
+                     known);
+            rc = -1;
+        } else if (!copy_text(w->scheme, sizeof w->scheme, phg_webhook_scheme_name(sch))) {
+            snprintf(why, sizeof why, "%s: the scheme's name is too long", full);
+            rc = -1;
+        }
+        break;
+    }
+    case WK_SECRET_FILE:
+        rc = set_secret_files(w, full, v, why, sizeof why);
+        break;
+    case WK_VERIFY_TOKEN_FILE:
+        if (v[0] == '\0' || has_control(v) ||
+            !copy_text(w->verify_token_file, sizeof w->verify_token_file, v)) {
+            snprintf(why, sizeof why, "%s: not a file path of at most %d bytes", full,
+                     GW_PATH_MAX - 1);
+            rc = -1;
+        } else {
+            rc = readable(full, v, 1, why, sizeof why);
+        }
+        break;
+    case WK_TOLERANCE:
+        if (!parse_decimal(v, &n)) {
+            snprintf(why, sizeof why, "%s: not a number of seconds (\"%s\")", full, quote(v, q));
+            rc = -1;
+        } else if (n < 1 || n > PHG_WEBHOOK_STORE_TOLERANCE_MAX) {
+            snprintf(why, sizeof why, "%s: %llu is out of range (1..%d)", full, n,
+                     PHG_WEBHOOK_STORE_TOLERANCE_MAX);
+            rc = -1;
+        } else {
+            w->tolerance_s = (int64_t)n;
+        }
+        break;
+    case WK_MAX_BODY:
+        if (!parse_size(v, &n)) {
+            snprintf(why, sizeof why, "%s: not a size (\"%s\")", full, quote(v, q));
+            rc = -1;
+        } else if (n < 1 || n > PHG_WEBHOOK_BODY_MAX) {
+            snprintf(why, sizeof why, "%s: %llu is out of range (1..%u)", full, n,
+                     (unsigned)PHG_WEBHOOK_BODY_MAX);
+            rc = -1;
+        } else {
+            w->max_body = (size_t)n;
+        }
+        break;
+    default: /* WK_DELIVER_TO */
+        rc = http_url_check(full, v, sizeof w->deliver_to - 1, why, sizeof why);
+        if (rc == 0)
+            memcpy(w->deliver_to, v, strlen(v) + 1);
+        break;
+    }
+    if (rc != 0) {
+        where(at, sizeof at, SRC_FILE, ld->file);
+        fail(ld, "%s%s", why, at);
+    }
+}
+
 /* ---- the file ---------------------------------------------------------------------- */
 
 static int on_ini(void *user, const char *section, const char *key, const char *value)
@@ -933,17 +1292,21 @@ static int on_ini(void *user, const char *section, const char *key, const char *
         on_route_key(ld, section + 6, key, value);
         return 1;
     }
+    if (strncmp(section, "webhook:", 8) == 0) {
+        on_webhook_key(ld, section + 8, key, value);
+        return 1;
+    }
     s = find_setting(section, key);
     if (s == NULL) {
         fail(ld, "unknown setting %s.%s (in %s)", quote(section, q), quote(key, q2), ld->file);
         return 1;
     }
     i = (size_t)(s - settings);
-    if (ld->file_seen & (1u << i)) {
+    if (ld->file_seen & (UINT64_C(1) << i)) {
         fail(ld, "%s.%s: set twice (in %s)", s->section, s->key, ld->file);
         return 1;
     }
-    ld->file_seen |= 1u << i;
+    ld->file_seen |= UINT64_C(1) << i;
     apply_or_fail(ld, s, value, SRC_FILE, ld->file);
     /* The handler never reports failure to inih: a non-zero return from
      * ini_parse_string then means a syntax error, and ours is in ld. */
@@ -1015,11 +1378,70 @@ static int section_known(const char *s, size_t n)
 }
 
 /*
+ * The line (len bytes at line) of a section header "[WHAT:NAME]..." whose
+ * name "WHAT:NAME" is nn bytes: when nn is over SECTION_ALIAS_FROM, the
+ * name is replaced in place by "WHAT:#index" (always shorter) and the rest
+ * of the line kept. The line's new length.
+ */
+static size_t alias_section(char *line, size_t len, size_t nn, const char *what, size_t index)
+{
+    char alias[48];
+    int an;
+    if (nn <= SECTION_ALIAS_FROM)
+        return len;
+    an = snprintf(alias, sizeof alias, "%s:#%zu", what, index);
+    assert(an > 0 && (size_t)an < nn);
+    memcpy(line + 1, alias, (size_t)an);
+    memmove(line + 1 + an, line + 1 + nn, len - 1 - nn);
+    return len - (nn - (size_t)an);
+}
+
+/* A [webhook:NAME] header (NAME: n bytes at name) at line: registered in
+ * file order with the defaults of a source. 0, or -1 after fail(). */
+static int register_webhook(loader *ld, const char *name, size_t n, int line)
+{
+    gw_config *cfg = ld->cfg;
+    char buf[PHG_WEBHOOK_SOURCE_NAME_MAX + 1], q[QUOTE_MAX + 4];
+    gw_wh_conf *w;
+    size_t k;
+    _Static_assert(sizeof buf <= sizeof w->name, "a valid name fits gw_wh_conf.name");
+
+    if (n < sizeof buf) {
+        memcpy(buf, name, n);
+        buf[n] = '\0';
+    }
+    if (n >= sizeof buf || !phg_webhook_source_name_valid(buf)) {
+        char tmp[QUOTE_MAX + 1];
+        snprintf(tmp, sizeof tmp, "%.*s", (int)(n < QUOTE_MAX ? n : QUOTE_MAX), name);
+        fail(ld, "%s line %d: webhook source name \"%s\" is not 1..%d characters of [a-z0-9_-]",
+             ld->file, line, quote(tmp, q), PHG_WEBHOOK_SOURCE_NAME_MAX);
+        return -1;
+    }
+    for (k = 0; k < cfg->n_wh_sources; k++) {
+        if (strcmp(cfg->wh_sources[k].name, buf) == 0) {
+            fail(ld, "%s line %d: webhook:%s is defined twice", ld->file, line, buf);
+            return -1;
+        }
+    }
+    if (cfg->n_wh_sources == GW_WH_CONF_MAX) {
+        fail(ld, "%s line %d: more than %d webhook sources", ld->file, line, GW_WH_CONF_MAX);
+        return -1;
+    }
+    w = &cfg->wh_sources[cfg->n_wh_sources++];
+    memset(w, 0, sizeof *w);
+    memcpy(w->name, buf, n + 1);
+    w->tolerance_s = PHG_WEBHOOK_TOLERANCE_DEFAULT;
+    w->max_body = PHG_WEBHOOK_BODY_DEFAULT;
+    return 0;
+}
+
+/*
  * Make the text inih will parse: each line's leading blanks removed (inih
  * would take an indented line as the continuation of the previous value, so
  * an indented "key = value" would silently become part of another setting),
  * lines longer than inih can take refused, NUL bytes refused. Also registers
- * the [route:NAME] sections in file order and refuses unknown sections.
+ * the [route:NAME] and [webhook:NAME] sections in file order and refuses
+ * unknown sections.
  * Line numbers stay those of the file.
  */
 static int prepare(loader *ld, char *text, size_t n)
@@ -1087,6 +1509,11 @@ static int prepare(loader *ld, char *text, size_t n)
                 memset(r, 0, sizeof *r);
                 memcpy(r->name, name + 6, nn - 6);
                 memcpy(r->methods, "*", 2);
+                len = alias_section(text + o, len, nn, "route", cfg->n_routes - 1);
+            } else if (close != NULL && nn >= 8 && memcmp(name, "webhook:", 8) == 0) {
+                if (register_webhook(ld, name + 8, nn - 8, line) != 0)
+                    return -1;
+                len = alias_section(text + o, len, nn, "webhook", cfg->n_wh_sources - 1);
             } else if (close == NULL) {
                 /* inih would refuse it too, but keep the keys that follow
                  * under the previous section and report those first. */
@@ -1134,6 +1561,19 @@ static void load_file(loader *ld, const char *path)
     for (i = 0; !ld->failed && i < ld->cfg->n_routes; i++) {
         if (!(ld->route_seen[i] & RK_PREFIX))
             fail(ld, "route:%s.prefix: not set (in %s)", ld->cfg->routes[i].name, path);
+    }
+    for (i = 0; !ld->failed && i < ld->cfg->n_wh_sources; i++) {
+        static const struct {
+            unsigned bit;
+            const char *key;
+        } required[] = {
+            {WK_SCHEME, "scheme"}, {WK_SECRET_FILE, "secret_file"}, {WK_DELIVER_TO, "deliver_to"}};
+        size_t k;
+        for (k = 0; k < sizeof required / sizeof required[0] && !ld->failed; k++) {
+            if (!(ld->wh_seen[i] & required[k].bit))
+                fail(ld, "webhook:%s.%s: not set (in %s)", ld->cfg->wh_sources[i].name,
+                     required[k].key, path);
+        }
     }
     phg_wipe(text, n);
     free(text);
@@ -1219,15 +1659,12 @@ static void load_env(loader *ld)
 
 /* ---- checks across settings ---------------------------------------------------------- */
 
-static void check_readable(loader *ld, const char *what, const char *path)
+/* name: the setting, "server.tls_cert" */
+static void check_readable(loader *ld, const char *name, const char *path)
 {
-    char q[QUOTE_MAX + 4];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        fail(ld, "server.%s: cannot read \"%s\": %s", what, quote(path, q), strerror(errno));
-        return;
-    }
-    close(fd);
+    char why[512];
+    if (readable(name, path, 0, why, sizeof why) != 0)
+        fail(ld, "%s", why);
 }
 
 static void finish(loader *ld)
@@ -1241,8 +1678,8 @@ static void finish(loader *ld)
         return;
     }
     if (cfg->tls_cert[0] != '\0') {
-        check_readable(ld, "tls_cert", cfg->tls_cert);
-        check_readable(ld, "tls_key", cfg->tls_key);
+        check_readable(ld, "server.tls_cert", cfg->tls_cert);
+        check_readable(ld, "server.tls_key", cfg->tls_key);
         if (ld->failed)
             return;
     }
@@ -1259,6 +1696,23 @@ static void finish(loader *ld)
         fail(ld, "ratelimit.redis: not set, and ratelimit.engine is redis (give --redis, "
                  "PHIGATE_REDIS or [ratelimit] redis)");
         return;
+    }
+    if (cfg->wh_backoff_max_ms < cfg->wh_backoff_ms) {
+        fail(ld, "webhooks.backoff_max_ms: %d is less than webhooks.backoff_ms (%d)",
+             cfg->wh_backoff_max_ms, cfg->wh_backoff_ms);
+        return;
+    }
+    if (cfg->wh_ca_file[0] != '\0')
+        check_readable(ld, "webhooks.ca_file", cfg->wh_ca_file);
+    if (!ld->failed && strstr(cfg->wh_google_keyset, "://") == NULL)
+        check_readable(ld, "webhooks.google_keyset", cfg->wh_google_keyset);
+    if (ld->failed)
+        return;
+    /* One Redis for both jobs unless told otherwise. */
+    if (cfg->wh_redis_url[0] == '\0' && cfg->rl_redis_url[0] != '\0') {
+        memcpy(cfg->wh_redis_url, cfg->rl_redis_url, sizeof cfg->wh_redis_url);
+        memcpy(cfg->wh_redis_host, cfg->rl_redis_host, sizeof cfg->wh_redis_host);
+        cfg->wh_redis_port = cfg->rl_redis_port;
     }
 }
 
@@ -1283,6 +1737,15 @@ static void defaults(gw_config *cfg)
     cfg->rl_timeout_ms = 50;
     memcpy(cfg->rl_fallback, "local", 6);
     cfg->rl_instances = 1;
+    cfg->wh_enabled = 1;
+    cfg->wh_workers = 2;
+    cfg->wh_max_attempts = 12;
+    cfg->wh_max_age_s = 259200;
+    cfg->wh_backoff_ms = 1000;
+    cfg->wh_backoff_max_ms = 3600000;
+    cfg->wh_timeout_ms = 10000;
+    cfg->wh_keep_delivered_s = 604800;
+    memcpy(cfg->wh_google_keyset, WH_GOOGLE_KEYSET_DEFAULT, sizeof WH_GOOGLE_KEYSET_DEFAULT);
 }
 
 int gw_config_load(gw_config *cfg, const gw_flags *flags, char *err, size_t err_len)
@@ -1364,6 +1827,56 @@ static json_t *scopes_json(uint32_t scopes)
     return arr;
 }
 
+/*
+ * The "webhooks" object: the [webhooks] settings and the [webhook:NAME]
+ * sources. The Redis shows as HOST:PORT only; a source shows the paths of
+ * its secret files, never what they hold (this file never reads them).
+ */
+static json_t *webhooks_json(const gw_config *cfg)
+{
+    json_t *o = NULL, *sources = json_array();
+    char redis[300] = "";
+    size_t i, k;
+
+    if (sources == NULL)
+        return NULL;
+    for (i = 0; i < cfg->n_wh_sources; i++) {
+        const gw_wh_conf *w = &cfg->wh_sources[i];
+        json_t *files = json_array(), *src;
+        for (k = 0; files != NULL && k < w->n_secret_files; k++) {
+            if (json_array_append_new(files, json_string(w->secret_files[k])) != 0) {
+                json_decref(files);
+                files = NULL;
+            }
+        }
+        if (files == NULL) {
+            json_decref(sources);
+            return NULL;
+        }
+        /* "o" takes files, even when the packing fails */
+        src = json_pack("{s:s,s:s,s:I,s:I,s:s,s:I,s:o,s:s}", "name", w->name, "scheme", w->scheme,
+                        "tolerance_s", (json_int_t)w->tolerance_s, "max_body",
+                        (json_int_t)w->max_body, "deliver_to", w->deliver_to, "n_secret_files",
+                        (json_int_t)w->n_secret_files, "secret_files", files, "verify_token_file",
+                        w->verify_token_file);
+        if (src == NULL || json_array_append_new(sources, src) != 0) {
+            json_decref(sources);
+            return NULL;
+        }
+    }
+    if (cfg->wh_redis_host[0] != '\0')
+        snprintf(redis, sizeof redis, strchr(cfg->wh_redis_host, ':') != NULL ? "[%s]:%d" : "%s:%d",
+                 cfg->wh_redis_host, cfg->wh_redis_port);
+    o = json_pack("{s:b,s:i,s:i,s:I,s:i,s:i,s:i,s:I,s:s,s:s,s:s,s:o}", "enabled",
+                  cfg->wh_enabled != 0, "workers", cfg->wh_workers, "max_attempts",
+                  cfg->wh_max_attempts, "max_age_s", (json_int_t)cfg->wh_max_age_s, "backoff_ms",
+                  cfg->wh_backoff_ms, "backoff_max_ms", cfg->wh_backoff_max_ms, "timeout_ms",
+                  cfg->wh_timeout_ms, "keep_delivered_s", (json_int_t)cfg->wh_keep_delivered_s,
+                  "google_keyset", cfg->wh_google_keyset, "ca_file", cfg->wh_ca_file, "redis",
+                  redis, "sources", sources);
+    return o;
+}
+
 json_t *gw_config_json(const gw_config *cfg)
 {
     json_t *root = NULL, *routes = NULL;
@@ -1415,6 +1928,13 @@ json_t *gw_config_json(const gw_config *cfg)
                                cfg->rl_fallback, "instances", cfg->rl_instances, "default_user",
                                cfg->rl_default_user, "default_admin", cfg->rl_default_admin);
         if (rl == NULL || json_object_set_new(root, "ratelimit", rl) != 0) {
+            json_decref(root);
+            return NULL;
+        }
+    }
+    if (root != NULL) {
+        json_t *wh = webhooks_json(cfg);
+        if (wh == NULL || json_object_set_new(root, "webhooks", wh) != 0) {
             json_decref(root);
             return NULL;
         }

@@ -27,6 +27,8 @@
 #include "phigate/phi.h"
 #include "phigate/ratelimit.h"
 #include "phigate/store.h"
+#include "phigate/webhook.h"
+#include "phigate/webhook_inbox.h"
 
 /* ---- configuration ------------------------------------------------------------------ */
 
@@ -44,6 +46,24 @@ typedef struct gw_route {
     int require_admin;       /* role = admin */
     uint32_t scopes;         /* every bit required */
 } gw_route;
+
+#define GW_WH_CONF_MAX 32        /* [webhook:NAME] sections */
+#define GW_WH_SECRET_FILES_MAX 4 /* secrets of a configured source (rotation: 2 suffice) */
+
+/* A webhook source from the configuration file: a [webhook:NAME] section.
+ * Secrets are never in the file: each is read from a file (secret_files,
+ * one secret per file, trimmed), as is the handshake token. A source of the
+ * store with the same name is shadowed by this one (with a warning). */
+typedef struct gw_wh_conf {
+    char name[65];                  /* [a-z0-9_-]{1,64} */
+    char scheme[32];                /* a phg_webhook_scheme_name */
+    char secret_files[GW_WH_SECRET_FILES_MAX][GW_PATH_MAX]; /* secret_file = a, b, ... */
+    size_t n_secret_files;
+    char verify_token_file[GW_PATH_MAX]; /* oura / fitbit handshake token; "" none */
+    int64_t tolerance_s;            /* default 300 */
+    size_t max_body;                /* default 1 MiB */
+    char deliver_to[2049];          /* http(s):// URL, required */
+} gw_wh_conf;
 
 typedef struct gw_config {
     /* [server] */
@@ -89,6 +109,23 @@ typedef struct gw_config {
     char rl_default_user[PHG_RL_TEXT_MAX + 1];  /* policy of role user keys without their own; "" none */
     char rl_default_admin[PHG_RL_TEXT_MAX + 1]; /* the same for role admin */
     phg_rl_policy rl_user_policy, rl_admin_policy; /* parsed */
+    /* [webhooks] */
+    int wh_enabled;                  /* default 1: POST /webhooks/<source> is served */
+    int wh_workers;                  /* delivery threads; default 2, 1..64 */
+    int wh_max_attempts;             /* then dead; default 12, 1..1000 */
+    int64_t wh_max_age_s;            /* then dead; default 259200 (3 days), 60..31536000 */
+    int wh_backoff_ms;               /* first retry delay; default 1000, 10..3600000 */
+    int wh_backoff_max_ms;           /* cap of the delay; default 3600000, >= backoff_ms */
+    int wh_timeout_ms;               /* one delivery attempt; default 10000, 100..600000 */
+    int64_t wh_keep_delivered_s;     /* delivered events purged after; default 604800, 0 never */
+    char wh_google_keyset[GW_PATH_MAX]; /* file path or http(s) URL; default Google's URL */
+    char wh_ca_file[GW_PATH_MAX];    /* CA bundle for https deliveries and the keyset; "" system */
+    char wh_redis_url[GW_PATH_MAX];  /* shared replay memory; default "" (then ratelimit.redis) */
+    char wh_redis_host[256];         /* parsed */
+    int wh_redis_port;
+    /* [webhook:NAME] */
+    gw_wh_conf wh_sources[GW_WH_CONF_MAX];
+    size_t n_wh_sources;
     /* routes */
     gw_route routes[GW_ROUTES_MAX];
     size_t n_routes;
@@ -200,6 +237,9 @@ typedef struct gw_admin_ctx {
     /* rate limits */
     phg_ratelimit *rl;              /* the local engine (engine local; Redis's fallback) */
     const gw_config *cfg;           /* the configuration of this call (engine, Redis, defaults) */
+    /* webhooks (NULL when the gateway serves none) */
+    struct gw_webhooks *webhooks;
+    phg_wh_inbox *wh_inbox;  /* the inbox (tests may set it without webhooks) */
 } gw_admin_ctx;
 
 /*
@@ -227,7 +267,7 @@ extern const char gw_openapi_json[];
 /* ---- metrics ------------------------------------------------------------------------------- */
 
 typedef enum gw_route_class {
-    GW_RC_PROXY, GW_RC_PHI, GW_RC_ADMIN, GW_RC_HEALTH, GW_RC_METRICS, GW_RC_OTHER,
+    GW_RC_PROXY, GW_RC_PHI, GW_RC_ADMIN, GW_RC_HEALTH, GW_RC_METRICS, GW_RC_OTHER, GW_RC_WEBHOOK,
     GW_RC_COUNT
 } gw_route_class;
 
@@ -250,7 +290,8 @@ void gw_metrics_ratelimit(int allowed);
 void gw_metrics_rl_fallback(void);
 /* The Prometheus text exposition (version 0.0.4) into a malloc'd string;
  * audit may be NULL. */
-char *gw_metrics_render(phg_audit *audit, size_t *len);
+struct gw_wh_metrics;
+char *gw_metrics_render(phg_audit *audit, const struct gw_wh_metrics *wh, size_t *len);
 
 /* ---- the sample upstream of `phigate demo` --------------------------------------------- */
 
@@ -299,6 +340,110 @@ void gw_redis_decide(gw_redis *r, const char *mode, const char *key, size_t key_
 phg_status gw_redis_decide_sync(const char *host, int port, int timeout_ms, const char *mode,
                                 const char *key, size_t key_len, const phg_rl_policy *policy,
                                 phg_rl_decision *decision);
+
+/* ---- webhooks (webhooks.c) ------------------------------------------------------------------ */
+
+/*
+ * The webhook job of the gateway: the sources (from the store and the
+ * configuration file, rebuilt on SIGHUP, on an admin API change, and when
+ * the store's sources change, polled every 5 s), the replay memory, the
+ * durable inbox (phigate/webhook_inbox.h) and the delivery threads.
+ */
+typedef struct gw_webhooks gw_webhooks;
+
+/* One source, ready to verify. Immutable; valid until gw_webhooks_stop. */
+typedef struct gw_wh_source {
+    char name[PHG_WH_SOURCE_MAX + 1];
+    phg_webhook_scheme scheme;
+    phg_webhook_source *src;
+    char deliver_to[2049];
+    int64_t tolerance_s;
+    char *verify_token;             /* oura / fitbit handshake token (wiped at free); NULL none */
+    size_t verify_token_len;
+    int64_t secret_index[PHG_WEBHOOK_SECRETS_MAX]; /* stored index of the source's secret i */
+    int from_config;                /* 1: [webhook:NAME]; 0: the store */
+} gw_wh_source;
+
+/* Start: build the sources, open the inbox, start the delivery threads.
+ * keyring and audit must outlive it. 0, or -1 with why in err. */
+int gw_webhooks_start(const gw_config *cfg, phg_store *store, const phg_masterkeys *mk,
+                      phg_keyring *keyring, phg_audit *audit, gw_webhooks **out, char *err,
+                      size_t err_len);
+/* Stop the delivery threads (an attempt in progress finishes), close the
+ * inbox (what is queued is written first), free everything. NULL: no-op. */
+void gw_webhooks_stop(gw_webhooks *w);
+/* Rebuild the sources now (blocking: a worker thread or the CLI), with cfg
+ * (NULL: the last one). A source that fails to build is left out and
+ * logged; the others keep working. */
+void gw_webhooks_reload(gw_webhooks *w, const gw_config *cfg);
+/* The source named name, or NULL. Lock-free. */
+const gw_wh_source *gw_webhooks_find(gw_webhooks *w, const char *name);
+phg_wh_inbox *gw_webhooks_inbox(gw_webhooks *w);
+/* Something became due (a new event, a replay): wake the delivery threads. */
+void gw_webhooks_kick(gw_webhooks *w);
+/* The fast path. Before storing a verified event: the due_ms to give it
+ * (phg_wh_event_in.due_ms): a lease to this process when the deliverers'
+ * memory queue has room, else 0 (a claim will take it). After the store
+ * said PHG_OK: hand it over (a no-op when in->due_ms is 0). */
+int64_t gw_webhooks_handoff_lease(gw_webhooks *w, int64_t received_ms);
+void gw_webhooks_handoff(gw_webhooks *w, const phg_wh_event_in *in, const char *event_id);
+/* 1 when the replay memory is shared through Redis (seen/remember then
+ * block for a round trip: call them on a worker thread). */
+int gw_webhooks_redis(gw_webhooks *w);
+
+/* What the gateway does with one request to /webhooks/... */
+typedef enum gw_wh_kind {
+    GW_WH_REPLY,    /* answer now: a handshake or a refusal (status, code, body) */
+    GW_WH_VERIFIED, /* store it: result holds the verification */
+    GW_WH_REFRESH,  /* google-health, unknown key id: refresh the keyset (blocking), decide again */
+} gw_wh_kind;
+
+typedef struct gw_wh_decision {
+    gw_wh_kind kind;
+    const gw_wh_source *source;     /* NULL for an unknown source */
+    char source_name[PHG_WH_SOURCE_MAX + 1]; /* as asked ("" if unreadable) */
+    int status;                     /* the reply's HTTP status */
+    const char *action;             /* audit: "webhook.handshake", "webhook.refused" */
+    char code[48];                  /* refusal: a stable code (a phg_webhook_reason_name, or
+                                     * "unknown_source", "method_not_allowed", ...) */
+    char message[256];              /* refusal: a sentence, no secret */
+    char *body;                     /* handshake reply body (malloc'd) or NULL: JSON error */
+    size_t body_len;
+    const char *content_type;       /* of body */
+    phg_webhook_result result;      /* GW_WH_VERIFIED */
+} gw_wh_decision;
+
+/* Decide about one request: method, path (decoded, starting "/webhooks/"),
+ * raw query (may be NULL), headers (n pairs as received), raw body. Never
+ * blocks, never parses the body of a signed webhook before it is verified.
+ * Free d->body with gw_wh_decision_clear. */
+void gw_webhooks_decide(gw_webhooks *w, const char *method, const char *path, const char *query,
+                        const phg_webhook_header *headers, size_t n_headers, const uint8_t *body,
+                        size_t body_len, int64_t now_ms, gw_wh_decision *d);
+void gw_wh_decision_clear(gw_wh_decision *d);
+/* Fetch the keyset of google-health sources again (blocking; at most once
+ * per 30 s, a no-op otherwise). */
+void gw_webhooks_refresh_keyset(gw_webhooks *w);
+
+/* Replay memory: the event id stored for (source, msg_id), if seen within
+ * its lifetime (1 found, 0 not); remember one for ttl_ms. Thread-safe;
+ * expiry is done a few entries at a time on insert, never in one sweep. */
+int gw_webhooks_seen(gw_webhooks *w, const char *source, const char *msg_id,
+                     char event_id[PHG_WH_EVENT_ID_LEN + 1]);
+void gw_webhooks_remember(gw_webhooks *w, const char *source, const char *msg_id,
+                          const char *event_id, int64_t ttl_ms);
+
+/* Counters for /metrics. */
+typedef struct gw_wh_metrics {
+    uint64_t accepted, duplicates, refused, handshakes; /* requests */
+    uint64_t delivered, retried, dead;                  /* delivery attempts' outcomes */
+    int64_t pending, dead_now, delivered_now;           /* inbox rows (refreshed every second) */
+    double lag_s;                                       /* age of the oldest pending event */
+    int stats_ok;                                       /* the inbox figures are known */
+} gw_wh_metrics;
+void gw_webhooks_count(gw_webhooks *w, const char *what); /* "accepted", "duplicate", "refused",
+                                                           * "handshake" */
+void gw_webhooks_metrics(gw_webhooks *w, gw_wh_metrics *m);
 
 /* ---- the server ----------------------------------------------------------------------------- */
 

@@ -47,7 +47,8 @@ static const char *const bucket_text[N_BUCKETS] = {"0.0005", "0.001", "0.0025", 
                                                    "0.025",  "0.05",  "0.1",    "0.25",  "0.5",
                                                    "1",      "2.5",   "5",      "10"};
 static const char *const class_name[GW_RC_COUNT] = {"proxy",  "phi",     "admin",
-                                                    "health", "metrics", "other"};
+                                                    "health", "metrics", "other",
+                                                    "webhook"};
 static const char *const auth_name[GW_AF_COUNT] = {"missing", "malformed", "unknown",
                                                    "revoked", "expired",   "forbidden"};
 static const char *const upstream_name[GW_UE_COUNT] = {"connect", "timeout", "reset"};
@@ -212,7 +213,7 @@ static void family(outbuf *o, const char *name, const char *type, const char *he
     out_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-char *gw_metrics_render(phg_audit *audit, size_t *len)
+char *gw_metrics_render(phg_audit *audit, const gw_wh_metrics *wh, size_t *len)
 {
     outbuf o = {0};
     size_t c, i, s;
@@ -318,6 +319,40 @@ char *gw_metrics_render(phg_audit *audit, size_t *len)
         family(&o, "phigate_audit_commit_seconds_total", "counter",
                "Time the audit writer spent committing.");
         out_printf(&o, "phigate_audit_commit_seconds_total %.6f\n", st.commit_ms_total / 1e3);
+    }
+
+    if (wh != NULL) {
+        family(&o, "phigate_webhook_requests_total", "counter",
+               "Requests to /webhooks/..., by outcome.");
+        out_printf(&o, "phigate_webhook_requests_total{outcome=\"accepted\"} %llu\n",
+                   (unsigned long long)wh->accepted);
+        out_printf(&o, "phigate_webhook_requests_total{outcome=\"duplicate\"} %llu\n",
+                   (unsigned long long)wh->duplicates);
+        out_printf(&o, "phigate_webhook_requests_total{outcome=\"refused\"} %llu\n",
+                   (unsigned long long)wh->refused);
+        out_printf(&o, "phigate_webhook_requests_total{outcome=\"handshake\"} %llu\n",
+                   (unsigned long long)wh->handshakes);
+        family(&o, "phigate_webhook_deliveries_total", "counter",
+               "Delivery attempts to the upstream, by result.");
+        out_printf(&o, "phigate_webhook_deliveries_total{result=\"delivered\"} %llu\n",
+                   (unsigned long long)wh->delivered);
+        out_printf(&o, "phigate_webhook_deliveries_total{result=\"retry\"} %llu\n",
+                   (unsigned long long)wh->retried);
+        out_printf(&o, "phigate_webhook_deliveries_total{result=\"dead\"} %llu\n",
+                   (unsigned long long)wh->dead);
+        if (wh->stats_ok) {
+            family(&o, "phigate_webhook_inbox_events", "gauge",
+                   "Events in the inbox, by state (read from the store every second).");
+            out_printf(&o, "phigate_webhook_inbox_events{state=\"pending\"} %lld\n",
+                       (long long)wh->pending);
+            out_printf(&o, "phigate_webhook_inbox_events{state=\"delivered\"} %lld\n",
+                       (long long)wh->delivered_now);
+            out_printf(&o, "phigate_webhook_inbox_events{state=\"dead\"} %lld\n",
+                       (long long)wh->dead_now);
+            family(&o, "phigate_webhook_delivery_lag_seconds", "gauge",
+                   "Age of the oldest event not yet delivered (0: none pending).");
+            out_printf(&o, "phigate_webhook_delivery_lag_seconds %.3f\n", wh->lag_s);
+        }
     }
 
     if (o.failed) {

@@ -119,6 +119,7 @@ typedef struct gw_server {
     atomic_int in_flight;
     atomic_int draining;
     phg_ratelimit *rl;    /* the local engine, and Redis's local fallback */
+    gw_webhooks *wh;      /* POST /webhooks/<source>; NULL when disabled */
     atomic_int redis_down;
     atomic_int connections;
     /* worker pool */
@@ -167,7 +168,8 @@ struct gw_conn {
 static _Atomic(gw_conn *) *g_conns; /* indexed by fd */
 static int g_conns_max;
 
-enum { ST_NONE, ST_DENY_AUDIT, ST_PRE_AUDIT, ST_CALL_AUDIT, ST_WORKER, ST_RL };
+enum { ST_NONE, ST_DENY_AUDIT, ST_PRE_AUDIT, ST_CALL_AUDIT, ST_WORKER, ST_RL, ST_WH_INBOX,
+       ST_WH_AUDIT };
 
 struct gw_req {
     gw_loop *loop;
@@ -223,6 +225,16 @@ struct gw_req {
     int status;           /* sent to the client */
     uint64_t bytes_out;
     double t_up0, up_ms;
+    /* a webhook */
+    gw_wh_decision wh;
+    int64_t wh_now_ms;
+    int64_t wh_due_ms;          /* the lease given at the store (0: none) */
+    uint8_t *wh_body;           /* a copy for the deliverers (fast path only) */
+    size_t wh_body_len;
+    char wh_ct[PHG_WH_CONTENT_TYPE_MAX + 1];
+    int wh_dup;
+    phg_status wh_status;
+    char wh_event[PHG_WH_EVENT_ID_LEN + 1];
     gw_req *next;
 };
 
@@ -585,6 +597,11 @@ static void req_free(gw_req *r)
     }
     json_decref(r->call.result);
     json_decref(r->call.audit_details);
+    gw_wh_decision_clear(&r->wh);
+    if (r->wh_body) {
+        phg_wipe(r->wh_body, r->wh_body_len);
+        free(r->wh_body);
+    }
     free(r);
 }
 
@@ -1357,7 +1374,368 @@ static void ready_work(gw_req *r)
     ready_result(r, bits);
 }
 
+/* ---- webhooks -------------------------------------------------------------------------------------------- */
+
+static int64_t wall_ms_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The audit record of a webhook request. Its resource is "webhook:<source>",
+ * never the path: an unsigned source's path holds its secret token. */
+/* A printable-ASCII text as the inside of a JSON string ('"' and '\\'
+ * escaped, anything else not printable as '?'). */
+static void json_inner(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (; *in && o + 2 < cap; in++) {
+        unsigned char c = (unsigned char)*in;
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else {
+            out[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+        }
+    }
+    out[o] = '\0';
+}
+
+/* The audit record of a webhook request, into ev (resource and details in
+ * the buffers given). Its resource is "webhook:<source>", never the path: an
+ * unsigned source's path holds its secret token. Details are written by
+ * hand: every value is a fixed name, a number, or printable ASCII escaped. */
+static void wh_event(gw_req *r, phg_audit_event *ev, const char *action, const char *outcome,
+                     char *resource, size_t rlen, char *details, size_t dlen)
+{
+    const gw_wh_decision *w = &r->wh;
+    fill_event(r, ev, resource, rlen);
+    snprintf(resource, rlen, "webhook:%s", w->source_name[0] ? w->source_name : "?");
+    ev->action = action;
+    ev->outcome = outcome;
+    if (w->kind == GW_WH_VERIFIED) {
+        int si = w->result.secret_index;
+        char mid[2 * PHG_WEBHOOK_MSG_ID_MAX + 1];
+        json_inner(w->result.msg_id, mid, sizeof mid);
+        snprintf(details, dlen,
+                 "{\"event_id\":\"%s\",\"msg_id\":\"%s\",\"scheme\":\"%s\",\"method\":\"%s\","
+                 "\"authenticated\":%s,\"secret_index\":%lld,\"signed_ts\":%lld,"
+                 "\"duplicate\":%s,\"status\":%d}",
+                 r->wh_event, mid, phg_webhook_scheme_name(w->source->scheme), r->method,
+                 w->result.authenticated ? "true" : "false",
+                 (long long)(si >= 0 && si < PHG_WEBHOOK_SECRETS_MAX ? w->source->secret_index[si]
+                                                                      : -1),
+                 (long long)(w->result.has_timestamp ? w->result.timestamp_s : 0),
+                 r->wh_dup ? "true" : "false", r->status ? r->status : 200);
+    } else {
+        snprintf(details, dlen, "{\"reason\":\"%s\",\"method\":\"%s\",\"status\":%d}", w->code,
+                 r->method, w->status);
+    }
+    ev->details_json = details;
+}
+
+/* On the loop: record, then resume at `stage`. */
+static void wh_audit(gw_req *r, const char *action, const char *outcome, int stage)
+{
+    phg_audit_event ev;
+    char resource[PHG_AUDIT_TEXT_MAX + 1], details[1024];
+    wh_event(r, &ev, action, outcome, resource, sizeof resource, details, sizeof details);
+    audit_then(r, stage, &ev);
+}
+
+/* On any thread (the inbox writer's): record, then wh_reply on the loop. */
+static void wh_audit_any(gw_req *r, const char *action, const char *outcome)
+{
+    phg_audit_event ev;
+    char resource[PHG_AUDIT_TEXT_MAX + 1], details[1024];
+    phg_status st;
+    wh_event(r, &ev, action, outcome, resource, sizeof resource, details, sizeof details);
+    r->stage = ST_WH_AUDIT;
+    st = g_srv->audit ? phg_audit_append_async(g_srv->audit, &ev, on_audit_done, r)
+                      : PHG_ERR_UNAVAILABLE;
+    if (st != PHG_OK) {
+        r->audit_status = st;
+        complete_on_loop(r);
+    }
+}
+
+/* Audited: answer. */
+static void wh_reply(gw_req *r)
+{
+    gw_wh_decision *w = &r->wh;
+    if (r->audit_status != PHG_OK) {
+        gw_webhooks_count(g_srv->wh, "refused");
+        send_error(r, 503, "audit_unavailable",
+                   "the audit log cannot take records; send the webhook again later");
+        return;
+    }
+    if (w->kind == GW_WH_VERIFIED) {
+        char body[96];
+        int n = snprintf(body, sizeof body, "{\"id\":\"%s\",\"status\":\"accepted\"}", r->wh_event);
+        gw_webhooks_count(g_srv->wh, r->wh_dup ? "duplicate" : "accepted");
+        send_json(r, 200, body, (size_t)n);
+        return;
+    }
+    if (strcmp(w->action, "webhook.handshake") == 0 && strcmp(w->code, "handshake") == 0) {
+        gw_webhooks_count(g_srv->wh, "handshake");
+        if (w->body != NULL) {
+            send_json(r, w->status, w->body, w->body_len);
+            return;
+        }
+        r->status = w->status;
+        if (r->client_gone || r->req == NULL) {
+            if (r->req)
+                evhttp_send_reply(r->req, w->status, NULL, NULL);
+            r->req = NULL;
+            r->status = 499;
+            req_finish(r);
+            return;
+        }
+        common_headers(r, evhttp_request_get_output_headers(r->req));
+        evhttp_request_set_on_complete_cb(r->req, on_complete, r);
+        r->replied = 1;
+        evhttp_send_reply(r->req, w->status, NULL, NULL);
+        return;
+    }
+    gw_webhooks_count(g_srv->wh, strcmp(w->action, "webhook.handshake") == 0 ? "handshake"
+                                                                              : "refused");
+    send_error(r, w->status, w->code, w->message);
+}
+
+static void wh_remember_work(gw_req *r)
+{
+    const gw_wh_source *s = r->wh.source;
+    gw_webhooks_remember(g_srv->wh, s->name, r->wh.result.msg_id, r->wh_event,
+                         2000 * (s->tolerance_s > 0 ? s->tolerance_s : 300));
+}
+
+static void wh_after_remember(gw_req *r)
+{
+    wh_audit(r, r->wh_dup ? "webhook.duplicate" : "webhook.accepted", "success", ST_WH_AUDIT);
+}
+
+/* The event of a verified request, but its body and due_ms. */
+static void wh_event_in(const gw_req *r, phg_wh_event_in *ev)
+{
+    const gw_wh_decision *w = &r->wh;
+    int si = w->result.secret_index;
+    memset(ev, 0, sizeof *ev);
+    ev->source = w->source->name;
+    ev->msg_id = w->result.msg_id;
+    ev->authenticated = w->result.authenticated;
+    ev->secret_index = (si >= 0 && si < PHG_WEBHOOK_SECRETS_MAX)
+                           ? (int)w->source->secret_index[si]
+                           : -1;
+    ev->signed_ts_s = w->result.has_timestamp ? w->result.timestamp_s : 0;
+    ev->received_ms = r->wh_now_ms;
+    ev->content_type = r->wh_ct;
+    ev->request_id = r->request_id;
+}
+
+/* A new event leased to us goes straight to a deliverer: no claim, no
+ * decryption. Any thread. */
+static void wh_handoff(gw_req *r)
+{
+    phg_wh_event_in ev;
+    if (r->wh_dup)
+        return;
+    if (r->wh_due_ms == 0) {
+        gw_webhooks_kick(g_srv->wh); /* a claim takes it */
+        return;
+    }
+    wh_event_in(r, &ev);
+    ev.body = r->wh_body;
+    ev.body_len = r->wh_body_len;
+    ev.due_ms = r->wh_due_ms;
+    gw_webhooks_handoff(g_srv->wh, &ev, r->wh_event);
+}
+
+/* The inbox has answered (on the loop): a failure, or the Redis path. */
+static void wh_stored(gw_req *r)
+{
+    if (r->wh_status == PHG_ERR_EXISTS)
+        r->wh_dup = 1;
+    else if (r->wh_status != PHG_OK) {
+        /* nothing stored: the sender must try again */
+        r->wh.kind = GW_WH_REPLY;
+        r->wh.status = 503;
+        r->wh.action = "webhook.refused";
+        snprintf(r->wh.code, sizeof r->wh.code, "inbox_unavailable");
+        snprintf(r->wh.message, sizeof r->wh.message,
+                 "the webhook could not be stored; send it again later");
+        wh_audit(r, "webhook.refused", "error", ST_WH_AUDIT);
+        return;
+    }
+    wh_handoff(r);
+    if (gw_webhooks_redis(g_srv->wh)) {
+        r->after_worker = wh_after_remember;
+        if (submit_work(r, wh_remember_work) == 0)
+            return;
+    } else {
+        wh_remember_work(r);
+    }
+    wh_after_remember(r);
+}
+
+/* On the inbox writer's thread. Stored (or known): remember it, hand it
+ * over, write the audit record from here (one wake of the loop per request,
+ * not two); the loop answers once the record is durable. */
+static void on_inbox_done(void *arg, phg_status status, const char *event_id)
+{
+    gw_req *r = arg;
+    r->wh_status = status;
+    snprintf(r->wh_event, sizeof r->wh_event, "%s", event_id ? event_id : "");
+    if ((status == PHG_OK || status == PHG_ERR_EXISTS) && !gw_webhooks_redis(g_srv->wh)) {
+        r->wh_dup = status == PHG_ERR_EXISTS;
+        wh_handoff(r);
+        wh_remember_work(r);
+        wh_audit_any(r, r->wh_dup ? "webhook.duplicate" : "webhook.accepted", "success");
+        return;
+    }
+    r->stage = ST_WH_INBOX;
+    complete_on_loop(r);
+}
+
+static void wh_seen_work(gw_req *r)
+{
+    r->wh_dup = gw_webhooks_seen(g_srv->wh, r->wh.source->name, r->wh.result.msg_id,
+                                 r->wh_event);
+}
+
+/* Known already: the same answer as the first time, nothing stored again.
+ * Otherwise into the inbox. */
+static void wh_after_seen(gw_req *r)
+{
+    phg_wh_event_in ev;
+    const char *ct;
+    struct evbuffer *in;
+    phg_status st;
+    if (r->wh_dup) {
+        r->wh_status = PHG_ERR_EXISTS;
+        r->stage = ST_WH_INBOX;
+        wh_stored(r);
+        return;
+    }
+    ct = r->req ? evhttp_find_header(evhttp_request_get_input_headers(r->req), "Content-Type")
+                : NULL;
+    snprintf(r->wh_ct, sizeof r->wh_ct, "%s",
+             (ct && strlen(ct) <= PHG_WH_CONTENT_TYPE_MAX) ? ct : "");
+    wh_event_in(r, &ev);
+    in = r->req ? evhttp_request_get_input_buffer(r->req) : NULL;
+    ev.body_len = in ? evbuffer_get_length(in) : 0;
+    ev.body = ev.body_len ? evbuffer_pullup(in, -1) : NULL;
+    ev.due_ms = gw_webhooks_handoff_lease(g_srv->wh, ev.received_ms);
+    if (ev.due_ms > 0 && ev.body_len > 0) {
+        /* the deliverers' copy: the request's buffer belongs to the loop */
+        r->wh_body = malloc(ev.body_len);
+        if (r->wh_body != NULL) {
+            memcpy(r->wh_body, ev.body, ev.body_len);
+            r->wh_body_len = ev.body_len;
+        } else {
+            ev.due_ms = 0; /* not leased: a claim takes it */
+        }
+    }
+    r->wh_due_ms = ev.due_ms;
+    r->stage = ST_WH_INBOX;
+    st = phg_wh_inbox_put_async(gw_webhooks_inbox(g_srv->wh), &ev, on_inbox_done, r);
+    if (st != PHG_OK) {
+        r->wh_status = st;
+        wh_stored(r);
+    }
+}
+
+static void wh_decide(gw_req *r);
+
+static void wh_refresh_work(gw_req *r)
+{
+    (void)r;
+    gw_webhooks_refresh_keyset(g_srv->wh);
+}
+
+static void wh_after_refresh(gw_req *r)
+{
+    wh_decide(r);
+}
+
+static void wh_decide(gw_req *r)
+{
+    phg_webhook_header hs[PHG_WEBHOOK_HEADERS_MAX];
+    size_t n = 0;
+    struct evkeyval *kv;
+    struct evbuffer *in = r->req ? evhttp_request_get_input_buffer(r->req) : NULL;
+    size_t blen = in ? evbuffer_get_length(in) : 0;
+    const uint8_t *body = blen ? evbuffer_pullup(in, -1) : NULL;
+    int refreshed = r->wh.kind == GW_WH_REFRESH;
+
+    if (r->req == NULL) {
+        r->status = 499;
+        req_finish(r);
+        return;
+    }
+    gw_wh_decision_clear(&r->wh);
+    TAILQ_FOREACH(kv, evhttp_request_get_input_headers(r->req), next)
+    {
+        if (n == PHG_WEBHOOK_HEADERS_MAX) {
+            memset(&r->wh, 0, sizeof r->wh);
+            r->wh.kind = GW_WH_REPLY;
+            r->wh.status = 400;
+            r->wh.action = "webhook.refused";
+            snprintf(r->wh.code, sizeof r->wh.code, "too_many_headers");
+            snprintf(r->wh.message, sizeof r->wh.message, "the request has too many headers");
+            wh_audit(r, "webhook.refused", "denied", ST_WH_AUDIT);
+            return;
+        }
+        hs[n].name = kv->key;
+        hs[n].name_len = strlen(kv->key);
+        hs[n].value = kv->value;
+        hs[n].value_len = strlen(kv->value);
+        n++;
+    }
+    r->wh_now_ms = wall_ms_now();
+    gw_webhooks_decide(g_srv->wh, r->method, r->path, r->query, hs, n, body, blen, r->wh_now_ms,
+                       &r->wh);
+    if (r->wh.kind == GW_WH_REFRESH) {
+        if (!refreshed) {
+            r->after_worker = wh_after_refresh;
+            if (submit_work(r, wh_refresh_work) == 0)
+                return;
+        }
+        r->wh.kind = GW_WH_REPLY;
+        r->wh.status = 401;
+        r->wh.action = "webhook.refused";
+        snprintf(r->wh.code, sizeof r->wh.code, "unknown_key");
+        snprintf(r->wh.message, sizeof r->wh.message,
+                 "the signature's key id is not in the current keyset");
+    }
+    if (r->wh.kind == GW_WH_REPLY) {
+        wh_audit(r, r->wh.action,
+                 strcmp(r->wh.code, "handshake") == 0 ? "success" : "denied", ST_WH_AUDIT);
+        return;
+    }
+    /* verified: seen before? */
+    if (gw_webhooks_redis(g_srv->wh)) {
+        r->after_worker = wh_after_seen;
+        if (submit_work(r, wh_seen_work) == 0)
+            return;
+    }
+    wh_seen_work(r);
+    wh_after_seen(r);
+}
+
+static void handle_webhook(gw_req *r)
+{
+    if (g_srv->wh == NULL) {
+        deny(r, 404, "not_found", "this gateway serves no webhooks");
+        return;
+    }
+    wh_decide(r);
+}
+
 /* ---- the pipeline ------------------------------------------------------------------------------------------ */
+
+static void wh_stored(gw_req *r);
+static void wh_reply(gw_req *r);
 
 static void resume(gw_req *r)
 {
@@ -1394,6 +1772,12 @@ static void resume(gw_req *r)
         return;
     case ST_WORKER:
         r->after_worker(r);
+        return;
+    case ST_WH_INBOX:
+        wh_stored(r);
+        return;
+    case ST_WH_AUDIT:
+        wh_reply(r);
         return;
     default:
         send_error(r, 500, "internal", "internal error");
@@ -1614,7 +1998,10 @@ static void handle_health(gw_req *r)
 static void handle_metrics(gw_req *r)
 {
     size_t len = 0;
-    char *text = gw_metrics_render(g_srv->audit, &len);
+    gw_wh_metrics whm;
+    char *text;
+    gw_webhooks_metrics(g_srv->wh, &whm);
+    text = gw_metrics_render(g_srv->audit, g_srv->wh ? &whm : NULL, &len);
     struct evbuffer *b;
     struct evkeyvalq *h;
     if (text == NULL) {
@@ -1772,6 +2159,8 @@ void evhttp_send_error(struct evhttp_request *req, int error, const char *reason
     deny(r, error, code, msg);
 }
 
+static void handle_webhook(gw_req *r);
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     gw_loop *l = arg;
@@ -1830,6 +2219,12 @@ static void on_request(struct evhttp_request *req, void *arg)
     if (strcmp(r->path, "/metrics") == 0) {
         r->rc = GW_RC_METRICS;
         handle_metrics(r);
+        return;
+    }
+    if (strncmp(r->path, "/webhooks/", 10) == 0 || strcmp(r->path, "/webhooks") == 0) {
+        /* no API key: a webhook is authenticated by its signature */
+        r->rc = GW_RC_WEBHOOK;
+        handle_webhook(r);
         return;
     }
     if (strncmp(r->path, "/v1/phi/", 8) == 0 || strcmp(r->path, "/v1/phi") == 0)
@@ -2444,6 +2839,8 @@ static void reload(gw_server *s)
         atomic_store(&s->loops[i].cmd_reload, 1);
         wake_loop(&s->loops[i]);
     }
+    if (s->wh != NULL)
+        gw_webhooks_reload(s->wh, n);
     log_msg(PHG_LOG_INFO, "reloaded: keys, routes and limits",
             json_pack("{s:i}", "routes", (int)n->n_routes));
 }
@@ -2566,6 +2963,13 @@ int gw_serve(const gw_flags *flags, const gw_hooks *hooks)
     s->admin.mk = s->mk;
     s->admin.checkpoint_key = s->ckey;
     s->admin.config_json = config_json_cb;
+    if (cfg->wh_enabled &&
+        gw_webhooks_start(cfg, s->store, s->mk, s->keyring, s->audit, &s->wh, err, sizeof err) !=
+            0) {
+        fprintf(stderr, "phigate serve: webhooks: %s\n", err);
+        goto out;
+    }
+    s->admin.webhooks = s->wh;
     if (resolve_upstream(s, cfg, err, sizeof err) != 0) {
         fprintf(stderr, "phigate serve: %s\n", err);
         goto out;
@@ -2678,6 +3082,10 @@ out:
             loop_close_http(&s->loops[i]); /* outcome records of cut streams go out */
     }
     violations_flush();
+    /* the inbox writes what it holds; its last answers land in the loops'
+     * queues, freed below; delivery attempts in progress finish first */
+    gw_webhooks_stop(s->wh);
+    s->wh = NULL;
     phg_keys_close(s->keys);
     s->keys = NULL;
     phg_audit_close(s->audit); /* commits what is pending: nothing accepted is lost */

@@ -19,9 +19,11 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "phigate/apikey.h"
 #include "phigate/store.h"
+#include "phigate/webhook_inbox.h"
 
 typedef phg_status (*phg_key_cb)(void *arg, const phg_apikey_record *rec);
 
@@ -86,6 +88,8 @@ typedef struct phg_wh_source_row {
     int64_t tolerance_s;
     char deliver_to[PHG_WH_URL_MAX + 1];
     int64_t created_at, updated_at, version; /* Unix s; version: the change counter */
+    /* Fernet token of the handshake's verify token (migration 4); "": none */
+    char verify_token_enc[PHG_WH_SECRET_ENC_MAX + 1];
 } phg_wh_source_row;
 
 typedef struct phg_wh_secret_row {
@@ -94,6 +98,24 @@ typedef struct phg_wh_secret_row {
     char fingerprint[20];
     int64_t not_after, retired_at, created_at; /* Unix s, 0: none */
 } phg_wh_secret_row;
+
+/* One webhook event as stored (migration 4): every column in ev (ev.body
+ * unused, NULL), and the body's phi1 text (docs/formats.md 18). In writes
+ * body_enc is borrowed; in rows an engine returns it is malloc'd, or NULL
+ * where the query does not read it (lists). */
+typedef struct phg_wh_event_row {
+    phg_wh_event ev;
+    char *body_enc;
+} phg_wh_event_row;
+
+/* Free rows an engine returned (each body_enc, then the array). */
+static inline void phg_internal_wh_event_rows_free(phg_wh_event_row *rows, size_t n)
+{
+    size_t i;
+    for (i = 0; rows != NULL && i < n; i++)
+        free(rows[i].body_enc);
+    free(rows);
+}
 
 typedef struct phg_store_engine {
     const char *name; /* "sqlite", "postgres" */
@@ -218,6 +240,66 @@ typedef struct phg_store_engine {
      * NOT_FOUND for an unknown source or index; PHG_ERR_STATE if it is the
      * last unretired secret of the source. */
     phg_status (*wh_secret_retire)(void *conn, const char *name, int64_t idx, int64_t at);
+    /* One UPDATE (migration 4): verify_token_enc := enc ("" clears it),
+     * updated_at := at, version := the bumped counter. NOT_FOUND for an
+     * unknown name. */
+    phg_status (*wh_source_set_verify_token)(void *conn, const char *name, const char *enc,
+                                             int64_t at);
+
+    /* ---- webhook inbox (migration 4; webhook_inbox.c, docs/formats.md 18) ----
+     * Rows are phg_wh_event_row; every text field is validated (printable
+     * ASCII, within its array) by webhook_inbox.c before a write. */
+    /* One transaction for the n rows, in order: each is inserted as a new
+     * PENDING row without attempts (its id, source, msg_id, request_id,
+     * authenticated, secret_index, signed_ts_s, received_ms, content_type,
+     * next_attempt_ms, body_len and body_enc are taken; state must be
+     * PENDING) unless a row with its (source, msg_id) exists (stored
+     * before, or earlier in this batch): then existing[i] gets that row's
+     * id, else existing[i] is "". Nothing is written on failure; the commit
+     * is durable (fsync) when this returns, as audit_append's. */
+    phg_status (*wh_event_insert)(void *conn, const phg_wh_event_row *rows, size_t n,
+                                  char (*existing)[PHG_WH_EVENT_ID_LEN + 1]);
+    /* The id of the row with (source, msg_id); NOT_FOUND. */
+    phg_status (*wh_event_find)(void *conn, const char *source, const char *msg_id,
+                                char id[PHG_WH_EVENT_ID_LEN + 1]);
+    /* One transaction: up to max (1..PHG_WH_LIST_MAX) pending rows with
+     * next_attempt_ms <= now_ms, by (next_attempt_ms, id), fewer once their
+     * body_len adds up to bytes_max (at least one row); set their
+     * next_attempt_ms to lease_until_ms. PostgreSQL skips rows another
+     * transaction has locked. *rows (malloc'd, body_enc malloc'd, in that
+     * order; next_attempt_ms the new value) freed with
+     * phg_internal_wh_event_rows_free; NULL when *n is 0. */
+    phg_status (*wh_event_claim)(void *conn, int64_t now_ms, int64_t lease_until_ms, size_t max,
+                                 size_t bytes_max, phg_wh_event_row **rows, size_t *n);
+    /* One row with its body_enc (malloc'd); NOT_FOUND. */
+    phg_status (*wh_event_get)(void *conn, const char *id, phg_wh_event_row *row);
+    /* One UPDATE of a PENDING row: state := state (PENDING, DELIVERED or
+     * DEAD), last_error := error; if attempted: attempts + 1,
+     * last_attempt_ms := at_ms, last_status := http_status; DELIVERED also
+     * sets delivered_ms := at_ms, PENDING next_attempt_ms := next_ms.
+     * NOT_FOUND for an unknown id, PHG_ERR_STATE for a row not PENDING. */
+    phg_status (*wh_event_report)(void *conn, const char *id, int state, int attempted,
+                                  int64_t at_ms, int http_status, const char *error,
+                                  int64_t next_ms);
+    /* Several wh_event_report calls in one transaction (one commit, one
+     * fsync): op 0 begins a write transaction, 1 commits (a failed commit
+     * rolls back), 2 rolls back. */
+    phg_status (*wh_txn)(void *conn, int op);
+    /* Rows newest first (id descending) of f (validated), no body_enc;
+     * *rows malloc'd (NULL when *n is 0). */
+    phg_status (*wh_event_list)(void *conn, const phg_wh_event_filter *f, phg_wh_event_row **rows,
+                                size_t *n);
+    /* A DEAD row (id), or every DEAD row of source (NULL: all), back to
+     * PENDING with attempts 0, due at now_ms. replay: NOT_FOUND, PHG_ERR_STATE
+     * for a row not DEAD; *n how many rows replay_all changed. */
+    phg_status (*wh_event_replay)(void *conn, const char *id, int64_t now_ms);
+    phg_status (*wh_event_replay_all)(void *conn, const char *source, int64_t now_ms, size_t *n);
+    /* Rows per state, and the smallest received_ms of the PENDING ones (0:
+     * none). */
+    phg_status (*wh_event_stats)(void *conn, int64_t counts[3], int64_t *oldest_pending_ms);
+    /* Delete at most max DELIVERED rows with delivered_ms < before_ms; *n
+     * how many. */
+    phg_status (*wh_event_purge)(void *conn, int64_t before_ms, size_t max, size_t *n);
 } phg_store_engine;
 
 extern const phg_store_engine phg_store_engine_sqlite;

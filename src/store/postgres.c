@@ -93,7 +93,19 @@ typedef struct pg_conn {
     "id, ts_us, chain, seq, hash, request_id, key_id, user_id, action, outcome, subject, record"
 #define AUDIT_NCOLUMNS 12
 
-#define WH_COLUMNS "name, scheme, tolerance_s, deliver_to, created_at, updated_at, version"
+#define WH_COLUMNS                                                                                 \
+    "name, scheme, tolerance_s, deliver_to, created_at, updated_at, version, verify_token_enc"
+
+/* The columns of a webhook event, in the order whe_row_read reads them (then
+ * body_enc where the body is read), and those a new row is given. */
+#define WHE_COLUMNS                                                                                \
+    "id, source, msg_id, request_id, authenticated, secret_index, signed_ts_s, received_ms, "      \
+    "content_type, state, attempts, next_attempt_ms, last_attempt_ms, delivered_ms, "              \
+    "last_status, last_error, body_len"
+#define WHE_NCOLUMNS 17
+#define WHE_INSERT_COLUMNS                                                                         \
+    "id, source, msg_id, request_id, authenticated, secret_index, signed_ts_s, received_ms, "      \
+    "content_type, next_attempt_ms, body_len, body_enc"
 
 typedef enum stmt_id {
     ST_SCHEMA_EXISTS,
@@ -138,6 +150,17 @@ typedef enum stmt_id {
     ST_WH_SOURCE_TOUCH,
     ST_WH_SECRET_LOCK,
     ST_WH_SECRET_RETIRE,
+    ST_WH_SOURCE_SET_VT,
+    ST_WHE_INSERT,
+    ST_WHE_FIND,
+    ST_WHE_CLAIM,
+    ST_WHE_GET,
+    ST_WHE_REPORT,
+    ST_WHE_STATE,
+    ST_WHE_REPLAY,
+    ST_WHE_REPLAY_ALL,
+    ST_WHE_STATS,
+    ST_WHE_PURGE,
     ST_COUNT /* not a statement */
 } stmt_id;
 
@@ -281,10 +304,10 @@ static const stmt_def stmts[ST_COUNT] = {
                             {OID_TEXT, OID_INT8, OID_TEXT, OID_INT8, OID_TEXT}},
     [ST_WH_SOURCE_INSERT] = {"phg_wh_source_insert",
                              "INSERT INTO webhook_sources (" WH_COLUMNS ") "
-                             "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                             7,
+                             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                             8,
                              {OID_TEXT, OID_TEXT, OID_INT8, OID_TEXT, OID_INT8, OID_INT8,
-                              OID_INT8}},
+                              OID_INT8, OID_TEXT}},
     [ST_WH_SECRET_INSERT] =
         {"phg_wh_secret_insert",
          "INSERT INTO webhook_secrets (source, idx, secret_enc, fingerprint, "
@@ -341,6 +364,80 @@ static const stmt_def stmts[ST_COUNT] = {
                              "WHERE source = $1 AND idx = $2",
                              3,
                              {OID_TEXT, OID_INT8, OID_INT8}},
+    [ST_WH_SOURCE_SET_VT] = {"phg_wh_source_set_vt",
+                             "UPDATE webhook_sources SET verify_token_enc = $2, updated_at = $3, "
+                             "version = $4 WHERE name = $1 RETURNING name",
+                             4,
+                             {OID_TEXT, OID_TEXT, OID_INT8, OID_INT8}},
+    /* A new row is PENDING with no attempt: the other columns' defaults. */
+    [ST_WHE_INSERT] = {"phg_whe_insert",
+                       "INSERT INTO webhook_events (" WHE_INSERT_COLUMNS ") VALUES ($1, $2, $3, "
+                       "$4, $5, $6, $7, $8, $9, $10, $11, $12) "
+                       "ON CONFLICT (source, msg_id) DO NOTHING RETURNING id",
+                       12,
+                       {OID_TEXT, OID_TEXT, OID_TEXT, OID_TEXT, OID_INT8, OID_INT8, OID_INT8,
+                        OID_INT8, OID_TEXT, OID_INT8, OID_INT8, OID_TEXT}},
+    [ST_WHE_FIND] = {"phg_whe_find",
+                     "SELECT id FROM webhook_events WHERE source = $1 AND msg_id = $2",
+                     2,
+                     {OID_TEXT, OID_TEXT}},
+    /* One statement, so one transaction: lock the due rows no other claimer
+     * holds (SKIP LOCKED), keep those within the byte budget (a running sum
+     * of body_len: the first row always), lease them, and return them in
+     * due order. $1 now, $2 the lease's end, $3 max rows, $4 the budget. */
+    [ST_WHE_CLAIM] = {"phg_whe_claim",
+                      "WITH cand AS (SELECT id, next_attempt_ms, body_len FROM webhook_events "
+                      "WHERE state = 0 AND next_attempt_ms <= $1 ORDER BY next_attempt_ms, id "
+                      "LIMIT $3 FOR UPDATE SKIP LOCKED), "
+                      "pick AS (SELECT id AS pick_id, next_attempt_ms AS due_ms FROM "
+                      "(SELECT id, next_attempt_ms, sum(body_len) OVER (ORDER BY "
+                      "next_attempt_ms, id) - body_len AS before FROM cand) w "
+                      "WHERE before < $4), "
+                      "upd AS (UPDATE webhook_events e SET next_attempt_ms = $2 FROM pick "
+                      "WHERE e.id = pick.pick_id RETURNING " WHE_COLUMNS ", body_enc, due_ms) "
+                      "SELECT " WHE_COLUMNS ", body_enc FROM upd ORDER BY due_ms, id",
+                      4,
+                      {OID_INT8, OID_INT8, OID_INT8, OID_INT8}},
+    [ST_WHE_GET] = {"phg_whe_get",
+                    "SELECT " WHE_COLUMNS ", body_enc FROM webhook_events WHERE id = $1",
+                    1,
+                    {OID_TEXT}},
+    /* $2 the new state, $3 1 for an attempt made (0: a bookkeeping change) */
+    [ST_WHE_REPORT] = {"phg_whe_report",
+                       "UPDATE webhook_events SET state = $2, attempts = attempts + $3, "
+                       "last_attempt_ms = CASE WHEN $3 = 1 THEN $4 ELSE last_attempt_ms END, "
+                       "last_status = CASE WHEN $3 = 1 THEN $5 ELSE last_status END, "
+                       "last_error = $6, "
+                       "delivered_ms = CASE WHEN $2 = 1 THEN $4 ELSE delivered_ms END, "
+                       "next_attempt_ms = CASE WHEN $2 = 0 THEN $7 ELSE next_attempt_ms END "
+                       "WHERE id = $1 AND state = 0 RETURNING id",
+                       7,
+                       {OID_TEXT, OID_INT8, OID_INT8, OID_INT8, OID_INT8, OID_TEXT, OID_INT8}},
+    [ST_WHE_STATE] = {"phg_whe_state",
+                      "SELECT state FROM webhook_events WHERE id = $1",
+                      1,
+                      {OID_TEXT}},
+    [ST_WHE_REPLAY] = {"phg_whe_replay",
+                       "UPDATE webhook_events SET state = 0, attempts = 0, next_attempt_ms = $2 "
+                       "WHERE id = $1 AND state = 2 RETURNING id",
+                       2,
+                       {OID_TEXT, OID_INT8}},
+    [ST_WHE_REPLAY_ALL] = {"phg_whe_replay_all",
+                           "UPDATE webhook_events SET state = 0, attempts = 0, "
+                           "next_attempt_ms = $1 WHERE state = 2 AND "
+                           "($2::text IS NULL OR source = $2)",
+                           2,
+                           {OID_INT8, OID_TEXT}},
+    [ST_WHE_STATS] = {"phg_whe_stats",
+                      "SELECT state, count(*)::int8, COALESCE(min(received_ms), 0)::int8 "
+                      "FROM webhook_events GROUP BY state",
+                      0,
+                      {0}},
+    [ST_WHE_PURGE] = {"phg_whe_purge",
+                      "DELETE FROM webhook_events WHERE id IN (SELECT id FROM webhook_events "
+                      "WHERE state = 1 AND delivered_ms < $1 LIMIT $2)",
+                      2,
+                      {OID_INT8, OID_INT8}},
 };
 
 /* Bound parameters, all in binary format: int8 as 8 big-endian bytes, text
@@ -2548,7 +2645,8 @@ static phg_status pg_wh_source_insert(void *conn, const phg_wh_source_row *src,
 
     assert(c != NULL && src != NULL);
     if (!wh_text_ok(src->name, sizeof src->name) || !wh_text_ok(src->scheme, sizeof src->scheme) ||
-        !wh_text_ok(src->deliver_to, sizeof src->deliver_to))
+        !wh_text_ok(src->deliver_to, sizeof src->deliver_to) ||
+        !wh_text_ok(src->verify_token_enc, sizeof src->verify_token_enc))
         return PHG_ERR_INVALID;
     TRY(ensure_connected(c));
     TRY(begin(c));
@@ -2561,6 +2659,7 @@ static phg_status pg_wh_source_insert(void *conn, const phg_wh_source_row *src,
     p_int8(&p, src->created_at);
     p_int8(&p, src->updated_at);
     p_int8(&p, counter);
+    p_text(&p, src->verify_token_enc);
     TRY(run(c, ST_WH_SOURCE_INSERT, &p, NULL));
     for (i = 0; i < n; i++) {
         TRY(wh_secret_params(src->name, &secrets[i], secrets[i].idx, &p));
@@ -2581,6 +2680,7 @@ static phg_status wh_row_read(const PGresult *res, int row, phg_wh_source_row *r
     TRY(get_int8(res, row, 4, &r->created_at));
     TRY(get_int8(res, row, 5, &r->updated_at));
     TRY(get_int8(res, row, 6, &r->version));
+    TRY(get_text(res, row, 7, r->verify_token_enc, sizeof r->verify_token_enc));
 out:
     return rc;
 }
@@ -2806,6 +2906,37 @@ out:
     return rc == PHG_OK ? rc : end_failed_write(c, rc);
 }
 
+static phg_status pg_wh_source_set_verify_token(void *conn, const char *name, const char *enc,
+                                                int64_t at)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+    int64_t counter = 0;
+
+    assert(c != NULL && name != NULL && enc != NULL && at > 0);
+    if (strnlen(enc, PHG_WH_SECRET_ENC_MAX + 1) > PHG_WH_SECRET_ENC_MAX)
+        return PHG_ERR_INVALID;
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    TRY(bump(c, &counter));
+    memset(&p, 0, sizeof p);
+    p_text(&p, name);
+    p_text(&p, enc);
+    p_int8(&p, at);
+    p_int8(&p, counter);
+    TRY(run(c, ST_WH_SOURCE_SET_VT, &p, &res));
+    if (PQntuples(res) == 0) {
+        rc = PHG_ERR_NOT_FOUND; /* the counter's bump goes with the rollback */
+        goto out;
+    }
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    PQclear(res);
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
 static phg_status pg_wh_secret_retire(void *conn, const char *name, int64_t idx, int64_t at)
 {
     pg_conn *c = conn;
@@ -2835,6 +2966,507 @@ static phg_status pg_wh_secret_retire(void *conn, const char *name, int64_t idx,
     }
     TRY(exec_fixed(c, "COMMIT"));
 out:
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+/* ---- webhook inbox ------------------------------------------------------------------ */
+
+/* An int8 column that must lie in [lo, hi]. */
+static phg_status get_int8_in(const PGresult *res, int row, int col, int64_t lo, int64_t hi,
+                              int64_t *v)
+{
+    phg_status rc = get_int8(res, row, col, v);
+    if (rc == PHG_OK && (*v < lo || *v > hi))
+        rc = PHG_ERR_SCHEMA;
+    return rc;
+}
+
+/* Row `row` of res (WHE_COLUMNS, then body_enc if with_body) into *r. */
+static phg_status whe_row_read(const PGresult *res, int row, phg_wh_event_row *r, int with_body)
+{
+    phg_wh_event *e = &r->ev;
+    int64_t v = 0;
+    phg_status rc;
+    int len;
+
+    memset(r, 0, sizeof *r);
+    if (PQnfields(res) != WHE_NCOLUMNS + (with_body ? 1 : 0))
+        return PHG_ERR_SCHEMA;
+    TRY(get_text(res, row, 0, e->id, sizeof e->id));
+    TRY(get_text(res, row, 1, e->source, sizeof e->source));
+    TRY(get_text(res, row, 2, e->msg_id, sizeof e->msg_id));
+    TRY(get_text(res, row, 3, e->request_id, sizeof e->request_id));
+    TRY(get_int8_in(res, row, 4, 0, 1, &v));
+    e->authenticated = (int)v;
+    TRY(get_int8_in(res, row, 5, -1, INT_MAX, &v));
+    e->secret_index = (int)v;
+    TRY(get_int8(res, row, 6, &e->signed_ts_s));
+    TRY(get_int8(res, row, 7, &e->received_ms));
+    TRY(get_text(res, row, 8, e->content_type, sizeof e->content_type));
+    TRY(get_int8_in(res, row, 9, PHG_WH_EVENT_PENDING, PHG_WH_EVENT_DEAD, &v));
+    e->state = (phg_wh_event_state)v;
+    TRY(get_int8(res, row, 10, &e->attempts));
+    TRY(get_int8(res, row, 11, &e->next_attempt_ms));
+    TRY(get_int8(res, row, 12, &e->last_attempt_ms));
+    TRY(get_int8(res, row, 13, &e->delivered_ms));
+    TRY(get_int8_in(res, row, 14, INT_MIN, INT_MAX, &v));
+    e->last_status = (int)v;
+    TRY(get_text(res, row, 15, e->last_error, sizeof e->last_error));
+    TRY(get_int8_in(res, row, 16, 0, PHG_WH_INBOX_BODY_MAX, &v));
+    e->body_len = (size_t)v;
+    if (with_body) {
+        if (PQgetisnull(res, row, WHE_NCOLUMNS)) {
+            rc = PHG_ERR_SCHEMA;
+            goto out;
+        }
+        len = PQgetlength(res, row, WHE_NCOLUMNS);
+        r->body_enc = malloc((size_t)len + 1);
+        if (r->body_enc == NULL) {
+            rc = PHG_ERR_NOMEM;
+            goto out;
+        }
+        memcpy(r->body_enc, PQgetvalue(res, row, WHE_NCOLUMNS), (size_t)len);
+        r->body_enc[len] = '\0';
+    }
+out:
+    if (rc != PHG_OK) {
+        free(r->body_enc);
+        r->body_enc = NULL;
+    }
+    return rc;
+}
+
+/* Every row of res into a malloc'd array (NULL when there are none). */
+static phg_status whe_rows_read(const PGresult *res, int with_body, phg_wh_event_row **out,
+                                size_t *n)
+{
+    phg_status rc = PHG_OK;
+    int rows = PQntuples(res), i;
+    phg_wh_event_row *r = NULL;
+
+    *out = NULL;
+    *n = 0;
+    if (rows <= 0)
+        return PHG_OK;
+    r = calloc((size_t)rows, sizeof *r);
+    if (r == NULL)
+        return PHG_ERR_NOMEM;
+    for (i = 0; i < rows; i++) {
+        rc = whe_row_read(res, i, &r[i], with_body);
+        if (rc != PHG_OK) {
+            phg_internal_wh_event_rows_free(r, (size_t)i);
+            return rc;
+        }
+    }
+    *out = r;
+    *n = (size_t)rows;
+    return PHG_OK;
+}
+
+/* The rows an UPDATE or DELETE without RETURNING touched. */
+static size_t cmd_tuples(PGresult *res)
+{
+    const char *t = PQcmdTuples(res);
+    return t != NULL && t[0] != '\0' ? (size_t)strtoull(t, NULL, 10) : 0;
+}
+
+/* The status of an UPDATE of one row that changed nothing: the row is
+ * missing (NOT_FOUND) or not in the state the update wanted (STATE). */
+static phg_status whe_why_unchanged(pg_conn *c, const char *id)
+{
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    memset(&p, 0, sizeof p);
+    p_text(&p, id);
+    TRY(run(c, ST_WHE_STATE, &p, &res));
+    rc = PQntuples(res) == 0 ? PHG_ERR_NOT_FOUND : PHG_ERR_STATE;
+out:
+    PQclear(res);
+    return rc;
+}
+
+/* Inside the caller's transaction: the id stored for (source, msg_id). */
+static phg_status whe_find(pg_conn *c, const char *source, const char *msg_id,
+                           char id[PHG_WH_EVENT_ID_LEN + 1])
+{
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    memset(&p, 0, sizeof p);
+    p_text(&p, source);
+    p_text(&p, msg_id);
+    TRY(run(c, ST_WHE_FIND, &p, &res));
+    if (PQntuples(res) == 0) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    TRY(get_text(res, 0, 0, id, PHG_WH_EVENT_ID_LEN + 1));
+out:
+    PQclear(res);
+    return rc;
+}
+
+/*
+ * The inbox's group commit: one transaction for the batch, committed with
+ * synchronous_commit on (the session's setting), as the audit log is. ON
+ * CONFLICT DO NOTHING leaves a duplicate out, whether its twin is stored,
+ * earlier in this transaction, or being inserted by another instance (whose
+ * commit it waits for: READ COMMITTED then sees the twin).
+ */
+static phg_status pg_wh_event_insert(void *conn, const phg_wh_event_row *rows, size_t n,
+                                     char (*existing)[PHG_WH_EVENT_ID_LEN + 1])
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+    size_t i;
+
+    assert(c != NULL && (n == 0 || (rows != NULL && existing != NULL)));
+    for (i = 0; i < n; i++) {
+        const phg_wh_event *e = &rows[i].ev;
+        if (rows[i].body_enc == NULL || e->state != PHG_WH_EVENT_PENDING ||
+            !wh_text_ok(e->id, sizeof e->id) || !wh_text_ok(e->source, sizeof e->source) ||
+            !wh_text_ok(e->msg_id, sizeof e->msg_id) ||
+            !wh_text_ok(e->request_id, sizeof e->request_id) ||
+            !wh_text_ok(e->content_type, sizeof e->content_type))
+            return PHG_ERR_INVALID;
+        if (strlen(rows[i].body_enc) > INT_MAX)
+            return PHG_ERR_TOO_LARGE;
+    }
+    TRY(ensure_connected(c));
+    TRY(begin(c));
+    for (i = 0; i < n; i++) {
+        const phg_wh_event *e = &rows[i].ev;
+        existing[i][0] = '\0';
+        memset(&p, 0, sizeof p);
+        p_text(&p, e->id);
+        p_text(&p, e->source);
+        p_text(&p, e->msg_id);
+        p_text(&p, e->request_id);
+        p_int8(&p, e->authenticated);
+        p_int8(&p, e->secret_index);
+        p_int8(&p, e->signed_ts_s);
+        p_int8(&p, e->received_ms);
+        p_text(&p, e->content_type);
+        p_int8(&p, e->next_attempt_ms);
+        p_int8(&p, (int64_t)e->body_len);
+        p_text(&p, rows[i].body_enc);
+        TRY(run(c, ST_WHE_INSERT, &p, &res));
+        if (PQntuples(res) == 0) {
+            rc = whe_find(c, e->source, e->msg_id, existing[i]);
+            if (rc == PHG_ERR_NOT_FOUND)
+                rc = PHG_ERR_INTERNAL; /* not inserted, yet no twin: cannot be */
+            if (rc != PHG_OK)
+                goto out;
+        }
+        PQclear(res);
+        res = NULL;
+    }
+    TRY(exec_fixed(c, "COMMIT"));
+out:
+    PQclear(res);
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+typedef struct whe_find_args {
+    const char *source, *msg_id;
+    char *id;
+} whe_find_args;
+
+static phg_status do_whe_find(pg_conn *c, void *arg)
+{
+    whe_find_args *a = arg;
+    return whe_find(c, a->source, a->msg_id, a->id);
+}
+
+static phg_status pg_wh_event_find(void *conn, const char *source, const char *msg_id,
+                                   char id[PHG_WH_EVENT_ID_LEN + 1])
+{
+    whe_find_args a = {source, msg_id, id};
+    assert(conn != NULL && source != NULL && msg_id != NULL && id != NULL);
+    return read_with_retry(conn, do_whe_find, &a);
+}
+
+/* A write: not retried after a lost connection (the lease may have been
+ * taken; if so it runs out and the rows are claimed again). */
+static phg_status pg_wh_event_claim(void *conn, int64_t now_ms, int64_t lease_until_ms, size_t max,
+                                    size_t bytes_max, phg_wh_event_row **out, size_t *n)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    assert(c != NULL && out != NULL && n != NULL && max >= 1 && max <= PHG_WH_LIST_MAX);
+    *out = NULL;
+    *n = 0;
+    memset(&p, 0, sizeof p);
+    p_int8(&p, now_ms);
+    p_int8(&p, lease_until_ms);
+    p_int8(&p, (int64_t)max);
+    p_int8(&p, bytes_max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)bytes_max);
+    TRY(ensure_connected(c));
+    TRY(run(c, ST_WHE_CLAIM, &p, &res));
+    if ((size_t)PQntuples(res) > max) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    TRY(whe_rows_read(res, 1, out, n));
+out:
+    PQclear(res);
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+typedef struct whe_get_args {
+    const char *id;
+    phg_wh_event_row *row;
+} whe_get_args;
+
+static phg_status do_whe_get(pg_conn *c, void *arg)
+{
+    whe_get_args *a = arg;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    memset(&p, 0, sizeof p);
+    p_text(&p, a->id);
+    TRY(run(c, ST_WHE_GET, &p, &res));
+    if (PQntuples(res) == 0) {
+        rc = PHG_ERR_NOT_FOUND;
+        goto out;
+    }
+    TRY(whe_row_read(res, 0, a->row, 1));
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_wh_event_get(void *conn, const char *id, phg_wh_event_row *row)
+{
+    whe_get_args a = {id, row};
+    assert(conn != NULL && id != NULL && row != NULL);
+    memset(row, 0, sizeof *row);
+    return read_with_retry(conn, do_whe_get, &a);
+}
+
+static phg_status pg_wh_event_report(void *conn, const char *id, int state, int attempted,
+                                     int64_t at_ms, int http_status, const char *error,
+                                     int64_t next_ms)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    assert(c != NULL && id != NULL && error != NULL && state >= PHG_WH_EVENT_PENDING &&
+           state <= PHG_WH_EVENT_DEAD);
+    memset(&p, 0, sizeof p);
+    p_text(&p, id);
+    p_int8(&p, state);
+    p_int8(&p, attempted ? 1 : 0);
+    p_int8(&p, at_ms);
+    p_int8(&p, http_status);
+    p_text(&p, error);
+    p_int8(&p, next_ms);
+    TRY(ensure_connected(c));
+    TRY(run(c, ST_WHE_REPORT, &p, &res));
+    if (PQntuples(res) == 0)
+        rc = whe_why_unchanged(c, id);
+out:
+    PQclear(res);
+    if (rc != PHG_OK && rc != PHG_ERR_NOT_FOUND && rc != PHG_ERR_STATE)
+        rc = end_failed_write(c, rc);
+    return rc;
+}
+
+static phg_status pg_wh_txn(void *conn, int op)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    if (op == 0) {
+        rc = ensure_connected(c);
+        return rc == PHG_OK ? begin(c) : rc;
+    }
+    if (op == 1) {
+        rc = exec_fixed(c, "COMMIT");
+        return rc == PHG_OK ? PHG_OK : end_failed_write(c, rc);
+    }
+    if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+        (void)end_failed_write(c, PHG_OK);
+    return PHG_OK;
+}
+
+typedef struct whe_list_args {
+    const phg_wh_event_filter *f;
+    phg_wh_event_row **out;
+    size_t *n;
+} whe_list_args;
+
+/* The SQL from fixed fragments only (the filter values are bound), run as
+ * an unnamed statement: planned for the filters actually given. */
+static phg_status do_whe_list(pg_conn *c, void *arg)
+{
+    whe_list_args *a = arg;
+    const phg_wh_event_filter *f = a->f;
+    phg_status rc = PHG_OK;
+    PGresult *res = NULL;
+    ExecStatusType st;
+    params p;
+    Oid types[4];
+    char sql[512];
+    int np = 0;
+
+    memset(&p, 0, sizeof p);
+    snprintf(sql, sizeof sql, "SELECT " WHE_COLUMNS " FROM webhook_events WHERE true");
+    if (f->state >= 0) {
+        types[np++] = OID_INT8;
+        p_int8(&p, f->state);
+        snprintf(sql + strlen(sql), sizeof sql - strlen(sql), " AND state = $%d", np);
+    }
+    if (f->source != NULL) {
+        types[np++] = OID_TEXT;
+        p_text(&p, f->source);
+        snprintf(sql + strlen(sql), sizeof sql - strlen(sql), " AND source = $%d", np);
+    }
+    if (f->before_id != NULL) {
+        types[np++] = OID_TEXT;
+        p_text(&p, f->before_id);
+        snprintf(sql + strlen(sql), sizeof sql - strlen(sql), " AND id < $%d", np);
+    }
+    types[np++] = OID_INT8;
+    p_int8(&p, (int64_t)f->limit);
+    snprintf(sql + strlen(sql), sizeof sql - strlen(sql), " ORDER BY id DESC LIMIT $%d", np);
+    res = PQexecParams(c->pg, sql, p.n, types, p.values, p.lengths, p.formats, 1);
+    st = PQresultStatus(res);
+    if (res == NULL || st != PGRES_TUPLES_OK) {
+        rc = classify(c, res);
+        goto out;
+    }
+    if ((size_t)PQntuples(res) > f->limit) {
+        rc = PHG_ERR_SCHEMA;
+        goto out;
+    }
+    TRY(whe_rows_read(res, 0, a->out, a->n));
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_wh_event_list(void *conn, const phg_wh_event_filter *f,
+                                   phg_wh_event_row **out, size_t *n)
+{
+    whe_list_args a = {f, out, n};
+    assert(conn != NULL && f != NULL && out != NULL && n != NULL && f->limit >= 1 &&
+           f->limit <= PHG_WH_LIST_MAX);
+    *out = NULL;
+    *n = 0;
+    return read_with_retry(conn, do_whe_list, &a);
+}
+
+static phg_status pg_wh_event_replay(void *conn, const char *id, int64_t now_ms)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    assert(c != NULL && id != NULL);
+    memset(&p, 0, sizeof p);
+    p_text(&p, id);
+    p_int8(&p, now_ms);
+    TRY(ensure_connected(c));
+    TRY(run(c, ST_WHE_REPLAY, &p, &res));
+    if (PQntuples(res) == 0)
+        rc = whe_why_unchanged(c, id);
+out:
+    PQclear(res);
+    if (rc != PHG_OK && rc != PHG_ERR_NOT_FOUND && rc != PHG_ERR_STATE)
+        rc = end_failed_write(c, rc);
+    return rc;
+}
+
+static phg_status pg_wh_event_replay_all(void *conn, const char *source, int64_t now_ms,
+                                         size_t *n)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    assert(c != NULL && n != NULL);
+    *n = 0;
+    memset(&p, 0, sizeof p);
+    p_int8(&p, now_ms);
+    if (source != NULL)
+        p_text(&p, source);
+    else
+        p_null(&p);
+    TRY(ensure_connected(c));
+    TRY(run(c, ST_WHE_REPLAY_ALL, &p, &res));
+    *n = cmd_tuples(res);
+out:
+    PQclear(res);
+    return rc == PHG_OK ? rc : end_failed_write(c, rc);
+}
+
+typedef struct whe_stats_args {
+    int64_t *counts;
+    int64_t *oldest;
+} whe_stats_args;
+
+static phg_status do_whe_stats(pg_conn *c, void *arg)
+{
+    whe_stats_args *a = arg;
+    phg_status rc;
+    PGresult *res = NULL;
+    int64_t state = 0, count = 0, oldest = 0;
+    int i;
+
+    TRY(run(c, ST_WHE_STATS, NULL, &res));
+    for (i = 0; i < PQntuples(res); i++) {
+        TRY(get_int8_in(res, i, 0, PHG_WH_EVENT_PENDING, PHG_WH_EVENT_DEAD, &state));
+        TRY(get_int8(res, i, 1, &count));
+        TRY(get_int8(res, i, 2, &oldest));
+        a->counts[state] = count;
+        if (state == PHG_WH_EVENT_PENDING)
+            *a->oldest = oldest;
+    }
+out:
+    PQclear(res);
+    return rc;
+}
+
+static phg_status pg_wh_event_stats(void *conn, int64_t counts[3], int64_t *oldest_pending_ms)
+{
+    whe_stats_args a = {counts, oldest_pending_ms};
+    assert(conn != NULL && counts != NULL && oldest_pending_ms != NULL);
+    counts[0] = counts[1] = counts[2] = 0;
+    *oldest_pending_ms = 0;
+    return read_with_retry(conn, do_whe_stats, &a);
+}
+
+static phg_status pg_wh_event_purge(void *conn, int64_t before_ms, size_t max, size_t *n)
+{
+    pg_conn *c = conn;
+    phg_status rc;
+    PGresult *res = NULL;
+    params p;
+
+    assert(c != NULL && n != NULL);
+    *n = 0;
+    memset(&p, 0, sizeof p);
+    p_int8(&p, before_ms);
+    p_int8(&p, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max);
+    TRY(ensure_connected(c));
+    TRY(run(c, ST_WHE_PURGE, &p, &res));
+    *n = cmd_tuples(res);
+out:
+    PQclear(res);
     return rc == PHG_OK ? rc : end_failed_write(c, rc);
 }
 
@@ -2874,4 +3506,16 @@ const phg_store_engine phg_store_engine_postgres = {
     .wh_source_delete = pg_wh_source_delete,
     .wh_secret_add = pg_wh_secret_add,
     .wh_secret_retire = pg_wh_secret_retire,
+    .wh_source_set_verify_token = pg_wh_source_set_verify_token,
+    .wh_event_insert = pg_wh_event_insert,
+    .wh_event_find = pg_wh_event_find,
+    .wh_event_claim = pg_wh_event_claim,
+    .wh_event_get = pg_wh_event_get,
+    .wh_event_report = pg_wh_event_report,
+    .wh_txn = pg_wh_txn,
+    .wh_event_list = pg_wh_event_list,
+    .wh_event_replay = pg_wh_event_replay,
+    .wh_event_replay_all = pg_wh_event_replay_all,
+    .wh_event_stats = pg_wh_event_stats,
+    .wh_event_purge = pg_wh_event_purge,
 };

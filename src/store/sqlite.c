@@ -91,8 +91,26 @@ enum stmt_id {
     ST_AUDIT_CHAINS,
     ST_AUDIT_CP_INSERT,
     ST_AUDIT_CPS,
+    ST_WHE_INSERT,
+    ST_WHE_FIND,
+    ST_WHE_DUE,
+    ST_WHE_LEASE,
+    ST_WHE_GET,
+    ST_WHE_REPORT,
+    ST_WHE_STATE,
     ST_COUNT
 };
+
+/* Every webhook_events read uses these columns in this order (whe_row_read),
+ * then body_enc where the body is read; the insert binds them all. */
+#define WHE_COLUMNS                                                                              \
+    "id, source, msg_id, request_id, authenticated, secret_index, signed_ts_s, received_ms, "    \
+    "content_type, state, attempts, next_attempt_ms, last_attempt_ms, delivered_ms, "            \
+    "last_status, last_error, body_len"
+#define WHE_NCOLUMNS 17
+#define WHE_INSERT_COLUMNS                                                                       \
+    "id, source, msg_id, request_id, authenticated, secret_index, signed_ts_s, received_ms, "    \
+    "content_type, next_attempt_ms, body_len, body_enc"
 
 /* Fixed SQL only: every caller value is a bound parameter. */
 static const char *const stmt_sql[ST_COUNT] = {
@@ -145,6 +163,24 @@ static const char *const stmt_sql[ST_COUNT] = {
                            "VALUES (?1, ?2, ?3, ?4, ?5)",
     [ST_AUDIT_CPS] = "SELECT chain, seq, hash, ts_us, mac FROM audit_checkpoints "
                      "WHERE chain = ?1 ORDER BY seq",
+    /* A new row is PENDING with no attempt: the other columns' defaults. */
+    [ST_WHE_INSERT] = "INSERT INTO webhook_events (" WHE_INSERT_COLUMNS ") VALUES (?1, ?2, ?3, "
+                      "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) "
+                      "ON CONFLICT (source, msg_id) DO NOTHING",
+    [ST_WHE_FIND] = "SELECT id FROM webhook_events WHERE source = ?1 AND msg_id = ?2",
+    [ST_WHE_DUE] = "SELECT " WHE_COLUMNS ", body_enc FROM webhook_events WHERE state = 0 AND "
+                   "next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
+    [ST_WHE_LEASE] = "UPDATE webhook_events SET next_attempt_ms = ?1 WHERE id = ?2",
+    [ST_WHE_GET] = "SELECT " WHE_COLUMNS ", body_enc FROM webhook_events WHERE id = ?1",
+    /* ?2 the new state, ?3 1 for an attempt made (0: a bookkeeping change) */
+    [ST_WHE_REPORT] =
+        "UPDATE webhook_events SET state = ?2, attempts = attempts + ?3, "
+        "last_attempt_ms = CASE WHEN ?3 = 1 THEN ?4 ELSE last_attempt_ms END, "
+        "last_status = CASE WHEN ?3 = 1 THEN ?5 ELSE last_status END, last_error = ?6, "
+        "delivered_ms = CASE WHEN ?2 = 1 THEN ?4 ELSE delivered_ms END, "
+        "next_attempt_ms = CASE WHEN ?2 = 0 THEN ?7 ELSE next_attempt_ms END "
+        "WHERE id = ?1 AND state = 0",
+    [ST_WHE_STATE] = "SELECT state FROM webhook_events WHERE id = ?1",
 };
 
 /*
@@ -172,6 +208,7 @@ typedef struct checkpointer checkpointer;
 typedef struct sqlite_conn {
     sqlite3 *db;
     checkpointer *cp; /* the file's background checkpointer, or NULL */
+    int write_locked; /* holds cp->write_lock (inside a write transaction) */
     sqlite3_stmt *stmt[ST_COUNT]; /* NULL until first used */
     month_stmts months[MONTH_CACHE_MAX];
     uint64_t month_clock; /* for least recently used */
@@ -309,14 +346,36 @@ static phg_status exec_cached(sqlite_conn *c, int which)
 
 /* BEGIN IMMEDIATE takes the write lock up front (waiting up to the busy
  * timeout), so a transaction that has started cannot fail later for a lock. */
+static void cp_write_lock(checkpointer *cp, int lock);
+
+static void write_unlock(sqlite_conn *c)
+{
+    if (c->write_locked) {
+        c->write_locked = 0;
+        cp_write_lock(c->cp, 0);
+    }
+}
+
 static phg_status txn_begin(sqlite_conn *c)
 {
-    return exec_cached(c, ST_BEGIN);
+    phg_status rc;
+    if (c->cp != NULL && !c->write_locked) {
+        cp_write_lock(c->cp, 1);
+        c->write_locked = 1;
+    }
+    rc = exec_cached(c, ST_BEGIN);
+    if (rc != PHG_OK)
+        write_unlock(c);
+    return rc;
 }
 
 static phg_status txn_commit(sqlite_conn *c)
 {
-    return exec_cached(c, ST_COMMIT);
+    phg_status rc = exec_cached(c, ST_COMMIT);
+    /* a failed COMMIT leaves the transaction open: txn_abort unlocks */
+    if (rc == PHG_OK || sqlite3_get_autocommit(c->db))
+        write_unlock(c);
+    return rc;
 }
 
 /* Called on every error path: whatever failed, no transaction stays open on
@@ -325,6 +384,7 @@ static void txn_abort(sqlite_conn *c)
 {
     if (!sqlite3_get_autocommit(c->db))
         sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    write_unlock(c);
 }
 
 /* UPDATE ... RETURNING: the new change counter, inside the caller's
@@ -669,10 +729,23 @@ struct checkpointer {
     sqlite3 *db;
     pthread_t thread;
     pthread_mutex_t lock;
+    /* One writer at a time per file in this process: SQLite takes one
+     * anyway, but a writer that finds the lock taken polls for it with
+     * sleeps of 1, 2, 5, 10 ms...; queued on a mutex it is woken the moment
+     * the other commits. (Other processes still meet the busy timeout.) */
+    pthread_mutex_t write_lock;
     pthread_cond_t wake;
     int pending, stop, refs;
     checkpointer *next;
 };
+
+static void cp_write_lock(checkpointer *cp, int lock)
+{
+    if (lock)
+        pthread_mutex_lock(&cp->write_lock);
+    else
+        pthread_mutex_unlock(&cp->write_lock);
+}
 
 static pthread_mutex_t checkpointers_lock = PTHREAD_MUTEX_INITIALIZER;
 static checkpointer *checkpointers;
@@ -756,9 +829,11 @@ static checkpointer *checkpointer_get(const char *path, int busy_ms)
     if (sqlite3_exec(cp->db, "PRAGMA schema_version", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     pthread_mutex_init(&cp->lock, NULL);
+    pthread_mutex_init(&cp->write_lock, NULL);
     pthread_cond_init(&cp->wake, NULL);
     if (pthread_create(&cp->thread, NULL, checkpointer_main, cp) != 0) {
         pthread_mutex_destroy(&cp->lock);
+        pthread_mutex_destroy(&cp->write_lock);
         pthread_cond_destroy(&cp->wake);
         goto fail;
     }
@@ -801,6 +876,7 @@ static void checkpointer_put(checkpointer *cp)
     pthread_join(cp->thread, NULL);
     sqlite3_close_v2(cp->db);
     pthread_mutex_destroy(&cp->lock);
+    pthread_mutex_destroy(&cp->write_lock);
     pthread_cond_destroy(&cp->wake);
     free(cp->path);
     free(cp);
@@ -2748,7 +2824,8 @@ static phg_status sqlite_wh_source_insert(void *conn, const phg_wh_source_row *s
         goto out;
     rc = wh_prepare(c,
                     "INSERT INTO webhook_sources (name, scheme, tolerance_s, deliver_to, "
-                    "created_at, updated_at, version) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                    "created_at, updated_at, version, verify_token_enc) "
+                    "VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
                     &st);
     if (rc != PHG_OK)
         goto out;
@@ -2759,6 +2836,7 @@ static phg_status sqlite_wh_source_insert(void *conn, const phg_wh_source_row *s
     WH_BIND(sqlite3_bind_int64(st, 5, src->created_at));
     WH_BIND(sqlite3_bind_int64(st, 6, src->updated_at));
     WH_BIND(sqlite3_bind_int64(st, 7, version));
+    WH_BIND(sqlite3_bind_text(st, 8, src->verify_token_enc, -1, SQLITE_STATIC));
     if (rc != PHG_OK) {
         sqlite3_finalize(st);
         goto out;
@@ -2790,10 +2868,13 @@ static phg_status wh_source_read(sqlite3_stmt *st, phg_wh_source_row *r)
         rc = column_int64(st, 5, &r->updated_at);
     if (rc == PHG_OK)
         rc = column_int64(st, 6, &r->version);
+    if (rc == PHG_OK)
+        rc = column_text(st, 7, r->verify_token_enc, sizeof r->verify_token_enc);
     return rc;
 }
 
-#define WH_SOURCE_COLUMNS "name, scheme, tolerance_s, deliver_to, created_at, updated_at, version"
+#define WH_SOURCE_COLUMNS                                                                          \
+    "name, scheme, tolerance_s, deliver_to, created_at, updated_at, version, verify_token_enc"
 
 static phg_status wh_secrets_read(sqlite_conn *c, const char *name, phg_wh_secret_row **out,
                                   size_t *n)
@@ -3046,6 +3127,43 @@ static phg_status sqlite_wh_secret_add(void *conn, const char *name, const phg_w
     return PHG_OK;
 }
 
+static phg_status sqlite_wh_source_set_verify_token(void *conn, const char *name,
+                                                    const char *enc, int64_t at)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    int64_t version = 0;
+    phg_status rc;
+
+    assert(c != NULL && name != NULL && enc != NULL && at > 0);
+    rc = txn_begin(c);
+    if (rc == PHG_OK)
+        rc = counter_bump(c, &version);
+    if (rc == PHG_OK)
+        rc = wh_prepare(c,
+                        "UPDATE webhook_sources SET verify_token_enc = ?1, updated_at = ?2, "
+                        "version = ?3 WHERE name = ?4",
+                        &st);
+    if (rc == PHG_OK) {
+        WH_BIND(sqlite3_bind_text(st, 1, enc, -1, SQLITE_STATIC));
+        WH_BIND(sqlite3_bind_int64(st, 2, at));
+        WH_BIND(sqlite3_bind_int64(st, 3, version));
+        WH_BIND(sqlite3_bind_text(st, 4, name, -1, SQLITE_STATIC));
+        if (rc == PHG_OK)
+            rc = wh_step_done(st);
+        else
+            sqlite3_finalize(st);
+    }
+    /* no row: the counter's bump goes with the rollback */
+    if (rc == PHG_OK && sqlite3_changes(c->db) == 0)
+        rc = PHG_ERR_NOT_FOUND;
+    if (rc == PHG_OK)
+        rc = txn_commit(c);
+    if (rc != PHG_OK)
+        txn_abort(c);
+    return rc;
+}
+
 static phg_status sqlite_wh_secret_retire(void *conn, const char *name, int64_t idx, int64_t at)
 {
     sqlite_conn *c = conn;
@@ -3104,6 +3222,535 @@ commit:
     return rc;
 }
 
+/* ---- webhook inbox ------------------------------------------------------------- */
+
+/* A text column that may be large (body_enc), malloc'd. */
+static phg_status column_text_dup(sqlite3_stmt *st, int col, char **out)
+{
+    const unsigned char *p;
+    size_t n;
+
+    *out = NULL;
+    if (sqlite3_column_type(st, col) != SQLITE_TEXT)
+        return PHG_ERR_SCHEMA;
+    p = sqlite3_column_text(st, col);
+    if (p == NULL)
+        return PHG_ERR_NOMEM;
+    n = (size_t)sqlite3_column_bytes(st, col);
+    if (memchr(p, '\0', n) != NULL)
+        return PHG_ERR_SCHEMA;
+    *out = malloc(n + 1);
+    if (*out == NULL)
+        return PHG_ERR_NOMEM;
+    memcpy(*out, p, n);
+    (*out)[n] = '\0';
+    return PHG_OK;
+}
+
+/* An integer column that must lie in [lo, hi]. */
+static phg_status column_int64_in(sqlite3_stmt *st, int col, int64_t lo, int64_t hi, int64_t *v)
+{
+    phg_status rc = column_int64(st, col, v);
+    if (rc == PHG_OK && (*v < lo || *v > hi))
+        rc = PHG_ERR_SCHEMA;
+    return rc;
+}
+
+/* The current row (WHE_COLUMNS, then body_enc if with_body) into *r. */
+static phg_status whe_row_read(sqlite3_stmt *st, phg_wh_event_row *r, int with_body)
+{
+    phg_wh_event *e = &r->ev;
+    int64_t v = 0;
+    phg_status rc;
+
+    memset(r, 0, sizeof *r);
+    rc = column_text(st, 0, e->id, sizeof e->id);
+    if (rc == PHG_OK)
+        rc = column_text(st, 1, e->source, sizeof e->source);
+    if (rc == PHG_OK)
+        rc = column_text(st, 2, e->msg_id, sizeof e->msg_id);
+    if (rc == PHG_OK)
+        rc = column_text(st, 3, e->request_id, sizeof e->request_id);
+    if (rc == PHG_OK)
+        rc = column_int64_in(st, 4, 0, 1, &v);
+    e->authenticated = (int)v;
+    if (rc == PHG_OK)
+        rc = column_int64_in(st, 5, -1, INT_MAX, &v);
+    e->secret_index = (int)v;
+    if (rc == PHG_OK)
+        rc = column_int64(st, 6, &e->signed_ts_s);
+    if (rc == PHG_OK)
+        rc = column_int64(st, 7, &e->received_ms);
+    if (rc == PHG_OK)
+        rc = column_text(st, 8, e->content_type, sizeof e->content_type);
+    if (rc == PHG_OK)
+        rc = column_int64_in(st, 9, PHG_WH_EVENT_PENDING, PHG_WH_EVENT_DEAD, &v);
+    e->state = (phg_wh_event_state)v;
+    if (rc == PHG_OK)
+        rc = column_int64(st, 10, &e->attempts);
+    if (rc == PHG_OK)
+        rc = column_int64(st, 11, &e->next_attempt_ms);
+    if (rc == PHG_OK)
+        rc = column_int64(st, 12, &e->last_attempt_ms);
+    if (rc == PHG_OK)
+        rc = column_int64(st, 13, &e->delivered_ms);
+    if (rc == PHG_OK)
+        rc = column_int64_in(st, 14, INT_MIN, INT_MAX, &v);
+    e->last_status = (int)v;
+    if (rc == PHG_OK)
+        rc = column_text(st, 15, e->last_error, sizeof e->last_error);
+    if (rc == PHG_OK)
+        rc = column_int64_in(st, 16, 0, PHG_WH_INBOX_BODY_MAX, &v);
+    e->body_len = (size_t)v;
+    if (rc == PHG_OK && with_body)
+        rc = column_text_dup(st, WHE_NCOLUMNS, &r->body_enc);
+    if (rc != PHG_OK) {
+        free(r->body_enc);
+        r->body_enc = NULL;
+    }
+    return rc;
+}
+
+/* The status of an UPDATE of one row that changed nothing: the row is
+ * missing (NOT_FOUND) or not in the state the update wanted (STATE). */
+static phg_status whe_why_unchanged(sqlite_conn *c, const char *id)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t state = 0;
+    phg_status rc = stmt_get(c, ST_WHE_STATE, &st);
+
+    if (rc != PHG_OK)
+        return rc;
+    rc = map_rc(sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC));
+    if (rc != PHG_OK) {
+        stmt_done(st);
+        return rc;
+    }
+    rc = stmt_int64(st, &state);
+    return rc == PHG_OK ? PHG_ERR_STATE : rc;
+}
+
+/* A new row's columns (WHE_INSERT_COLUMNS); the row outlives the statement's
+ * use (SQLITE_STATIC). */
+static phg_status whe_bind_row(sqlite3_stmt *st, const phg_wh_event_row *r)
+{
+    const phg_wh_event *e = &r->ev;
+    phg_status rc = PHG_OK;
+
+    if (r->body_enc == NULL || e->state != PHG_WH_EVENT_PENDING)
+        return PHG_ERR_INVALID;
+    WH_BIND(sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_text(st, 2, e->source, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_text(st, 3, e->msg_id, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_text(st, 4, e->request_id, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_int64(st, 5, e->authenticated));
+    WH_BIND(sqlite3_bind_int64(st, 6, e->secret_index));
+    WH_BIND(sqlite3_bind_int64(st, 7, e->signed_ts_s));
+    WH_BIND(sqlite3_bind_int64(st, 8, e->received_ms));
+    WH_BIND(sqlite3_bind_text(st, 9, e->content_type, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_int64(st, 10, e->next_attempt_ms));
+    WH_BIND(sqlite3_bind_int64(st, 11, (int64_t)e->body_len));
+    WH_BIND(sqlite3_bind_text(st, 12, r->body_enc, -1, SQLITE_STATIC));
+    return rc;
+}
+
+/* The id stored for (source, msg_id), inside the caller's transaction or not. */
+static phg_status whe_find(sqlite_conn *c, const char *source, const char *msg_id,
+                           char id[PHG_WH_EVENT_ID_LEN + 1])
+{
+    sqlite3_stmt *st = NULL;
+    phg_status rc = stmt_get(c, ST_WHE_FIND, &st);
+    int src;
+
+    if (rc != PHG_OK)
+        return rc;
+    WH_BIND(sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_text(st, 2, msg_id, -1, SQLITE_STATIC));
+    if (rc == PHG_OK) {
+        src = sqlite3_step(st);
+        if (src == SQLITE_ROW)
+            rc = column_text(st, 0, id, PHG_WH_EVENT_ID_LEN + 1);
+        else
+            rc = src == SQLITE_DONE ? PHG_ERR_NOT_FOUND : map_rc(src);
+    }
+    stmt_done(st);
+    return rc;
+}
+
+/*
+ * The inbox's group commit: one write transaction and one fsync (the
+ * connection's synchronous=FULL, as for the audit log) for the batch.
+ * ON CONFLICT DO NOTHING leaves a duplicate out, whether its twin was stored
+ * long ago or a moment earlier in this very transaction; changes() tells.
+ */
+static phg_status sqlite_wh_event_insert(void *conn, const phg_wh_event_row *rows, size_t n,
+                                         char (*existing)[PHG_WH_EVENT_ID_LEN + 1])
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+    size_t i;
+
+    assert(c != NULL && (n == 0 || (rows != NULL && existing != NULL)));
+    rc = txn_begin(c);
+    if (rc != PHG_OK)
+        goto out;
+    for (i = 0; i < n; i++) {
+        existing[i][0] = '\0';
+        rc = stmt_get(c, ST_WHE_INSERT, &st);
+        if (rc != PHG_OK)
+            goto out;
+        rc = whe_bind_row(st, &rows[i]);
+        if (rc != PHG_OK) {
+            stmt_done(st);
+            goto out;
+        }
+        rc = stmt_exec(st);
+        if (rc != PHG_OK)
+            goto out;
+        if (sqlite3_changes(c->db) == 0) {
+            rc = whe_find(c, rows[i].ev.source, rows[i].ev.msg_id, existing[i]);
+            if (rc == PHG_ERR_NOT_FOUND)
+                rc = PHG_ERR_INTERNAL; /* not inserted, yet no twin: cannot be */
+            if (rc != PHG_OK)
+                goto out;
+        }
+    }
+    rc = txn_commit(c);
+out:
+    if (rc != PHG_OK)
+        txn_abort(c);
+    return rc;
+}
+
+static phg_status sqlite_wh_event_find(void *conn, const char *source, const char *msg_id,
+                                       char id[PHG_WH_EVENT_ID_LEN + 1])
+{
+    assert(conn != NULL && source != NULL && msg_id != NULL && id != NULL);
+    return whe_find(conn, source, msg_id, id);
+}
+
+/* BEGIN IMMEDIATE holds the write lock from the SELECT to the COMMIT, so two
+ * claimers (threads or processes) never lease the same row. */
+static phg_status sqlite_wh_event_claim(void *conn, int64_t now_ms, int64_t lease_until_ms,
+                                        size_t max, size_t bytes_max, phg_wh_event_row **out,
+                                        size_t *n)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_wh_event_row *rows = NULL;
+    size_t count = 0, bytes = 0, i;
+    phg_status rc;
+    int src = SQLITE_DONE;
+
+    assert(c != NULL && out != NULL && n != NULL && max >= 1 && max <= PHG_WH_LIST_MAX);
+    *out = NULL;
+    *n = 0;
+    rc = txn_begin(c);
+    if (rc != PHG_OK)
+        goto out;
+    rc = stmt_get(c, ST_WHE_DUE, &st);
+    if (rc != PHG_OK)
+        goto out;
+    WH_BIND(sqlite3_bind_int64(st, 1, now_ms));
+    WH_BIND(sqlite3_bind_int64(st, 2, (int64_t)max));
+    while (rc == PHG_OK && count < max && (count == 0 || bytes < bytes_max) &&
+           (src = sqlite3_step(st)) == SQLITE_ROW) {
+        if (rows == NULL) {
+            rows = calloc(max, sizeof *rows);
+            if (rows == NULL) {
+                rc = PHG_ERR_NOMEM;
+                break;
+            }
+        }
+        rc = whe_row_read(st, &rows[count], 1);
+        if (rc != PHG_OK)
+            break;
+        bytes += rows[count].ev.body_len;
+        count++;
+    }
+    if (rc == PHG_OK && src != SQLITE_ROW && src != SQLITE_DONE)
+        rc = map_rc(src);
+    stmt_done(st);
+    if (rc != PHG_OK)
+        goto out;
+    for (i = 0; i < count; i++) {
+        rc = stmt_get(c, ST_WHE_LEASE, &st);
+        if (rc != PHG_OK)
+            goto out;
+        WH_BIND(sqlite3_bind_int64(st, 1, lease_until_ms));
+        WH_BIND(sqlite3_bind_text(st, 2, rows[i].ev.id, -1, SQLITE_STATIC));
+        if (rc != PHG_OK) {
+            stmt_done(st);
+            goto out;
+        }
+        rc = stmt_exec(st);
+        if (rc != PHG_OK)
+            goto out;
+        rows[i].ev.next_attempt_ms = lease_until_ms;
+    }
+    rc = txn_commit(c);
+out:
+    if (rc != PHG_OK) {
+        txn_abort(c);
+        phg_internal_wh_event_rows_free(rows, count);
+        return rc;
+    }
+    if (count == 0) {
+        free(rows);
+        rows = NULL;
+    }
+    *out = rows;
+    *n = count;
+    return PHG_OK;
+}
+
+static phg_status sqlite_wh_event_get(void *conn, const char *id, phg_wh_event_row *row)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+    int src;
+
+    assert(c != NULL && id != NULL && row != NULL);
+    memset(row, 0, sizeof *row);
+    rc = stmt_get(c, ST_WHE_GET, &st);
+    if (rc != PHG_OK)
+        return rc;
+    rc = map_rc(sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC));
+    if (rc == PHG_OK) {
+        src = sqlite3_step(st);
+        if (src == SQLITE_ROW)
+            rc = whe_row_read(st, row, 1);
+        else
+            rc = src == SQLITE_DONE ? PHG_ERR_NOT_FOUND : map_rc(src);
+    }
+    stmt_done(st);
+    return rc;
+}
+
+static phg_status sqlite_wh_event_report(void *conn, const char *id, int state, int attempted,
+                                         int64_t at_ms, int http_status, const char *error,
+                                         int64_t next_ms)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+
+    assert(c != NULL && id != NULL && error != NULL && state >= PHG_WH_EVENT_PENDING &&
+           state <= PHG_WH_EVENT_DEAD);
+    rc = stmt_get(c, ST_WHE_REPORT, &st);
+    if (rc != PHG_OK)
+        return rc;
+    WH_BIND(sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_int64(st, 2, state));
+    WH_BIND(sqlite3_bind_int64(st, 3, attempted ? 1 : 0));
+    WH_BIND(sqlite3_bind_int64(st, 4, at_ms));
+    WH_BIND(sqlite3_bind_int64(st, 5, http_status));
+    WH_BIND(sqlite3_bind_text(st, 6, error, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_int64(st, 7, next_ms));
+    if (rc != PHG_OK) {
+        stmt_done(st);
+        return rc;
+    }
+    if (c->cp != NULL && !c->write_locked) {
+        /* autocommit: a write transaction of its own, queued as txn_begin's */
+        cp_write_lock(c->cp, 1);
+        rc = stmt_exec(st);
+        cp_write_lock(c->cp, 0);
+    } else {
+        rc = stmt_exec(st);
+    }
+    if (rc == PHG_OK && sqlite3_changes(c->db) == 0)
+        rc = whe_why_unchanged(c, id);
+    return rc;
+}
+
+static phg_status sqlite_wh_txn(void *conn, int op)
+{
+    sqlite_conn *c = conn;
+    phg_status rc = PHG_OK;
+    if (op == 0)
+        return txn_begin(c);
+    if (op == 1) {
+        rc = txn_commit(c);
+        if (rc == PHG_OK)
+            return PHG_OK;
+    }
+    txn_abort(c);
+    return rc;
+}
+
+/* SQL of a list, from fixed fragments only: the filter values are bound. */
+static phg_status sqlite_wh_event_list(void *conn, const phg_wh_event_filter *f,
+                                       phg_wh_event_row **out, size_t *n)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_wh_event_row *rows = NULL;
+    char sql[512];
+    size_t count = 0;
+    phg_status rc;
+    int src = SQLITE_DONE, param = 0;
+
+    assert(c != NULL && f != NULL && out != NULL && n != NULL && f->limit >= 1 &&
+           f->limit <= PHG_WH_LIST_MAX);
+    *out = NULL;
+    *n = 0;
+    snprintf(sql, sizeof sql, "SELECT " WHE_COLUMNS " FROM webhook_events WHERE 1 = 1%s%s%s "
+             "ORDER BY id DESC LIMIT ?",
+             f->state >= 0 ? " AND state = ?" : "", f->source != NULL ? " AND source = ?" : "",
+             f->before_id != NULL ? " AND id < ?" : "");
+    rc = wh_prepare(c, sql, &st);
+    if (rc != PHG_OK)
+        return rc;
+    if (f->state >= 0)
+        WH_BIND(sqlite3_bind_int64(st, ++param, f->state));
+    if (f->source != NULL)
+        WH_BIND(sqlite3_bind_text(st, ++param, f->source, -1, SQLITE_STATIC));
+    if (f->before_id != NULL)
+        WH_BIND(sqlite3_bind_text(st, ++param, f->before_id, -1, SQLITE_STATIC));
+    WH_BIND(sqlite3_bind_int64(st, ++param, (int64_t)f->limit));
+    while (rc == PHG_OK && count < f->limit && (src = sqlite3_step(st)) == SQLITE_ROW) {
+        if (rows == NULL) {
+            rows = calloc(f->limit, sizeof *rows);
+            if (rows == NULL) {
+                rc = PHG_ERR_NOMEM;
+                break;
+            }
+        }
+        rc = whe_row_read(st, &rows[count], 0);
+        if (rc == PHG_OK)
+            count++;
+    }
+    if (rc == PHG_OK && src != SQLITE_ROW && src != SQLITE_DONE)
+        rc = map_rc(src);
+    sqlite3_finalize(st);
+    if (rc != PHG_OK) {
+        free(rows);
+        return rc;
+    }
+    *out = rows;
+    *n = count;
+    return PHG_OK;
+}
+
+static phg_status sqlite_wh_event_replay(void *conn, const char *id, int64_t now_ms)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+
+    assert(c != NULL && id != NULL);
+    rc = wh_prepare(c,
+                    "UPDATE webhook_events SET state = 0, attempts = 0, next_attempt_ms = ?1 "
+                    "WHERE id = ?2 AND state = 2",
+                    &st);
+    if (rc != PHG_OK)
+        return rc;
+    WH_BIND(sqlite3_bind_int64(st, 1, now_ms));
+    WH_BIND(sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC));
+    if (rc != PHG_OK) {
+        sqlite3_finalize(st);
+        return rc;
+    }
+    rc = wh_step_done(st);
+    if (rc == PHG_OK && sqlite3_changes(c->db) == 0)
+        rc = whe_why_unchanged(c, id);
+    return rc;
+}
+
+static phg_status sqlite_wh_event_replay_all(void *conn, const char *source, int64_t now_ms,
+                                             size_t *n)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+
+    assert(c != NULL && n != NULL);
+    *n = 0;
+    rc = wh_prepare(c,
+                    source != NULL
+                        ? "UPDATE webhook_events SET state = 0, attempts = 0, next_attempt_ms = ?1 "
+                          "WHERE state = 2 AND source = ?2"
+                        : "UPDATE webhook_events SET state = 0, attempts = 0, next_attempt_ms = ?1 "
+                          "WHERE state = 2",
+                    &st);
+    if (rc != PHG_OK)
+        return rc;
+    WH_BIND(sqlite3_bind_int64(st, 1, now_ms));
+    if (source != NULL)
+        WH_BIND(sqlite3_bind_text(st, 2, source, -1, SQLITE_STATIC));
+    if (rc != PHG_OK) {
+        sqlite3_finalize(st);
+        return rc;
+    }
+    rc = wh_step_done(st);
+    if (rc == PHG_OK)
+        *n = (size_t)sqlite3_changes64(c->db);
+    return rc;
+}
+
+static phg_status sqlite_wh_event_stats(void *conn, int64_t counts[3], int64_t *oldest_pending_ms)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    int64_t state = 0, count = 0, oldest = 0;
+    phg_status rc;
+    int src = SQLITE_DONE;
+
+    assert(c != NULL && counts != NULL && oldest_pending_ms != NULL);
+    counts[0] = counts[1] = counts[2] = 0;
+    *oldest_pending_ms = 0;
+    rc = wh_prepare(c,
+                    "SELECT state, count(*), MIN(received_ms) FROM webhook_events GROUP BY state",
+                    &st);
+    if (rc != PHG_OK)
+        return rc;
+    while (rc == PHG_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+        rc = column_int64_in(st, 0, PHG_WH_EVENT_PENDING, PHG_WH_EVENT_DEAD, &state);
+        if (rc == PHG_OK)
+            rc = column_int64(st, 1, &count);
+        if (rc == PHG_OK)
+            rc = column_int64(st, 2, &oldest);
+        if (rc != PHG_OK)
+            break;
+        counts[state] = count;
+        if (state == PHG_WH_EVENT_PENDING)
+            *oldest_pending_ms = oldest;
+    }
+    if (rc == PHG_OK && src != SQLITE_ROW && src != SQLITE_DONE)
+        rc = map_rc(src);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static phg_status sqlite_wh_event_purge(void *conn, int64_t before_ms, size_t max, size_t *n)
+{
+    sqlite_conn *c = conn;
+    sqlite3_stmt *st = NULL;
+    phg_status rc;
+
+    assert(c != NULL && n != NULL);
+    *n = 0;
+    rc = wh_prepare(c,
+                    "DELETE FROM webhook_events WHERE id IN (SELECT id FROM webhook_events "
+                    "WHERE state = 1 AND delivered_ms < ?1 LIMIT ?2)",
+                    &st);
+    if (rc != PHG_OK)
+        return rc;
+    WH_BIND(sqlite3_bind_int64(st, 1, before_ms));
+    WH_BIND(sqlite3_bind_int64(st, 2, max > (size_t)INT64_MAX ? INT64_MAX : (int64_t)max));
+    if (rc != PHG_OK) {
+        sqlite3_finalize(st);
+        return rc;
+    }
+    rc = wh_step_done(st);
+    if (rc == PHG_OK)
+        *n = (size_t)sqlite3_changes64(c->db);
+    return rc;
+}
+
 const phg_store_engine phg_store_engine_sqlite = {
     .name = "sqlite",
     .connect = sqlite_connect,
@@ -3140,4 +3787,16 @@ const phg_store_engine phg_store_engine_sqlite = {
     .wh_source_delete = sqlite_wh_source_delete,
     .wh_secret_add = sqlite_wh_secret_add,
     .wh_secret_retire = sqlite_wh_secret_retire,
+    .wh_source_set_verify_token = sqlite_wh_source_set_verify_token,
+    .wh_event_insert = sqlite_wh_event_insert,
+    .wh_event_find = sqlite_wh_event_find,
+    .wh_event_claim = sqlite_wh_event_claim,
+    .wh_event_get = sqlite_wh_event_get,
+    .wh_event_report = sqlite_wh_event_report,
+    .wh_txn = sqlite_wh_txn,
+    .wh_event_list = sqlite_wh_event_list,
+    .wh_event_replay = sqlite_wh_event_replay,
+    .wh_event_replay_all = sqlite_wh_event_replay_all,
+    .wh_event_stats = sqlite_wh_event_stats,
+    .wh_event_purge = sqlite_wh_event_purge,
 };

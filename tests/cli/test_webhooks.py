@@ -55,9 +55,16 @@ def audit_actions(phigate, store):
 
 
 def test_help(phigate):
-    for cmd in ([], ["add"], ["list"], ["show"], ["remove"], ["add-secret"], ["retire-secret"]):
+    for cmd in ([], ["add"], ["list"], ["show"], ["remove"], ["add-secret"], ["retire-secret"],
+                ["set-verify-token"]):
         r = phigate("webhooks", "source", *cmd, "--help")
         assert r.rc == 0 and r.stdout.startswith("Usage: phigate webhooks source"), r
+    r = phigate("webhooks", "source", "--help")
+    assert "set-verify-token" in r.stdout, r
+    r = phigate("webhooks", "source", "add", "--help")
+    assert "--verify-token-file" in r.stdout, r
+    r = phigate("webhooks", "source", "set-verify-token", "--help")
+    assert "--verify-token-file" in r.stdout and "--clear" in r.stdout, r
     r = phigate("webhooks", "--help")
     assert r.rc == 0 and "source" in r.stdout, r
 
@@ -212,3 +219,188 @@ def test_wrong_master_key_cannot_open(phigate, migrated, secrets):
     assert Fernet(MK.encode()).decrypt(enc.encode()).decode() == secrets[0][1]
     with pytest.raises(InvalidToken):
         Fernet(Fernet.generate_key()).decrypt(enc.encode())
+
+
+OURA_SECRET = "oura_client_secret_0123456789abcd"
+
+
+def verify_token_state(store, name):
+    return store.value("SELECT verify_token_enc FROM webhook_sources WHERE name = '%s'" % name)
+
+
+def test_verify_token(phigate, migrated, tmp_path):
+    """--verify-token-file on add, set-verify-token, --clear: encrypted at rest, never
+    printed, audited without the value."""
+    from cryptography.fernet import Fernet
+    sec = tmp_path / "oura.secret"
+    sec.write_text(OURA_SECRET + "\n")
+    tok1 = "vt1-" + base64.urlsafe_b64encode(os.urandom(18)).decode()
+    tok2 = "vt2-" + base64.urlsafe_b64encode(os.urandom(18)).decode()
+    f1 = tmp_path / "vt1"
+    f1.write_text("  " + tok1 + "\n")  # trimmed by phigate
+    f2 = tmp_path / "vt2"
+    f2.write_text(tok2)
+    toks = [tok1, tok2]
+
+    def no_token(r):
+        for t in toks:
+            assert t not in r.stdout and t not in r.stderr, r
+            assert t[4:] not in r.stdout and t[4:] not in r.stderr, r
+
+    r = add(phigate, migrated, "ring", [sec], "--verify-token-file", f1, "--json", scheme="oura")
+    assert r.rc == 0, r
+    assert r.json()["has_verify_token"] is True
+    no_token(r)
+    r = add(phigate, migrated, "plain", [sec], scheme="oura")
+    assert r.rc == 0, r
+
+    # at rest: a Fernet token of the trimmed text under the master key
+    enc = verify_token_state(migrated, "ring")
+    assert enc.startswith("gAAAAA") and tok1 not in enc
+    assert Fernet(MK.encode()).decrypt(enc.encode()).decode() == tok1
+    assert verify_token_state(migrated, "plain") == ""
+    assert tok1.encode() not in migrated.dump()
+
+    # show and list: whether there is one, never the value
+    r = wh(phigate, "show", "ring", "--store", migrated.url, "--json", mk=None)
+    assert r.rc == 0 and r.json()["has_verify_token"] is True, r
+    no_token(r)
+    r = wh(phigate, "show", "ring", "--store", migrated.url)
+    assert r.rc == 0 and "verify token: set" in r.stdout, r
+    no_token(r)
+    r = wh(phigate, "show", "plain", "--store", migrated.url, "--json")
+    assert r.rc == 0 and r.json()["has_verify_token"] is False, r
+    r = wh(phigate, "show", "plain", "--store", migrated.url)
+    assert r.rc == 0 and "verify token: none" in r.stdout, r
+    r = wh(phigate, "list", "--store", migrated.url, "--json", mk=None)
+    assert r.rc == 0, r
+    assert {s["name"]: s["has_verify_token"] for s in r.json()["sources"]} == \
+        {"plain": False, "ring": True}
+    no_token(r)
+
+    # set: replaces it, bumps the version
+    v0 = int(migrated.value("SELECT version FROM webhook_sources WHERE name = 'ring'"))
+    r = wh(phigate, "set-verify-token", "ring", "--verify-token-file", f2, "--store",
+           migrated.url, "--json")
+    assert r.rc == 0 and r.json() == {"name": "ring", "has_verify_token": True}, r
+    no_token(r)
+    assert int(migrated.value("SELECT version FROM webhook_sources WHERE name = 'ring'")) > v0
+    enc = verify_token_state(migrated, "ring")
+    assert Fernet(MK.encode()).decrypt(enc.encode()).decode() == tok2
+    r = wh(phigate, "set-verify-token", "plain", "--verify-token-file", f1, "--store",
+           migrated.url)
+    assert r.rc == 0 and r.stdout == "set the verify token of plain\n", r
+    no_token(r)
+
+    # the secrets are untouched by it
+    r = wh(phigate, "show", "ring", "--store", migrated.url, "--json")
+    assert [s["index"] for s in r.json()["secrets"]] == [0], r
+
+    # clear
+    r = wh(phigate, "set-verify-token", "plain", "--clear", "--store", migrated.url, "--json")
+    assert r.rc == 0 and r.json() == {"name": "plain", "has_verify_token": False}, r
+    assert verify_token_state(migrated, "plain") == ""
+    r = wh(phigate, "set-verify-token", "plain", "--clear", "--store", migrated.url)
+    assert r.rc == 0 and r.stdout == "cleared the verify token of plain\n", r
+    r = wh(phigate, "show", "plain", "--store", migrated.url, "--json")
+    assert r.json()["has_verify_token"] is False, r
+
+    # audited, never with the value
+    recs = audit_actions(phigate, migrated)
+    acts = [(x["action"], x["resource"], x["outcome"]) for x in recs]
+    for a in [("webhooks.source.add", "webhook_source:ring", "success"),
+              ("webhooks.source.set_verify_token", "webhook_source:ring", "success"),
+              ("webhooks.source.set_verify_token", "webhook_source:plain", "success")]:
+        assert a in acts, (a, acts)
+    sets = [x for x in recs if x["action"] == "webhooks.source.set_verify_token"
+            and x["resource"] == "webhook_source:plain"]
+    assert sorted(x["details"]["has_verify_token"] for x in sets) == [False, False, True], sets
+    adds = [x for x in recs if x["action"] == "webhooks.source.add"
+            and x["resource"] == "webhook_source:ring"]
+    assert adds[0]["details"]["has_verify_token"] is True, adds
+    dumped = json.dumps(recs)
+    for t in toks:
+        assert t not in dumped and t[4:] not in dumped
+
+
+def test_verify_token_bad_input(phigate, migrated, tmp_path):
+    sec = tmp_path / "oura.secret"
+    sec.write_text(OURA_SECRET)
+    good = tmp_path / "good"
+    good.write_text("SEKRIT-good-token")
+    spaced = tmp_path / "spaced"
+    spaced.write_text("SEKRIT has a space\n")
+    ctrl = tmp_path / "ctrl"
+    ctrl.write_bytes(b"SEKRIT\x01ctrl")
+    utf8 = tmp_path / "utf8"
+    utf8.write_bytes("SEKRIT-\u00e9".encode())
+    long = tmp_path / "long"
+    long.write_text("K" * 513)
+    ok512 = tmp_path / "ok512"
+    ok512.write_text("K" * 512 + "\n")
+    blank = tmp_path / "blank"
+    blank.write_text(" \n\t\n")
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    big = tmp_path / "big"
+    big.write_bytes(b"K" * 5000)
+
+    assert add(phigate, migrated, "ring", [sec], scheme="oura").rc == 0
+
+    def quiet(r):
+        assert "SEKRIT" not in r.stdout and "SEKRIT" not in r.stderr, r
+        assert "KKKKKKKK" not in r.stdout and "KKKKKKKK" not in r.stderr, r
+
+    # refused values: exit 2, with what is wrong and never the value
+    for f, msg in [(spaced, "spaces"), (ctrl, "printable"), (utf8, "printable"),
+                   (long, "512"), (blank, "empty"), (empty, "empty"), (big, "4096")]:
+        r = wh(phigate, "set-verify-token", "ring", "--verify-token-file", f, "--store",
+               migrated.url)
+        assert_failed(r, 2, msg)
+        quiet(r)
+        r = add(phigate, migrated, "other", [sec], "--verify-token-file", f, scheme="oura")
+        assert_failed(r, 2, msg)
+        quiet(r)
+    assert verify_token_state(migrated, "ring") == ""
+    assert int(migrated.value("SELECT count(*) FROM webhook_sources")) == 1
+
+    # usage
+    for args, msg in [
+        (["set-verify-token", "ring"], "--clear"),
+        (["set-verify-token", "ring", "--clear", "--verify-token-file", good], "either"),
+        (["set-verify-token", "ring", "--clear=yes"], "takes no value"),
+        (["set-verify-token", "--clear"], "NAME"),
+        (["add-secret", "ring", "--secret-file", sec, "--clear"], "does not apply"),
+        (["show", "ring", "--verify-token-file", good], "does not apply"),
+    ]:
+        r = wh(phigate, *args, "--store", migrated.url)
+        assert_failed(r, 2, msg)
+        quiet(r)
+    r = wh(phigate, "set-verify-token", "ring", "--store", migrated.url, "--verify-token-file")
+    assert_failed(r, 2, "needs a value")
+    # missing file, unknown source, no master key: exit 1
+    r = wh(phigate, "set-verify-token", "ring", "--verify-token-file", tmp_path / "missing",
+           "--store", migrated.url)
+    assert_failed(r, 1, "cannot open the verify token file")
+    r = wh(phigate, "set-verify-token", "nosuch", "--verify-token-file", good, "--store",
+           migrated.url)
+    assert_failed(r, 1, "no webhook source")
+    quiet(r)
+    r = wh(phigate, "set-verify-token", "nosuch", "--clear", "--store", migrated.url)
+    assert_failed(r, 1, "no webhook source")
+    r = wh(phigate, "set-verify-token", "ring", "--verify-token-file", good, "--store",
+           migrated.url, mk=conftest.NO_MASTER_KEY)
+    assert r.rc == 1 and r.out == b"", r
+    quiet(r)
+    assert verify_token_state(migrated, "ring") == ""
+    recs = audit_actions(phigate, migrated)
+    assert ("webhooks.source.set_verify_token", "webhook_source:nosuch", "error") in \
+        [(x["action"], x["resource"], x["outcome"]) for x in recs]
+    assert "SEKRIT" not in json.dumps(recs)
+
+    # 512 bytes is the most
+    r = wh(phigate, "set-verify-token", "ring", "--verify-token-file", ok512, "--store",
+           migrated.url)
+    assert r.rc == 0, r
+    quiet(r)
+    assert verify_token_state(migrated, "ring").startswith("gAAAAA")

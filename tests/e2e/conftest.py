@@ -12,7 +12,8 @@ import os
 
 import pytest
 
-from e2e_helpers import ALL_SCOPES, SANITIZER_MARKS, EchoUpstream, Gateway, phigate_bin
+from e2e_helpers import (ALL_SCOPES, SANITIZER_MARKS, EchoUpstream, Gateway, HookSink,
+                         NodeSigner, npm_dir_default, npm_install, phigate_bin)
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +70,27 @@ def make_gateway(bin_path, tmp_path, upstream):
 def gw(make_gateway):
     """A gateway with the default configuration in front of the echo upstream."""
     return make_gateway()
+
+
+# ---- webhooks (issue 7) ----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def npm_dir():
+    """standardwebhooks 1.1.1 installed from the npm registry (npm install
+    --prefix <build folder>/npm, exact pin, no lock file) once per session.
+    No registry: the tests that use it fail with a clear message."""
+    return npm_install(npm_dir_default())
+
+
+@pytest.fixture(scope="session")
+def node_signer(npm_dir):
+    """tests/e2e/npm/sign.js on the installed package."""
+    return NodeSigner(npm_dir)
+
+
+@pytest.fixture
+def hook_sink():
+    """A delivery target for webhooks (e2e_helpers.HookSink), answering 200."""
+    s = HookSink()
+    yield s
+    s.stop()

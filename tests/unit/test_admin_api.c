@@ -30,6 +30,7 @@
 
 #include "gw.h"
 #include "phigate/crypto.h"
+#include "phigate/webhook_store.h"
 #include "testdb.h"
 
 #define EXPECT(cond, ...)                                                                          \
@@ -65,6 +66,8 @@ typedef struct fx {
     phg_ratelimit *rl; /* the rate-limit tests only (setup_rl) */
     gw_config *cfg;
     char redis_dir[64]; /* a redis-server of test_rl_redis, stopped by teardown_rl */
+    /* the webhook tests only (setup_wh) */
+    phg_wh_inbox *inbox;
 } fx;
 
 static json_t *config_cb(void *arg)
@@ -2134,10 +2137,1045 @@ static void test_rl_ids_checked(void **state)
     done(&c);
 }
 
+/* ---- webhooks ----------------------------------------------------------------------------- */
+
+/*
+ * The webhook endpoints run with a configuration holding one [webhook:garmin]
+ * section and a real inbox on the test store (ctx.wh_inbox; no gw_webhooks,
+ * so no reload or kick happens). Secrets are made fresh for each test, and
+ * checked never to appear in an answer, a message, audit_details, or the
+ * audit records the server would write from them (record_call).
+ */
+
+#define WH_CONF_FILE "/etc/phigate/garmin-token.txt"
+#define WH_BODY "{\"hr\":61,\"user\":\"42\"}"
+
+static int setup_wh(void **state)
+{
+    fx *f;
+    gw_wh_conf *c;
+    if (setup(state) != 0)
+        return -1;
+    f = *state;
+    f->cfg = calloc(1, sizeof *f->cfg);
+    if (f->cfg == NULL)
+        return -1;
+    c = &f->cfg->wh_sources[0];
+    snprintf(c->name, sizeof c->name, "garmin");
+    snprintf(c->scheme, sizeof c->scheme, "unsigned");
+    snprintf(c->secret_files[0], sizeof c->secret_files[0], WH_CONF_FILE);
+    c->n_secret_files = 1;
+    c->tolerance_s = 300;
+    c->max_body = 1u << 20;
+    snprintf(c->deliver_to, sizeof c->deliver_to, "http://127.0.0.1:9/garmin");
+    f->cfg->n_wh_sources = 1;
+    f->ctx.cfg = f->cfg;
+    EXPECT_RC(phg_wh_inbox_open(f->st, f->kr, NULL, &f->inbox), PHG_OK);
+    f->ctx.wh_inbox = f->inbox;
+    return 0;
+}
+
+static int teardown_wh(void **state)
+{
+    fx *f = *state;
+    if (f != NULL) {
+        phg_wh_inbox_close(f->inbox);
+        free(f->cfg);
+    }
+    return teardown(state);
+}
+
+/* What server.c writes after an admin call (call_record): the record of c. */
+static void record_call(fx *f, const gw_call *c)
+{
+    phg_audit_event ev;
+    json_t *d = c->audit_details != NULL ? json_deep_copy(c->audit_details) : json_object();
+    char *details;
+    int failed = c->status >= 400;
+    memset(&ev, 0, sizeof ev);
+    json_object_set_new(d, "status", json_integer(c->status));
+    if (failed)
+        json_object_set_new(d, "error", json_string(c->err_code));
+    details = json_dumps(d, JSON_COMPACT);
+    json_decref(d);
+    ev.request_id = c->request_id;
+    ev.key_id = ADMIN_KEY_ID;
+    ev.user_id = "root";
+    ev.role = "admin";
+    ev.action = c->action[0] ? c->action : "http.request";
+    ev.resource = c->resource[0] ? c->resource : NULL;
+    ev.outcome = failed ? (c->status == 403 ? "denied" : "error") : "success";
+    ev.ip = c->ip;
+    ev.details_json = details;
+    EXPECT_RC(phg_audit_append(f->audit, &ev, NULL), PHG_OK);
+    free(details);
+}
+
+/* The secret's text must appear nowhere in what a call gave back or
+ * recorded: its whole text, nor the key part after the prefix. */
+static void expect_no_secret(const gw_call *c, const char *secret)
+{
+    const char *core = strchr(secret, '_') != NULL ? strchr(secret, '_') + 1 : secret;
+    char *res = c->result != NULL ? json_dumps(c->result, JSON_COMPACT) : NULL;
+    char *det = c->audit_details != NULL ? json_dumps(c->audit_details, JSON_COMPACT) : NULL;
+    EXPECT(strstr(c->err_msg, core) == NULL, "[%s] %s %s: the secret in the message", ENG,
+           c->method, c->path);
+    EXPECT(res == NULL || strstr(res, core) == NULL, "[%s] %s %s: the secret in the answer", ENG,
+           c->method, c->path);
+    EXPECT(det == NULL || strstr(det, core) == NULL, "[%s] %s %s: the secret in audit_details", ENG,
+           c->method, c->path);
+    free(res);
+    free(det);
+}
+
+/* A call on the webhook endpoints: checked for secrets and recorded as the
+ * server would. */
+static void wh_call(fx *f, gw_call *c, const char *method, const char *path, const char *query,
+                    const char *body, const char *secret)
+{
+    call(f, c, method, path, query, body);
+    if (secret != NULL)
+        expect_no_secret(c, secret);
+    record_call(f, c);
+}
+
+static void wh_expect_fail(fx *f, const char *method, const char *path, const char *query,
+                           const char *body, const char *secret, int status, const char *code,
+                           const char *word)
+{
+    gw_call c;
+    wh_call(f, &c, method, path, query, body, secret);
+    expect_status(&c, status, code);
+    if (word != NULL)
+        EXPECT(strstr(c.err_msg, word) != NULL, "[%s] %s %s?%s: message \"%s\" lacks \"%s\"", ENG,
+               method, path, query ? query : "", c.err_msg, word);
+    done(&c);
+}
+
+/* No audit record holds text (the whole audit log is read). */
+static void expect_audit_lacks(fx *f, const char *text)
+{
+    phg_audit_filter flt;
+    phg_audit_row *rows = NULL;
+    size_t n = 0, i;
+    char err[256] = "";
+    memset(&flt, 0, sizeof flt);
+    flt.limit = PHG_AUDIT_QUERY_MAX;
+    EXPECT_RC(phg_audit_query(f->st, &flt, &rows, &n, err, sizeof err), PHG_OK);
+    EXPECT(n > 0, "[%s] no audit records", ENG);
+    for (i = 0; i < n; i++)
+        EXPECT(strstr(rows[i].json, text) == NULL, "[%s] an audit record holds a secret: %s", ENG,
+               rows[i].json);
+    phg_audit_rows_free(rows, n);
+}
+
+/* The records of one action, newest first (at most 100): a JSON array. */
+static json_t *audit_of(fx *f, const char *action)
+{
+    phg_audit_filter flt;
+    phg_audit_row *rows = NULL;
+    size_t n = 0, i;
+    char err[256] = "";
+    json_t *arr = json_array();
+    memset(&flt, 0, sizeof flt);
+    flt.action = action;
+    flt.limit = 100;
+    EXPECT_RC(phg_audit_query(f->st, &flt, &rows, &n, err, sizeof err), PHG_OK);
+    for (i = 0; i < n; i++)
+        json_array_append_new(arr, json_loads(rows[i].json, 0, NULL));
+    phg_audit_rows_free(rows, n);
+    return arr;
+}
+
+static void new_secret(char out[PHG_WEBHOOK_WHSEC_LEN + 1])
+{
+    EXPECT_RC(phg_webhook_secret_generate(out), PHG_OK);
+}
+
+/* The source named name in a list answer, or NULL. */
+static json_t *source_in(json_t *list, const char *name, const char *origin)
+{
+    json_t *item;
+    size_t i;
+    json_array_foreach(json_object_get(list, "sources"), i, item) {
+        if (strcmp(str_of(item, "name"), name) == 0 && strcmp(str_of(item, "origin"), origin) == 0)
+            return item;
+    }
+    return NULL;
+}
+
+static void test_wh_sources(void **state)
+{
+    fx *f = *state;
+    char s1[PHG_WEBHOOK_WHSEC_LEN + 1], s2[PHG_WEBHOOK_WHSEC_LEN + 1];
+    char s3[PHG_WEBHOOK_WHSEC_LEN + 1], body[1024], fp0[20], fp1[20];
+    phg_webhook_source_info *info = NULL;
+    json_t *src, *secrets, *fps, *recs;
+    char *text;
+    gw_call c;
+    size_t i;
+
+    new_secret(s1);
+    new_secret(s2);
+    new_secret(s3);
+
+    /* The configured source is listed, without its file path. */
+    wh_call(f, &c, "GET", "/admin/webhooks/sources", NULL, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_array_size(json_object_get(c.result, "sources")) == 1, "[%s] %zu sources", ENG,
+           json_array_size(json_object_get(c.result, "sources")));
+    src = source_in(c.result, "garmin", "config");
+    EXPECT(src != NULL, "[%s] the configured source is not listed", ENG);
+    EXPECT(strcmp(str_of(src, "scheme"), "unsigned") == 0 &&
+               strcmp(str_of(src, "deliver_to"), "http://127.0.0.1:9/garmin") == 0 &&
+               int_of(src, "tolerance_s") == 300,
+           "[%s] configured source fields", ENG);
+    text = json_dumps(c.result, JSON_COMPACT);
+    EXPECT(text != NULL && strstr(text, WH_CONF_FILE) == NULL, "a secret file path in %s", text);
+    free(text);
+    EXPECT(strcmp(c.action, "admin.webhooks.source.list") == 0, "action %s", c.action);
+    done(&c);
+
+    /* Create: two secrets, the second with an end (Unix seconds). */
+    snprintf(body, sizeof body,
+             "{\"name\":\"oura-1\",\"scheme\":\"standard-webhooks\","
+             "\"deliver_to\":\"https://up.example/in\",\"tolerance_s\":120,"
+             "\"secrets\":[{\"secret\":\"%s\"},{\"secret\":\"%s\",\"not_after\":4102444800}]}",
+             s1, s2);
+    wh_call(f, &c, "POST", "/admin/webhooks/sources", NULL, body, s1);
+    expect_no_secret(&c, s2);
+    expect_status(&c, 201, NULL);
+    EXPECT(strcmp(str_of(c.result, "name"), "oura-1") == 0 &&
+               strcmp(str_of(c.result, "scheme"), "standard-webhooks") == 0 &&
+               strcmp(str_of(c.result, "origin"), "store") == 0 &&
+               strcmp(str_of(c.result, "deliver_to"), "https://up.example/in") == 0 &&
+               int_of(c.result, "tolerance_s") == 120,
+           "[%s] created source fields", ENG);
+    secrets = json_object_get(c.result, "secrets");
+    EXPECT(json_array_size(secrets) == 2, "[%s] %zu secrets", ENG, json_array_size(secrets));
+    snprintf(fp0, sizeof fp0, "%s", str_of(json_array_get(secrets, 0), "fingerprint"));
+    snprintf(fp1, sizeof fp1, "%s", str_of(json_array_get(secrets, 1), "fingerprint"));
+    EXPECT(strncmp(fp0, "fp:", 3) == 0 && strlen(fp0) == 19 && strcmp(fp0, fp1) != 0,
+           "[%s] fingerprints %s %s", ENG, fp0, fp1);
+    EXPECT(int_of(json_array_get(secrets, 0), "index") == 0 &&
+               int_of(json_array_get(secrets, 1), "index") == 1,
+           "[%s] indexes", ENG);
+    EXPECT(json_is_null(json_object_get(json_array_get(secrets, 0), "not_after")) &&
+               strcmp(str_of(json_array_get(secrets, 1), "not_after"), "2100-01-01T00:00:00Z") == 0,
+           "[%s] not_after", ENG);
+    EXPECT(json_object_get(json_array_get(secrets, 0), "secret") == NULL, "a secret member");
+    EXPECT(strcmp(c.action, "admin.webhooks.source.create") == 0 &&
+               strcmp(c.resource, "webhook_source:oura-1") == 0,
+           "action %s resource %s", c.action, c.resource);
+    EXPECT(strcmp(str_of(c.audit_details, "name"), "oura-1") == 0 &&
+               strcmp(str_of(c.audit_details, "scheme"), "standard-webhooks") == 0,
+           "[%s] details", ENG);
+    fps = json_object_get(c.audit_details, "fingerprints");
+    EXPECT(json_array_size(fps) == 2 &&
+               strcmp(json_string_value(json_array_get(fps, 0)), fp0) == 0 &&
+               strcmp(json_string_value(json_array_get(fps, 1)), fp1) == 0,
+           "[%s] details fingerprints", ENG);
+    done(&c);
+
+    /* Stored as sent (the wipe of the body came after the store had it). */
+    EXPECT_RC(phg_webhook_sources_get(f->st, f->mk, "oura-1", &info), PHG_OK);
+    EXPECT(info->n_active == 2 && info->active[0].len == strlen(s1) &&
+               memcmp(info->active[0].text, s1, strlen(s1)) == 0 &&
+               memcmp(info->active[1].text, s2, strlen(s2)) == 0 &&
+               info->active[1].not_after == 4102444800LL,
+           "[%s] the stored secrets differ from those sent", ENG);
+    phg_webhook_source_info_free(info);
+    info = NULL;
+
+    /* Listed with the configured one; shown with its secrets' metadata. */
+    wh_call(f, &c, "GET", "/admin/webhooks/sources", NULL, NULL, s1);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_array_size(json_object_get(c.result, "sources")) == 2, "[%s] %zu sources", ENG,
+           json_array_size(json_object_get(c.result, "sources")));
+    src = source_in(c.result, "oura-1", "store");
+    EXPECT(src != NULL && json_object_get(src, "secrets") == NULL &&
+               json_is_false(json_object_get(src, "shadowed")) &&
+               json_is_string(json_object_get(src, "created_at")),
+           "[%s] the store source in the list", ENG);
+    done(&c);
+    wh_call(f, &c, "GET", "/admin/webhooks/sources/oura-1", NULL, NULL, s1);
+    expect_status(&c, 200, NULL);
+    secrets = json_object_get(c.result, "secrets");
+    EXPECT(json_array_size(secrets) == 2 &&
+               strcmp(str_of(json_array_get(secrets, 0), "fingerprint"), fp0) == 0 &&
+               strcmp(str_of(json_array_get(secrets, 0), "state"), "active") == 0 &&
+               json_is_null(json_object_get(json_array_get(secrets, 0), "retired_at")),
+           "[%s] show secrets", ENG);
+    EXPECT(strcmp(c.action, "admin.webhooks.source.get") == 0, "action %s", c.action);
+    done(&c);
+    wh_call(f, &c, "GET", "/admin/webhooks/sources/garmin", NULL, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "origin"), "config") == 0 &&
+               json_is_array(json_object_get(c.result, "secrets")),
+           "[%s] show a configured source", ENG);
+    done(&c);
+    wh_expect_fail(f, "GET", "/admin/webhooks/sources/nope", NULL, NULL, NULL, 404, "not_found",
+                   NULL);
+
+    /* Refusals: a name taken (in the store, in the file), bad values. */
+    wh_expect_fail(f, "POST", "/admin/webhooks/sources", NULL, body, s1, 409, "conflict", NULL);
+    snprintf(body, sizeof body,
+             "{\"name\":\"garmin\",\"scheme\":\"standard-webhooks\","
+             "\"deliver_to\":\"https://up.example/in\",\"secrets\":[{\"secret\":\"%s\"}]}",
+             s3);
+    wh_expect_fail(f, "POST", "/admin/webhooks/sources", NULL, body, s3, 409, "conflict",
+                   "configuration file");
+    {
+        /* body = pre, the secret (sec; NULL: s3), post */
+#define WH_HEAD                                                                                    \
+    "{\"name\":\"a\",\"scheme\":\"standard-webhooks\",\"deliver_to\":\"https://u.example/\","
+        static const struct {
+            const char *pre, *sec, *post, *word;
+        } bad[] = {
+            /* too short a key: the library's sentence, never the secret */
+            {WH_HEAD "\"secrets\":[{\"secret\":\"", "whsec_QUJDREVGR0g=", "\"}]}", "secret"},
+            {"{\"name\":\"a\",\"scheme\":\"nope\",\"deliver_to\":\"https://u.example/\","
+             "\"secrets\":[{\"secret\":\"",
+             NULL, "\"}]}", "scheme"},
+            {"{\"name\":\"Bad Name\",\"scheme\":\"stripe\",\"deliver_to\":\"https://u.example/\","
+             "\"secrets\":[{\"secret\":\"",
+             NULL, "\"}]}", "name"},
+            {"{\"name\":\"a\",\"scheme\":\"standard-webhooks\",\"deliver_to\":\"ftp://u.example/\","
+             "\"secrets\":[{\"secret\":\"",
+             NULL, "\"}]}", "deliver_to"},
+            {WH_HEAD "\"tolerance_s\":0,\"secrets\":[{\"secret\":\"", NULL, "\"}]}", "tolerance_s"},
+            {WH_HEAD "\"secrets\":[", "", "]}", "secrets"},
+            {WH_HEAD "\"secrets\":\"", NULL, "\"}", "secrets"},
+            {WH_HEAD "\"secrets\":[\"", NULL, "\"]}", "secrets[0]"},
+            {WH_HEAD "\"secrets\":[{\"secret\":\"", NULL, "\",\"kid\":1}]}", "kid"},
+            {WH_HEAD "\"secrets\":[{\"secret\":\"", NULL, "\",\"not_after\":1000}]}", "past"},
+            {WH_HEAD "\"secrets\":[{\"secret\":\"", NULL, "\",\"not_after\":\"soon\"}]}",
+             "not_after"},
+            {WH_HEAD "\"secrets\":[{\"secret\":\"", NULL, "\"}],\"verify_token\":\"x y\"}",
+             "verify_token"},
+            {WH_HEAD "\"secrets\":[{\"secret\":\"", NULL, "\"}],\"verify_token\":\"\"}",
+             "verify_token"},
+            {WH_HEAD "\"secrets\":[{\"secret\":\"", NULL, "\"}],\"verify_token\":7}",
+             "verify_token"},
+        };
+#undef WH_HEAD
+        for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            const char *sec = bad[i].sec != NULL ? bad[i].sec : s3;
+            gw_call b;
+            snprintf(body, sizeof body, "%s%s%s", bad[i].pre, sec, bad[i].post);
+            wh_call(f, &b, "POST", "/admin/webhooks/sources", NULL, body, sec[0] ? sec : NULL);
+            expect_status(&b, 400, "invalid_request");
+            EXPECT(strstr(b.err_msg, bad[i].word) != NULL, "[%s] case %zu: \"%s\" lacks \"%s\"",
+                   ENG, i, b.err_msg, bad[i].word);
+            done(&b);
+        }
+    }
+    /* NUL in a text: refused by the parser (JSON_ALLOW_NUL is not set). */
+    wh_expect_fail(f, "POST", "/admin/webhooks/sources", NULL,
+                   "{\"name\":\"a\\u0000b\",\"scheme\":\"stripe\",\"deliver_to\":\"https://"
+                   "u.example/\",\"secrets\":[{\"secret\":\"whsec_x\"}]}",
+                   NULL, 400, "invalid_json", NULL);
+    /* Without a master key nothing can be stored. */
+    snprintf(
+        body, sizeof body,
+        "{\"name\":\"b\",\"scheme\":\"standard-webhooks\",\"deliver_to\":\"https://u.example/\","
+        "\"secrets\":[{\"secret\":\"%s\"}]}",
+        s3);
+    f->ctx.mk = NULL;
+    wh_expect_fail(f, "POST", "/admin/webhooks/sources", NULL, body, s3, 503, "unavailable",
+                   "master key");
+    wh_expect_fail(f, "POST", "/admin/webhooks/sources/oura-1/secrets", NULL,
+                   "{\"secret\":\"whsec_x\"}", NULL, 503, "unavailable", "master key");
+    f->ctx.mk = f->mk;
+
+    /* Add a secret: its index and fingerprint, never its text. */
+    snprintf(body, sizeof body, "{\"secret\":\"%s\",\"not_after\":\"2099-01-01T00:00:00Z\"}", s3);
+    wh_call(f, &c, "POST", "/admin/webhooks/sources/oura-1/secrets", NULL, body, s3);
+    expect_status(&c, 201, NULL);
+    EXPECT(int_of(c.result, "index") == 2 &&
+               strncmp(str_of(c.result, "fingerprint"), "fp:", 3) == 0 &&
+               strcmp(str_of(c.result, "not_after"), "2099-01-01T00:00:00Z") == 0,
+           "[%s] add-secret answer", ENG);
+    EXPECT(strcmp(c.action, "admin.webhooks.secret.add") == 0 &&
+               strcmp(c.resource, "webhook_source:oura-1") == 0 &&
+               int_of(c.audit_details, "index") == 2 &&
+               strcmp(str_of(c.audit_details, "fingerprint"), str_of(c.result, "fingerprint")) == 0,
+           "[%s] add-secret action %s details", ENG, c.action);
+    done(&c);
+    wh_expect_fail(f, "POST", "/admin/webhooks/sources/oura-1/secrets", NULL,
+                   "{\"secret\":\"whsec_AAAA\"}", "whsec_AAAA", 400, "invalid_request", NULL);
+    wh_expect_fail(f, "POST", "/admin/webhooks/sources/oura-1/secrets", NULL, "{\"secret\":1}",
+                   NULL, 400, "invalid_request", "secret");
+    wh_expect_fail(f, "POST", "/admin/webhooks/sources/oura-1/secrets", NULL, "{}", NULL, 400,
+                   "invalid_request", "secret");
+    snprintf(body, sizeof body, "{\"secret\":\"%s\"}", s3);
+    wh_expect_fail(f, "POST", "/admin/webhooks/sources/nope/secrets", NULL, body, s3, 404,
+                   "not_found", NULL);
+    wh_expect_fail(f, "POST", "/admin/webhooks/sources/garmin/secrets", NULL, body, s3, 409,
+                   "conflict", NULL);
+
+    /* Retire: 0 and 1 go, 2 is the last and stays. */
+    wh_call(f, &c, "DELETE", "/admin/webhooks/sources/oura-1/secrets/0", NULL, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(int_of(c.result, "index") == 0 && json_is_true(json_object_get(c.result, "retired")),
+           "[%s] retire answer", ENG);
+    EXPECT(strcmp(c.action, "admin.webhooks.secret.retire") == 0 &&
+               int_of(c.audit_details, "index") == 0,
+           "[%s] retire action %s", ENG, c.action);
+    done(&c);
+    wh_call(f, &c, "GET", "/admin/webhooks/sources/oura-1", NULL, NULL, NULL);
+    secrets = json_object_get(c.result, "secrets");
+    EXPECT(json_array_size(secrets) == 3 &&
+               strcmp(str_of(json_array_get(secrets, 0), "state"), "retired") == 0 &&
+               json_is_string(json_object_get(json_array_get(secrets, 0), "retired_at")) &&
+               strcmp(str_of(json_array_get(secrets, 1), "state"), "active") == 0,
+           "[%s] retired secret shown", ENG);
+    done(&c);
+    wh_call(f, &c, "DELETE", "/admin/webhooks/sources/oura-1/secrets/1", NULL, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    done(&c);
+    wh_expect_fail(f, "DELETE", "/admin/webhooks/sources/oura-1/secrets/2", NULL, NULL, NULL, 409,
+                   "conflict", "last");
+    wh_expect_fail(f, "DELETE", "/admin/webhooks/sources/oura-1/secrets/9", NULL, NULL, NULL, 404,
+                   "not_found", NULL);
+    wh_expect_fail(f, "DELETE", "/admin/webhooks/sources/oura-1/secrets/x", NULL, NULL, NULL, 400,
+                   "invalid_parameter", "index");
+    wh_expect_fail(f, "DELETE", "/admin/webhooks/sources/oura-1/secrets/1234567890", NULL, NULL,
+                   NULL, 400, "invalid_parameter", "index");
+    wh_expect_fail(f, "DELETE", "/admin/webhooks/sources/garmin/secrets/0", NULL, NULL, NULL, 409,
+                   "conflict", NULL);
+
+    /* Remove. */
+    wh_expect_fail(f, "DELETE", "/admin/webhooks/sources/garmin", NULL, NULL, NULL, 409, "conflict",
+                   "configuration file");
+    wh_call(f, &c, "DELETE", "/admin/webhooks/sources/oura-1", NULL, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "removed"), "oura-1") == 0, "[%s] remove answer", ENG);
+    EXPECT(strcmp(c.action, "admin.webhooks.source.remove") == 0 &&
+               strcmp(c.resource, "webhook_source:oura-1") == 0,
+           "[%s] remove action %s resource %s", ENG, c.action, c.resource);
+    done(&c);
+    EXPECT_RC(phg_webhook_sources_get(f->st, NULL, "oura-1", &info), PHG_ERR_NOT_FOUND);
+    wh_expect_fail(f, "DELETE", "/admin/webhooks/sources/oura-1", NULL, NULL, NULL, 404,
+                   "not_found", NULL);
+
+    /* The audit log: the create's record has the fingerprints, no record a secret. */
+    recs = audit_of(f, "admin.webhooks.source.create");
+    {
+        json_t *rec, *ok = NULL;
+        json_array_foreach(recs, i, rec) {
+            json_t *det = json_object_get(rec, "details");
+            if (json_integer_value(json_object_get(det, "status")) == 201)
+                ok = det;
+        }
+        EXPECT(ok != NULL, "[%s] no record of the create", ENG);
+        fps = json_object_get(ok, "fingerprints");
+        EXPECT(json_array_size(fps) == 2 &&
+                   strcmp(json_string_value(json_array_get(fps, 0)), fp0) == 0,
+               "[%s] the create's record lacks the fingerprints", ENG);
+    }
+    json_decref(recs);
+    expect_audit_lacks(f, s1 + 6);
+    expect_audit_lacks(f, s2 + 6);
+    expect_audit_lacks(f, s3 + 6);
+}
+
+/* The verify token of a source (the oura / fitbit handshake's): set on
+ * create, replaced and cleared with PUT, shown only as has_verify_token,
+ * never echoed nor audited. */
+#define WH_OURA_SECRET "oura_client_secret_0123456789abcd"
+#define WH_VT1 "vtok-ZQ8xK3pLm2Rt9WbY"
+#define WH_VT2 "vtok2-Hc4Nq7Ls1Vd6PjXe"
+
+static void test_wh_verify_token(void **state)
+{
+    fx *f = *state;
+    phg_webhook_source_info *info = NULL;
+    char body[1024], big[700];
+    json_t *src;
+    gw_call c;
+
+    /* Create with one. */
+    snprintf(body, sizeof body,
+             "{\"name\":\"ring\",\"scheme\":\"oura\",\"deliver_to\":\"https://up.example/oura\","
+             "\"secrets\":[{\"secret\":\"%s\"}],\"verify_token\":\" %s\\n\"}",
+             WH_OURA_SECRET, WH_VT1);
+    wh_call(f, &c, "POST", "/admin/webhooks/sources", NULL, body, WH_VT1);
+    expect_no_secret(&c, WH_OURA_SECRET);
+    expect_status(&c, 201, NULL);
+    EXPECT(json_is_true(json_object_get(c.result, "has_verify_token")) &&
+               json_object_get(c.result, "verify_token") == NULL,
+           "[%s] create answer: has_verify_token", ENG);
+    EXPECT(json_is_true(json_object_get(c.audit_details, "has_verify_token")) &&
+               json_object_get(c.audit_details, "verify_token") == NULL,
+           "[%s] create details: has_verify_token", ENG);
+    done(&c);
+    EXPECT_RC(phg_webhook_sources_get(f->st, f->mk, "ring", &info), PHG_OK);
+    EXPECT(info->verify_token != NULL && strcmp(info->verify_token, WH_VT1) == 0,
+           "[%s] the stored verify token (trimmed) differs", ENG);
+    phg_webhook_source_info_free(info);
+    info = NULL;
+    /* and one without (null: none) */
+    snprintf(body, sizeof body,
+             "{\"name\":\"ring2\",\"scheme\":\"fitbit\",\"deliver_to\":\"https://up.example/f\","
+             "\"secrets\":[{\"secret\":\"%s\"}],\"verify_token\":null}",
+             WH_OURA_SECRET);
+    wh_call(f, &c, "POST", "/admin/webhooks/sources", NULL, body, WH_OURA_SECRET);
+    expect_status(&c, 201, NULL);
+    EXPECT(json_is_false(json_object_get(c.result, "has_verify_token")), "[%s] ring2", ENG);
+    done(&c);
+
+    /* GET and the list say whether there is one, never what. */
+    wh_call(f, &c, "GET", "/admin/webhooks/sources/ring", NULL, NULL, WH_VT1);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_is_true(json_object_get(c.result, "has_verify_token")), "[%s] GET ring", ENG);
+    done(&c);
+    wh_call(f, &c, "GET", "/admin/webhooks/sources", NULL, NULL, WH_VT1);
+    expect_status(&c, 200, NULL);
+    src = source_in(c.result, "ring", "store");
+    EXPECT(src != NULL && json_is_true(json_object_get(src, "has_verify_token")), "[%s] list ring",
+           ENG);
+    src = source_in(c.result, "ring2", "store");
+    EXPECT(src != NULL && json_is_false(json_object_get(src, "has_verify_token")),
+           "[%s] list ring2", ENG);
+    src = source_in(c.result, "garmin", "config");
+    EXPECT(src != NULL && json_is_false(json_object_get(src, "has_verify_token")),
+           "[%s] list garmin", ENG);
+    done(&c);
+
+    /* PUT: replace it. */
+    wh_call(f, &c, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL,
+            "{\"verify_token\":\"" WH_VT2 "\"}", WH_VT2);
+    expect_no_secret(&c, WH_VT1);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "name"), "ring") == 0 &&
+               json_is_true(json_object_get(c.result, "has_verify_token")) &&
+               json_object_size(c.result) == 2,
+           "[%s] PUT answer", ENG);
+    EXPECT(strcmp(c.action, "admin.webhooks.source.set_verify_token") == 0 &&
+               strcmp(c.resource, "webhook_source:ring") == 0 &&
+               json_is_true(json_object_get(c.audit_details, "has_verify_token")),
+           "[%s] PUT action %s resource %s", ENG, c.action, c.resource);
+    done(&c);
+    EXPECT_RC(phg_webhook_sources_get(f->st, f->mk, "ring", &info), PHG_OK);
+    EXPECT(info->verify_token != NULL && strcmp(info->verify_token, WH_VT2) == 0 &&
+               info->n_active == 1,
+           "[%s] the stored verify token is not the new one", ENG);
+    phg_webhook_source_info_free(info);
+    info = NULL;
+    /* set on ring2 too */
+    wh_call(f, &c, "PUT", "/admin/webhooks/sources/ring2/verify-token", NULL,
+            "{\"verify_token\":\"" WH_VT1 "\"}", WH_VT1);
+    expect_status(&c, 200, NULL);
+    done(&c);
+
+    /* Refusals, never quoting the value. */
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL, "{}", NULL, 400,
+                   "invalid_request", "verify_token");
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL,
+                   "{\"verify_token\":1}", NULL, 400, "invalid_request", "verify_token");
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL,
+                   "{\"verify_token\":[\"SEKRITx\"]}", "SEKRITx", 400, "invalid_request",
+                   "verify_token");
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL,
+                   "{\"verify_token\":\"SEKRIT with space\"}", "SEKRIT with space", 400,
+                   "invalid_request", "spaces");
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL,
+                   "{\"verify_token\":\"SEKRIT\\u0001x\"}", "SEKRIT", 400, "invalid_request",
+                   "printable");
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL,
+                   "{\"verify_token\":\"\"}", NULL, 400, "invalid_request", "empty");
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL,
+                   "{\"verify_token\":\"SEKRITy\",\"x\":1}", "SEKRITy", 400, "invalid_request",
+                   NULL);
+    memset(big, 'K', 513);
+    snprintf(body, sizeof body, "{\"verify_token\":\"%.513s\"}", big);
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL, body, NULL, 400,
+                   "invalid_request", "512");
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL, "not json", NULL,
+                   400, "invalid_json", NULL);
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/nope/verify-token", NULL,
+                   "{\"verify_token\":\"SEKRITz\"}", "SEKRITz", 404, "not_found", NULL);
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/garmin/verify-token", NULL,
+                   "{\"verify_token\":\"SEKRITz\"}", "SEKRITz", 409, "conflict",
+                   "configuration file");
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/garmin/verify-token", NULL,
+                   "{\"verify_token\":null}", NULL, 409, "conflict", NULL);
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/Bad%20Name/verify-token", NULL,
+                   "{\"verify_token\":null}", NULL, 400, "invalid_parameter", NULL);
+    wh_expect_fail(f, "GET", "/admin/webhooks/sources/ring/verify-token", NULL, NULL, NULL, 405,
+                   "method_not_allowed", "PUT");
+    wh_expect_fail(f, "POST", "/admin/webhooks/sources/ring/verify-token", NULL,
+                   "{\"verify_token\":null}", NULL, 405, "method_not_allowed", "PUT");
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/ring/verify-token", "x=1",
+                   "{\"verify_token\":null}", NULL, 400, "invalid_parameter", NULL);
+    /* Setting needs the master key; clearing does not. */
+    f->ctx.mk = NULL;
+    wh_expect_fail(f, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL,
+                   "{\"verify_token\":\"SEKRITz\"}", "SEKRITz", 503, "unavailable", "master key");
+    wh_call(f, &c, "PUT", "/admin/webhooks/sources/ring2/verify-token", NULL,
+            "{\"verify_token\":null}", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_is_false(json_object_get(c.result, "has_verify_token")) &&
+               json_is_false(json_object_get(c.audit_details, "has_verify_token")),
+           "[%s] clear without a master key", ENG);
+    done(&c);
+    f->ctx.mk = f->mk;
+    /* nothing refused changed it */
+    EXPECT_RC(phg_webhook_sources_get(f->st, f->mk, "ring", &info), PHG_OK);
+    EXPECT(info->verify_token != NULL && strcmp(info->verify_token, WH_VT2) == 0,
+           "[%s] a refused PUT changed the verify token", ENG);
+    phg_webhook_source_info_free(info);
+    info = NULL;
+
+    /* PUT null: clear it. */
+    wh_call(f, &c, "PUT", "/admin/webhooks/sources/ring/verify-token", NULL,
+            "{\"verify_token\":null}", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(json_is_false(json_object_get(c.result, "has_verify_token")), "[%s] clear", ENG);
+    done(&c);
+    wh_call(f, &c, "GET", "/admin/webhooks/sources/ring", NULL, NULL, NULL);
+    EXPECT(json_is_false(json_object_get(c.result, "has_verify_token")) &&
+               json_array_size(json_object_get(c.result, "secrets")) == 1,
+           "[%s] GET after clear", ENG);
+    done(&c);
+    EXPECT_RC(phg_webhook_sources_get(f->st, f->mk, "ring", &info), PHG_OK);
+    EXPECT(!info->has_verify_token && info->verify_token == NULL, "[%s] not cleared", ENG);
+    phg_webhook_source_info_free(info);
+
+    /* The audit log never holds one. */
+    expect_audit_lacks(f, WH_VT1);
+    expect_audit_lacks(f, WH_VT2);
+    expect_audit_lacks(f, "SEKRIT");
+    expect_audit_lacks(f, WH_OURA_SECRET);
+}
+
+/* A source of the store with the name of a configured one is shadowed. */
+static void test_wh_sources_shadowed(void **state)
+{
+    fx *f = *state;
+    char s1[PHG_WEBHOOK_WHSEC_LEN + 1], err[256] = "";
+    phg_webhook_secret sec;
+    phg_webhook_source_spec spec;
+    json_t *src;
+    gw_call c;
+
+    new_secret(s1);
+    sec.text = s1;
+    sec.len = strlen(s1);
+    sec.not_after = 0;
+    memset(&spec, 0, sizeof spec);
+    spec.name = "garmin";
+    spec.scheme = "standard-webhooks";
+    spec.deliver_to = "https://elsewhere.example/";
+    spec.secrets = &sec;
+    spec.n_secrets = 1;
+    EXPECT(phg_webhook_sources_add(f->st, f->mk, &spec, err, sizeof err) == PHG_OK, "add: %s", err);
+    call(f, &c, "GET", "/admin/webhooks/sources", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    src = source_in(c.result, "garmin", "store");
+    EXPECT(src != NULL && json_is_true(json_object_get(src, "shadowed")), "[%s] not shadowed", ENG);
+    src = source_in(c.result, "garmin", "config");
+    EXPECT(src != NULL && json_is_false(json_object_get(src, "shadowed")), "[%s] config", ENG);
+    done(&c);
+    /* Shown: the one in use, the file's. */
+    call(f, &c, "GET", "/admin/webhooks/sources/garmin", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "origin"), "config") == 0 &&
+               strcmp(str_of(c.result, "deliver_to"), "http://127.0.0.1:9/garmin") == 0,
+           "[%s] show gave the shadowed source", ENG);
+    done(&c);
+    /* Without a configuration, the store's is the only one. */
+    f->ctx.cfg = NULL;
+    call(f, &c, "GET", "/admin/webhooks/sources/garmin", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "origin"), "store") == 0 &&
+               json_is_false(json_object_get(c.result, "shadowed")),
+           "[%s] show without config", ENG);
+    done(&c);
+    f->ctx.cfg = f->cfg;
+}
+
+/* Put an event in the inbox (synchronously); its id. */
+static void put_event(fx *f, const char *source, const char *msg_id, int64_t received_ms,
+                      char id[PHG_WH_EVENT_ID_LEN + 1])
+{
+    phg_wh_event_in in;
+    memset(&in, 0, sizeof in);
+    in.source = source;
+    in.msg_id = msg_id;
+    in.authenticated = 1;
+    in.secret_index = 0;
+    in.signed_ts_s = received_ms / 1000;
+    in.received_ms = received_ms;
+    in.content_type = "application/json";
+    in.body = (const uint8_t *)WH_BODY;
+    in.body_len = strlen(WH_BODY);
+    in.request_id = "01JD8X3Q4ZK5M6N7P8R9S0T1V3";
+    EXPECT_RC(phg_wh_inbox_put(f->inbox, &in, id), PHG_OK);
+}
+
+/* The ids of an events answer, in order, into ids (at most max); how many. */
+static size_t event_ids(gw_call *c, char ids[][PHG_WH_EVENT_ID_LEN + 1], size_t max)
+{
+    json_t *arr = json_object_get(c->result, "events"), *ev;
+    size_t i, n = 0;
+    char *text = json_dumps(c->result, JSON_COMPACT);
+    EXPECT(json_is_array(arr), "no events array");
+    /* Never a body (PHI). */
+    EXPECT(text != NULL && strstr(text, "\"hr\"") == NULL && strstr(text, "hr\\\"") == NULL,
+           "a body in %s", text ? text : "?");
+    free(text);
+    json_array_foreach(arr, i, ev) {
+        EXPECT(json_object_get(ev, "body") == NULL, "a body member");
+        if (n < max)
+            snprintf(ids[n++], PHG_WH_EVENT_ID_LEN + 1, "%s", str_of(ev, "id"));
+    }
+    return n;
+}
+
+static void list_events(fx *f, gw_call *c, const char *query)
+{
+    call(f, c, "GET", "/admin/webhooks/events", query, NULL);
+    expect_status(c, 200, NULL);
+}
+
+static void test_wh_events(void **state)
+{
+    fx *f = *state;
+    char ids[8][PHG_WH_EVENT_ID_LEN + 1], got[16][PHG_WH_EVENT_ID_LEN + 1];
+    char path[128], q[128], next[PHG_WH_EVENT_ID_LEN + 1], lower[PHG_WH_EVENT_ID_LEN + 1];
+    int64_t t0 = (int64_t)time(NULL) * 1000 - 60000;
+    json_t *ev;
+    gw_call c;
+    size_t i, n, total;
+
+    /* 0..4 oura-1, 5..6 whoop; 1 and 3 dead, 2 delivered, 5 dead. */
+    for (i = 0; i < 7; i++) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "msg_%zu", i);
+        put_event(f, i < 5 ? "oura-1" : "whoop", msg, t0 + (int64_t)i * 1000, ids[i]);
+    }
+    EXPECT_RC(phg_wh_inbox_dead(f->inbox, ids[1], t0 + 10000, 500, "upstream answered 500"),
+              PHG_OK);
+    EXPECT_RC(phg_wh_inbox_dead(f->inbox, ids[3], t0 + 10000, 0, "connection refused"), PHG_OK);
+    EXPECT_RC(phg_wh_inbox_dead(f->inbox, ids[5], t0 + 10000, 502, "bad gateway"), PHG_OK);
+    EXPECT_RC(phg_wh_inbox_delivered(f->inbox, ids[2], t0 + 20000, 204), PHG_OK);
+
+    /* All, newest first. */
+    list_events(f, &c, NULL);
+    n = event_ids(&c, got, 16);
+    EXPECT(n == 7, "[%s] %zu events", ENG, n);
+    for (i = 0; i < n; i++)
+        EXPECT(strcmp(got[i], ids[6 - i]) == 0, "[%s] order at %zu", ENG, i);
+    EXPECT(json_is_null(json_object_get(c.result, "next")), "[%s] next on the last page", ENG);
+    EXPECT(strcmp(c.action, "admin.webhooks.event.list") == 0, "action %s", c.action);
+    /* One event's members. */
+    ev = json_array_get(json_object_get(c.result, "events"), 4); /* ids[2], delivered */
+    EXPECT(
+        strcmp(str_of(ev, "source"), "oura-1") == 0 && strcmp(str_of(ev, "msg_id"), "msg_2") == 0 &&
+            strcmp(str_of(ev, "state"), "delivered") == 0 &&
+            strcmp(str_of(ev, "request_id"), "01JD8X3Q4ZK5M6N7P8R9S0T1V3") == 0 &&
+            json_is_true(json_object_get(ev, "authenticated")) && int_of(ev, "secret_index") == 0 &&
+            int_of(ev, "received_ms") == t0 + 2000 &&
+            int_of(ev, "signed_ts") == (t0 + 2000) / 1000 &&
+            int_of(ev, "delivered_ms") == t0 + 20000 && int_of(ev, "last_status") == 204 &&
+            int_of(ev, "attempts") == 1 && int_of(ev, "body_len") == (json_int_t)strlen(WH_BODY) &&
+            strcmp(str_of(ev, "content_type"), "application/json") == 0 &&
+            json_is_null(json_object_get(ev, "next_attempt_ms")),
+        "[%s] event members", ENG);
+    {
+        const char *at = str_of(ev, "received_at");
+        EXPECT(strlen(at) == 24 && at[19] == '.' && at[23] == 'Z', "[%s] received_at %s", ENG, at);
+    }
+    ev = json_array_get(json_object_get(c.result, "events"), 5); /* ids[1], dead */
+    EXPECT(strcmp(str_of(ev, "state"), "dead") == 0 && int_of(ev, "last_status") == 500 &&
+               strcmp(str_of(ev, "last_error"), "upstream answered 500") == 0 &&
+               json_is_null(json_object_get(ev, "delivered_ms")),
+           "[%s] dead event members", ENG);
+    done(&c);
+
+    /* By state, by source. */
+    list_events(f, &c, "state=dead");
+    n = event_ids(&c, got, 16);
+    EXPECT(n == 3 && strcmp(got[0], ids[5]) == 0 && strcmp(got[1], ids[3]) == 0 &&
+               strcmp(got[2], ids[1]) == 0,
+           "[%s] dead: %zu", ENG, n);
+    EXPECT(strcmp(str_of(c.audit_details, "state"), "dead") == 0 &&
+               int_of(c.audit_details, "count") == 3,
+           "[%s] list details", ENG);
+    done(&c);
+    list_events(f, &c, "state=delivered");
+    n = event_ids(&c, got, 16);
+    EXPECT(n == 1 && strcmp(got[0], ids[2]) == 0, "[%s] delivered: %zu", ENG, n);
+    done(&c);
+    list_events(f, &c, "state=pending");
+    n = event_ids(&c, got, 16);
+    EXPECT(n == 3, "[%s] pending: %zu", ENG, n);
+    done(&c);
+    list_events(f, &c, "source=whoop");
+    n = event_ids(&c, got, 16);
+    EXPECT(n == 2 && strcmp(got[0], ids[6]) == 0 && strcmp(got[1], ids[5]) == 0, "[%s] whoop: %zu",
+           ENG, n);
+    done(&c);
+    list_events(f, &c, "source=oura-1&state=dead");
+    n = event_ids(&c, got, 16);
+    EXPECT(n == 2, "[%s] oura-1 dead: %zu", ENG, n);
+    done(&c);
+
+    /* Paging: 3 + 3 + 1, the same order as one page. */
+    total = 0;
+    next[0] = '\0';
+    for (i = 0; i < 4; i++) {
+        json_t *nx;
+        if (next[0])
+            snprintf(q, sizeof q, "limit=3&before=%s", next);
+        else
+            snprintf(q, sizeof q, "limit=3");
+        list_events(f, &c, q);
+        n = event_ids(&c, got + total, 16 - total);
+        total += n;
+        nx = json_object_get(c.result, "next");
+        if (json_is_null(nx)) {
+            done(&c);
+            break;
+        }
+        EXPECT(n == 3 && strcmp(json_string_value(nx), got[total - 1]) == 0, "[%s] next", ENG);
+        snprintf(next, sizeof next, "%s", json_string_value(nx));
+        done(&c);
+    }
+    EXPECT(total == 7, "[%s] paged %zu events", ENG, total);
+    for (i = 0; i < total && i < 7; i++)
+        EXPECT(strcmp(got[i], ids[6 - i]) == 0, "[%s] paged order at %zu", ENG, i);
+
+    /* One event; ids are case-insensitive. */
+    snprintf(path, sizeof path, "/admin/webhooks/events/%s", ids[1]);
+    call(f, &c, "GET", path, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "id"), ids[1]) == 0 &&
+               strcmp(str_of(c.result, "state"), "dead") == 0 &&
+               json_object_get(c.result, "body") == NULL,
+           "[%s] get", ENG);
+    EXPECT(strcmp(c.action, "admin.webhooks.event.get") == 0 &&
+               strncmp(c.resource, "webhook_event:", 14) == 0,
+           "action %s resource %s", c.action, c.resource);
+    done(&c);
+    for (i = 0; i <= PHG_WH_EVENT_ID_LEN; i++)
+        lower[i] = (char)((ids[4][i] >= 'A' && ids[4][i] <= 'Z') ? ids[4][i] + 32 : ids[4][i]);
+    snprintf(path, sizeof path, "/admin/webhooks/events/%s", lower);
+    call(f, &c, "GET", path, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "id"), ids[4]) == 0, "[%s] get lowercase", ENG);
+    done(&c);
+    expect_fail(f, "GET", "/admin/webhooks/events/01JD8X3Q4ZK5M6N7P8R9S0T1V2", NULL, NULL, 404,
+                "not_found", NULL);
+    expect_fail(f, "GET", "/admin/webhooks/events/7ZZZZZZZZZZZZZZZZZZZZZZZZZ", NULL, NULL, 404,
+                "not_found", NULL);
+    expect_fail(f, "GET", "/admin/webhooks/events/nope", NULL, NULL, 400, "invalid_parameter",
+                "ULID");
+    expect_fail(f, "GET", "/admin/webhooks/events/01JD8X3Q4ZK5M6N7P8R9S0T1V2'--", NULL, NULL, 400,
+                "invalid_parameter", "ULID");
+
+    /* Replay one dead event. */
+    snprintf(path, sizeof path, "/admin/webhooks/events/%s/replay", ids[1]);
+    call(f, &c, "POST", path, NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(strcmp(str_of(c.result, "id"), ids[1]) == 0 &&
+               strcmp(str_of(c.result, "state"), "pending") == 0,
+           "[%s] replay answer", ENG);
+    EXPECT(strcmp(c.action, "admin.webhooks.event.replay") == 0 &&
+               strcmp(str_of(c.audit_details, "source"), "oura-1") == 0 &&
+               strcmp(str_of(c.audit_details, "id"), ids[1]) == 0,
+           "[%s] replay action %s", ENG, c.action);
+    done(&c);
+    snprintf(path, sizeof path, "/admin/webhooks/events/%s", ids[1]);
+    call(f, &c, "GET", path, NULL, NULL);
+    EXPECT(strcmp(str_of(c.result, "state"), "pending") == 0 && int_of(c.result, "attempts") == 0 &&
+               json_is_integer(json_object_get(c.result, "next_attempt_ms")),
+           "[%s] replayed event", ENG);
+    done(&c);
+    /* Not dead (now pending; delivered): 409; unknown: 404. */
+    snprintf(path, sizeof path, "/admin/webhooks/events/%s/replay", ids[1]);
+    expect_fail(f, "POST", path, NULL, NULL, 409, "conflict", "pending");
+    snprintf(path, sizeof path, "/admin/webhooks/events/%s/replay", ids[2]);
+    expect_fail(f, "POST", path, NULL, NULL, 409, "conflict", "delivered");
+    expect_fail(f, "POST", "/admin/webhooks/events/01JD8X3Q4ZK5M6N7P8R9S0T1V2/replay", NULL, NULL,
+                404, "not_found", NULL);
+    snprintf(path, sizeof path, "/admin/webhooks/events/%s/replay", ids[3]);
+    expect_fail(f, "POST", path, NULL, "{}", 400, "invalid_request", "body");
+
+    /* Replay every dead event: of one source, then the rest. */
+    EXPECT_RC(phg_wh_inbox_dead(f->inbox, ids[6], t0 + 30000, 500, "again"), PHG_OK);
+    call(f, &c, "POST", "/admin/webhooks/events/replay", "source=whoop", NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(int_of(c.result, "replayed") == 2, "[%s] replayed %lld", ENG,
+           (long long)int_of(c.result, "replayed"));
+    EXPECT(strcmp(c.action, "admin.webhooks.event.replay_all") == 0 &&
+               strcmp(str_of(c.audit_details, "source"), "whoop") == 0 &&
+               int_of(c.audit_details, "replayed") == 2,
+           "[%s] replay_all action %s", ENG, c.action);
+    done(&c);
+    list_events(f, &c, "state=dead");
+    n = event_ids(&c, got, 16);
+    EXPECT(n == 1 && strcmp(got[0], ids[3]) == 0, "[%s] dead left: %zu", ENG, n);
+    done(&c);
+    call(f, &c, "POST", "/admin/webhooks/events/replay", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(int_of(c.result, "replayed") == 1, "[%s] replayed the rest", ENG);
+    done(&c);
+    call(f, &c, "POST", "/admin/webhooks/events/replay", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(int_of(c.result, "replayed") == 0, "[%s] nothing left to replay", ENG);
+    done(&c);
+
+    /* The figures. */
+    call(f, &c, "GET", "/admin/webhooks/stats", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    EXPECT(int_of(c.result, "pending") == 6 && int_of(c.result, "delivered") == 1 &&
+               int_of(c.result, "dead") == 0 && int_of(c.result, "written") == 7 &&
+               int_of(c.result, "oldest_pending_ms") == t0 &&
+               json_is_string(json_object_get(c.result, "oldest_pending_at")),
+           "[%s] stats", ENG);
+    EXPECT(strcmp(c.action, "admin.webhooks.stats") == 0, "action %s", c.action);
+    done(&c);
+}
+
+static void test_wh_bad_input(void **state)
+{
+    fx *f = *state;
+    static const char *const bad_queries[] = {
+        "state=bogus",
+        "state=DEAD",
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "before=xyz",
+        "before=01JD8X3Q4ZK5M6N7P8R9S0T1V2%27",
+        "source=BAD",
+        "source=a%2Fb",
+        "after=01JD8X3Q4ZK5M6N7P8R9S0T1V2",
+        "state=dead&state=dead",
+    };
+    static const struct {
+        const char *method, *path;
+    } wrong[] = {
+        {"PUT", "/admin/webhooks/sources"},
+        {"POST", "/admin/webhooks/sources/a"},
+        {"PUT", "/admin/webhooks/sources/a"},
+        {"GET", "/admin/webhooks/sources/a/secrets"},
+        {"GET", "/admin/webhooks/sources/a/secrets/0"},
+        {"POST", "/admin/webhooks/events"},
+        {"GET", "/admin/webhooks/events/replay"},
+        {"DELETE", "/admin/webhooks/events/01JD8X3Q4ZK5M6N7P8R9S0T1V2"},
+        {"GET", "/admin/webhooks/events/01JD8X3Q4ZK5M6N7P8R9S0T1V2/replay"},
+        {"POST", "/admin/webhooks/stats"},
+    };
+    static const char *const missing[] = {
+        "/admin/webhooks",
+        "/admin/webhooks/nope",
+        "/admin/webhooks/sources/a/keys",
+        "/admin/webhooks/sources/a/secrets/0/x",
+        "/admin/webhooks/events/01JD8X3Q4ZK5M6N7P8R9S0T1V2/retry",
+        "/admin/webhooks/stats/x",
+    };
+    gw_call c;
+    size_t i;
+
+    for (i = 0; i < sizeof bad_queries / sizeof bad_queries[0]; i++)
+        expect_fail(f, "GET", "/admin/webhooks/events", bad_queries[i], NULL, 400,
+                    "invalid_parameter", NULL);
+    expect_fail(f, "POST", "/admin/webhooks/events/replay", "source=B!", NULL, 400,
+                "invalid_parameter", "source");
+    expect_fail(f, "POST", "/admin/webhooks/events/replay", "state=dead", NULL, 400,
+                "invalid_parameter", "state");
+    expect_fail(f, "GET", "/admin/webhooks/stats", "x=1", NULL, 400, "invalid_parameter", NULL);
+    for (i = 0; i < sizeof wrong / sizeof wrong[0]; i++)
+        expect_fail(f, wrong[i].method, wrong[i].path, NULL, NULL, 405, "method_not_allowed", NULL);
+    for (i = 0; i < sizeof missing / sizeof missing[0]; i++)
+        expect_fail(f, "GET", missing[i], NULL, NULL, 404, "not_found", NULL);
+    /* Source names are checked before any lookup. */
+    expect_fail(f, "GET", "/admin/webhooks/sources/Oura", NULL, NULL, 400, "invalid_parameter",
+                "source name");
+    expect_fail(f, "DELETE", "/admin/webhooks/sources/a'--", NULL, NULL, 400, "invalid_parameter",
+                "source name");
+    expect_fail(f, "GET", "/admin/webhooks/sources/..", NULL, NULL, 400, "invalid_parameter",
+                "source name");
+    expect_fail(f, "POST", "/admin/webhooks/sources/../secrets", NULL, "{}", 400,
+                "invalid_parameter", "source name");
+    call(f, &c, "DELETE", "/admin/webhooks/sources/a b/secrets/0", NULL, NULL);
+    expect_status(&c, 400, "invalid_parameter");
+    EXPECT(strcmp(c.resource, "webhook_source:(invalid)") == 0, "resource %s", c.resource);
+    done(&c);
+    /* Bodies: not JSON, not an object, wrong type, too large. */
+    expect_fail(f, "POST", "/admin/webhooks/sources", NULL, "{", 400, "invalid_json", NULL);
+    expect_fail(f, "POST", "/admin/webhooks/sources", NULL, "[]", 400, "invalid_json", NULL);
+    expect_fail(f, "POST", "/admin/webhooks/sources", NULL, "{\"name\":1}", 400, "invalid_request",
+                "name");
+    {
+        size_t len = (64u << 10) + 2;
+        char *big = malloc(len + 1);
+        EXPECT(big != NULL, "malloc");
+        memset(big, ' ', len);
+        big[0] = '{';
+        big[len - 1] = '}';
+        big[len] = '\0';
+        expect_fail(f, "POST", "/admin/webhooks/sources", NULL, big, 413, "payload_too_large",
+                    NULL);
+        free(big);
+    }
+    /* A user key cannot use them. */
+    call_as(f, &c, &f->user, "GET", "/admin/webhooks/sources", NULL, NULL);
+    expect_status(&c, 403, "forbidden");
+    done(&c);
+    call_as(f, &c, &f->user, "POST", "/admin/webhooks/events/replay", NULL, NULL);
+    expect_status(&c, 403, "forbidden");
+    done(&c);
+    /* Without an inbox the event endpoints say so. */
+    f->ctx.wh_inbox = NULL;
+    expect_fail(f, "GET", "/admin/webhooks/events", NULL, NULL, 503, "webhooks_unavailable", NULL);
+    expect_fail(f, "GET", "/admin/webhooks/events/01JD8X3Q4ZK5M6N7P8R9S0T1V2", NULL, NULL, 503,
+                "webhooks_unavailable", NULL);
+    expect_fail(f, "POST", "/admin/webhooks/events/01JD8X3Q4ZK5M6N7P8R9S0T1V2/replay", NULL, NULL,
+                503, "webhooks_unavailable", NULL);
+    expect_fail(f, "POST", "/admin/webhooks/events/replay", NULL, NULL, 503, "webhooks_unavailable",
+                NULL);
+    expect_fail(f, "GET", "/admin/webhooks/stats", NULL, NULL, 503, "webhooks_unavailable", NULL);
+    f->ctx.wh_inbox = f->inbox;
+    /* Nothing was stored by any of this. */
+    {
+        phg_webhook_source_info *infos = NULL;
+        size_t n = 99;
+        EXPECT_RC(phg_webhook_sources_list(f->st, &infos, &n), PHG_OK);
+        EXPECT(n == 0, "[%s] %zu sources stored", ENG, n);
+        phg_webhook_source_infos_free(infos, n);
+    }
+    /* The OpenAPI document has the endpoints. */
+    call(f, &c, "GET", "/admin/openapi.json", NULL, NULL);
+    expect_status(&c, 200, NULL);
+    {
+        static const char *const paths[] = {
+            "/admin/webhooks/sources",
+            "/admin/webhooks/sources/{name}",
+            "/admin/webhooks/sources/{name}/secrets",
+            "/admin/webhooks/sources/{name}/secrets/{index}",
+            "/admin/webhooks/events",
+            "/admin/webhooks/events/{id}",
+            "/admin/webhooks/events/{id}/replay",
+            "/admin/webhooks/events/replay",
+            "/admin/webhooks/stats",
+        };
+        for (i = 0; i < sizeof paths / sizeof paths[0]; i++)
+            EXPECT(json_object_get(json_object_get(c.result, "paths"), paths[i]) != NULL,
+                   "the OpenAPI document lacks %s", paths[i]);
+    }
+    done(&c);
+}
+
 /* ---- main --------------------------------------------------------------------------------- */
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 #define T_RL(fn) cmocka_unit_test_setup_teardown(fn, setup_rl, teardown_rl)
+#define T_WH(fn) cmocka_unit_test_setup_teardown(fn, setup_wh, teardown_wh)
 
 int main(void)
 {
@@ -2154,6 +3192,9 @@ int main(void)
         T_RL(test_rl_reset),         T_RL(test_rl_set_limit),
         T_RL(test_rl_violations),    T_RL(test_rl_violations_truncated),
         T_RL(test_rl_ids_checked),   T_RL(test_rl_redis),
+        T_WH(test_wh_sources),       T_WH(test_wh_sources_shadowed),
+        T_WH(test_wh_events),        T_WH(test_wh_bad_input),
+        T_WH(test_wh_verify_token),
     };
     int failed = cmocka_run_group_tests_name("admin_api sqlite", tests, tdb_group_sqlite, NULL);
     failed += cmocka_run_group_tests_name("admin_api postgres", tests, tdb_group_postgres, NULL);

@@ -5,8 +5,9 @@
  * unknown sections and keys, the precedence flags > environment > file >
  * defaults, store passwords (refused from the file and flags, accepted from
  * the environment and PHIGATE_STORE_FILE, never in gw_config_json), listen
- * and upstream parsing, the file size and line length limits, and route
- * matching.
+ * and upstream parsing, the file size and line length limits, route
+ * matching, [webhooks] settings and [webhook:NAME] sources (whose secret
+ * files are only checked, never read, never shown).
  *
  * Every file is written under a mkdtemp directory; every PHIGATE_* variable
  * is cleared before and after each test.
@@ -19,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -64,6 +66,25 @@ static const char *const ENV_NAMES[] = {
     "PHIGATE_PHI_BATCH_MAX",
     "PHIGATE_LOG_LEVEL",
     "PHIGATE_ADMIN_ENABLED",
+    "PHIGATE_REDIS",
+    "PHIGATE_RATELIMIT_ENGINE",
+    "PHIGATE_RATELIMIT_REDIS",
+    "PHIGATE_RATELIMIT_TIMEOUT_MS",
+    "PHIGATE_RATELIMIT_FALLBACK",
+    "PHIGATE_RATELIMIT_INSTANCES",
+    "PHIGATE_RATELIMIT_DEFAULT_USER",
+    "PHIGATE_RATELIMIT_DEFAULT_ADMIN",
+    "PHIGATE_WEBHOOKS_ENABLED",
+    "PHIGATE_WEBHOOKS_WORKERS",
+    "PHIGATE_WEBHOOKS_MAX_ATTEMPTS",
+    "PHIGATE_WEBHOOKS_MAX_AGE_S",
+    "PHIGATE_WEBHOOKS_BACKOFF_MS",
+    "PHIGATE_WEBHOOKS_BACKOFF_MAX_MS",
+    "PHIGATE_WEBHOOKS_TIMEOUT_MS",
+    "PHIGATE_WEBHOOKS_KEEP_DELIVERED_S",
+    "PHIGATE_WEBHOOKS_GOOGLE_KEYSET",
+    "PHIGATE_WEBHOOKS_CA_FILE",
+    "PHIGATE_WEBHOOKS_REDIS",
 };
 
 static void clear_env(void)
@@ -308,6 +329,48 @@ static void test_deploy_example(void **state)
     assert_int_equal(g_cfg->n_routes, 2);
     assert_non_null(gw_route_match(g_cfg, "GET", "/internal/x"));
     assert_int_equal(gw_route_match(g_cfg, "GET", "/internal/x")->require_admin, 1);
+    /* [webhooks] is there with its defaults; the sample [webhook:oura] is
+     * commented out (its secret files do not exist here) */
+    assert_int_equal(g_cfg->wh_enabled, 1);
+    assert_int_equal(g_cfg->wh_workers, 2);
+    assert_int_equal(g_cfg->n_wh_sources, 0);
+    /* ... and that example is valid once uncommented, its /run/secrets/
+     * files made under the test directory */
+    {
+        FILE *f = fopen(path, "r");
+        char line[256], text[4096], dir[300];
+        size_t o = 0;
+        int in = 0;
+        assert_non_null(f);
+        o = (size_t)snprintf(text, sizeof text, "[store]\nurl = sqlite:x\n");
+        while (fgets(line, sizeof line, f) != NULL) {
+            const char *sec;
+            if (strncmp(line, ";[webhook:oura]", 15) == 0)
+                in = 1;
+            if (!in)
+                continue;
+            if (line[0] != ';')
+                break;
+            sec = strstr(line, "/run/secrets/");
+            if (sec != NULL)
+                o += (size_t)snprintf(text + o, sizeof text - o, "%.*s%s/%s", (int)(sec - line - 1),
+                                      line + 1, g_dir, sec + 13);
+            else
+                o += (size_t)snprintf(text + o, sizeof text - o, "%s", line + 1);
+            assert_true(o < sizeof text);
+        }
+        fclose(f);
+        EXPECT(in, "no [webhook:oura] example in %s", path);
+        snprintf(dir, sizeof dir, "%s/oura-client-secret", g_dir);
+        write_file("oura-client-secret", "client-secret\n");
+        write_file("oura-verification-token", "token\n");
+        expect_ok(load_text(text));
+        assert_int_equal(g_cfg->n_wh_sources, 1);
+        assert_string_equal(g_cfg->wh_sources[0].name, "oura");
+        assert_string_equal(g_cfg->wh_sources[0].scheme, "oura");
+        assert_string_equal(g_cfg->wh_sources[0].secret_files[0], dir);
+        assert_string_equal(g_cfg->wh_sources[0].deliver_to, "http://127.0.0.1:9000/webhooks/oura");
+    }
 }
 
 /* ---- bad values ------------------------------------------------------------------------ */
@@ -396,6 +459,32 @@ static void test_bad_values(void **state)
         {"[ratelimit]\nredis = redis://h:99999\n", "ratelimit.redis: not a Redis URL"},
         {"[ratelimit]\ntimeout_ms = 0\n", "ratelimit.timeout_ms: 0 is out of range (1..60000)"},
         {"[ratelimit]\ninstances = 0\n", "ratelimit.instances: 0 is out of range (1..1024)"},
+        {"[webhooks]\nenabled = maybe\n", "webhooks.enabled: not true or false (\"maybe\")"},
+        {"[webhooks]\nworkers = 0\n", "webhooks.workers: 0 is out of range (1..64)"},
+        {"[webhooks]\nworkers = two\n", "webhooks.workers: not a number (\"two\")"},
+        {"[webhooks]\nmax_age_s = 3d\n", "webhooks.max_age_s: not a number of seconds (\"3d\")"},
+        {"[webhooks]\nkeep_delivered_s = -1\n",
+         "webhooks.keep_delivered_s: not a number of seconds (\"-1\")"},
+        {"[webhooks]\nbackoff_ms = 1s\n",
+         "webhooks.backoff_ms: not a number of milliseconds (\"1s\")"},
+        {"[webhooks]\nbackoff_ms = 5000\nbackoff_max_ms = 4999\n",
+         "webhooks.backoff_max_ms: 4999 is less than webhooks.backoff_ms (5000)"},
+        {"[webhooks]\nworkers = 2\nworkers = 3\n", "webhooks.workers: set twice"},
+        {"[webhooks]\ngoogle_keyset =\n", "webhooks.google_keyset: empty"},
+        {"[webhooks]\ngoogle_keyset = ftp://keys.example/k.json\n",
+         "webhooks.google_keyset: not an http:// or https:// URL"},
+        {"[webhooks]\ngoogle_keyset = https:///k.json\n",
+         "webhooks.google_keyset: the URL has no host"},
+        {"[webhooks]\ngoogle_keyset = https://u:pw@keys.example/k.json\n",
+         "webhooks.google_keyset: user names and passwords in the URL are not accepted"},
+        {"[webhooks]\ngoogle_keyset = /nonexistent/keyset.json\n",
+         "webhooks.google_keyset: cannot read \"/nonexistent/keyset.json\""},
+        {"[webhooks]\nca_file = /nonexistent/ca.pem\n",
+         "webhooks.ca_file: cannot read \"/nonexistent/ca.pem\""},
+        {"[webhooks]\nca_file = /\n", "webhooks.ca_file: cannot read \"/\": it is a directory"},
+        {"[webhooks]\nredis = http://h:6379\n", "webhooks.redis: not a Redis URL"},
+        {"[webhooks]\nredis = redis://h:0\n", "webhooks.redis: not a Redis URL"},
+        {"[webhooks]\nsecret = x\n", "unknown setting webhooks.secret"},
     };
     size_t i;
     (void)state;
@@ -411,7 +500,9 @@ static void test_bad_values(void **state)
                g_err, cases[i].want);
         /* A bad value in the file says which file. */
         if (strncmp(cases[i].want, "server.tls_", 11) != 0 &&
-            strncmp(cases[i].want, "ratelimit.redis: not set", 24) != 0)
+            strncmp(cases[i].want, "ratelimit.redis: not set", 24) != 0 &&
+            strstr(cases[i].want, "cannot read") == NULL &&
+            strstr(cases[i].want, "is less than") == NULL)
             EXPECT(strstr(g_err, "t.ini") != NULL, "case %zu: error \"%s\" names no file", i,
                    g_err);
     }
@@ -882,6 +973,38 @@ static void test_tls_files(void **state)
     expect_ok(load_text(text));
 }
 
+/* Regression: inih cuts section names at 49 bytes, so a route name of
+ * 44..63 characters (valid) used to lose its keys ("prefix: not set"), and a
+ * cut name could have matched another route's. */
+static void test_long_section_names(void **state)
+{
+    const char *n63 = "a123456789b123456789c123456789d123456789e123456789f123456789xyz";
+    const char *n62 = "a123456789b123456789c123456789d123456789e123456789f123456789xy";
+    char text[1024];
+    (void)state;
+    assert_int_equal(strlen(n63), 63);
+    snprintf(text, sizeof text,
+             "[route:%s] ; a comment after the header\nprefix = /long\nrole = admin\n"
+             "[route:%s]\nprefix = /long2\n[route:short]\nprefix = /s\n",
+             n63, n62);
+    expect_ok(load_text(text));
+    assert_int_equal(g_cfg->n_routes, 3);
+    assert_string_equal(g_cfg->routes[0].name, n63);
+    assert_string_equal(g_cfg->routes[0].prefix, "/long");
+    assert_int_equal(g_cfg->routes[0].require_admin, 1);
+    assert_string_equal(g_cfg->routes[1].name, n62);
+    assert_string_equal(g_cfg->routes[1].prefix, "/long2");
+    assert_int_equal(g_cfg->routes[1].require_admin, 0);
+    assert_string_equal(g_cfg->routes[2].prefix, "/s");
+    /* messages name the section as written */
+    snprintf(text, sizeof text, "[route:%s]\nprefix = /a\nprefix = /b\n", n63);
+    expect_err(load_text(text), "a123456789b123456789c123456789d123456789e123456789f123456789xyz"
+                                ".prefix: set twice");
+    /* an alias cannot be written by hand: '#' is not a name character */
+    expect_err(load_text("[route:#0]\nprefix = /a\n"), "route name \"#0\" is not");
+    expect_err(load_text("[webhook:#0]\nscheme = oura\n"), "webhook source name \"#0\" is not");
+}
+
 static void test_too_many_routes(void **state)
 {
     size_t cap = (GW_ROUTES_MAX + 1) * 40 + 64, o = 0;
@@ -978,6 +1101,527 @@ static void test_ratelimit(void **state)
     }
 }
 
+/* ---- [webhooks] ------------------------------------------------------------------------------ */
+
+#define GOOGLE_KEYSET "https://www.gstatic.com/googlehealthapi/webhooks/webhooks_public_keyset.json"
+
+static void test_webhooks_defaults(void **state)
+{
+    gw_flags flags = {0};
+    json_t *j, *wh;
+    (void)state;
+    flags.store = "sqlite:x";
+    expect_ok(load_flags(&flags));
+    assert_int_equal(g_cfg->wh_enabled, 1);
+    assert_int_equal(g_cfg->wh_workers, 2);
+    assert_int_equal(g_cfg->wh_max_attempts, 12);
+    assert_true(g_cfg->wh_max_age_s == 259200);
+    assert_int_equal(g_cfg->wh_backoff_ms, 1000);
+    assert_int_equal(g_cfg->wh_backoff_max_ms, 3600000);
+    assert_int_equal(g_cfg->wh_timeout_ms, 10000);
+    assert_true(g_cfg->wh_keep_delivered_s == 604800);
+    assert_string_equal(g_cfg->wh_google_keyset, GOOGLE_KEYSET);
+    assert_string_equal(g_cfg->wh_ca_file, "");
+    assert_string_equal(g_cfg->wh_redis_url, "");
+    assert_string_equal(g_cfg->wh_redis_host, "");
+    assert_int_equal(g_cfg->wh_redis_port, 0);
+    assert_int_equal(g_cfg->n_wh_sources, 0);
+
+    j = gw_config_json(g_cfg);
+    assert_non_null(j);
+    wh = json_object_get(j, "webhooks");
+    assert_non_null(wh);
+    assert_true(json_is_true(json_object_get(wh, "enabled")));
+    assert_int_equal(json_integer_value(json_object_get(wh, "workers")), 2);
+    assert_int_equal(json_integer_value(json_object_get(wh, "max_attempts")), 12);
+    assert_int_equal(json_integer_value(json_object_get(wh, "max_age_s")), 259200);
+    assert_int_equal(json_integer_value(json_object_get(wh, "backoff_ms")), 1000);
+    assert_int_equal(json_integer_value(json_object_get(wh, "backoff_max_ms")), 3600000);
+    assert_int_equal(json_integer_value(json_object_get(wh, "timeout_ms")), 10000);
+    assert_int_equal(json_integer_value(json_object_get(wh, "keep_delivered_s")), 604800);
+    assert_string_equal(json_string_value(json_object_get(wh, "google_keyset")), GOOGLE_KEYSET);
+    assert_string_equal(json_string_value(json_object_get(wh, "ca_file")), "");
+    assert_string_equal(json_string_value(json_object_get(wh, "redis")), "");
+    assert_int_equal(json_array_size(json_object_get(wh, "sources")), 0);
+    json_decref(j);
+}
+
+/* A numeric [webhooks] setting: its range, and where its value lands. */
+typedef struct wh_num {
+    const char *key;
+    long long min, max;
+    size_t offset;
+    int is_int64;     /* else int */
+    const char *unit; /* "number", "number of milliseconds", "number of seconds" */
+} wh_num;
+
+static long long wh_num_get(const wh_num *n)
+{
+    const char *f = (const char *)g_cfg + n->offset;
+    if (n->is_int64)
+        return (long long)*(const int64_t *)(const void *)f;
+    return *(const int *)(const void *)f;
+}
+
+/* Every numeric setting: both ends accepted (from the file and from the
+ * environment), one past each end refused naming the setting, a non-number
+ * refused naming the setting. */
+static void test_webhooks_ranges(void **state)
+{
+    static const wh_num nums[] = {
+        {"workers", 1, 64, offsetof(gw_config, wh_workers), 0, "number"},
+        {"max_attempts", 1, 1000, offsetof(gw_config, wh_max_attempts), 0, "number"},
+        {"max_age_s", 60, 31536000, offsetof(gw_config, wh_max_age_s), 1, "number of seconds"},
+        {"backoff_ms", 10, 3600000, offsetof(gw_config, wh_backoff_ms), 0,
+         "number of milliseconds"},
+        {"backoff_max_ms", 10, 86400000, offsetof(gw_config, wh_backoff_max_ms), 0,
+         "number of milliseconds"},
+        {"timeout_ms", 100, 600000, offsetof(gw_config, wh_timeout_ms), 0,
+         "number of milliseconds"},
+        {"keep_delivered_s", 0, 315360000, offsetof(gw_config, wh_keep_delivered_s), 1,
+         "number of seconds"},
+    };
+    size_t i;
+    (void)state;
+    for (i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+        const wh_num *n = &nums[i];
+        char text[256], want[160], env_name[64];
+        long long ends[2];
+        size_t e, k;
+        ends[0] = n->min;
+        ends[1] = n->max;
+        /* backoff_max_ms >= backoff_ms: keep backoff_ms at its minimum */
+        for (e = 0; e < 2; e++) {
+            snprintf(text, sizeof text, "[webhooks]\n%s = %lld\n%s", n->key, ends[e],
+                     strcmp(n->key, "backoff_max_ms") == 0 ? "backoff_ms = 10\n" : "");
+            expect_ok(load_text(text));
+            EXPECT(wh_num_get(n) == ends[e], "webhooks.%s = %lld: got %lld", n->key, ends[e],
+                   wh_num_get(n));
+        }
+        snprintf(env_name, sizeof env_name, "PHIGATE_WEBHOOKS_%s", n->key);
+        for (k = 0; env_name[k] != '\0'; k++) {
+            if (env_name[k] >= 'a' && env_name[k] <= 'z')
+                env_name[k] = (char)(env_name[k] - 'a' + 'A');
+        }
+        for (e = 0; e < 2; e++) {
+            char num[32];
+            snprintf(num, sizeof num, "%lld", ends[e]);
+            setenv(env_name, num, 1);
+            if (strcmp(n->key, "backoff_max_ms") == 0)
+                setenv("PHIGATE_WEBHOOKS_BACKOFF_MS", "10", 1);
+            expect_ok(load_text("[webhooks]\n"));
+            EXPECT(wh_num_get(n) == ends[e], "%s=%lld: got %lld", env_name, ends[e], wh_num_get(n));
+        }
+        /* out of range, both sides */
+        snprintf(want, sizeof want, "webhooks.%s: %lld is out of range (%lld..%lld) (from %s)",
+                 n->key, n->max + 1, n->min, n->max, env_name);
+        snprintf(text, sizeof text, "%lld", n->max + 1);
+        setenv(env_name, text, 1);
+        expect_err(load_text("[webhooks]\n"), want);
+        unsetenv(env_name);
+        unsetenv("PHIGATE_WEBHOOKS_BACKOFF_MS");
+        if (n->min > 0) {
+            snprintf(text, sizeof text, "[webhooks]\n%s = %lld\n", n->key, n->min - 1);
+            snprintf(want, sizeof want, "webhooks.%s: %lld is out of range (%lld..%lld) (in ",
+                     n->key, n->min - 1, n->min, n->max);
+            expect_err(load_text(text), want);
+        }
+        snprintf(text, sizeof text, "[webhooks]\n%s = 1e3\n", n->key);
+        snprintf(want, sizeof want, "webhooks.%s: not a %s (\"1e3\")", n->key, n->unit);
+        expect_err(load_text(text), want);
+    }
+    /* keep_delivered_s = 0: never purge */
+    expect_ok(load_text("[webhooks]\nkeep_delivered_s = 0\n"));
+    assert_true(g_cfg->wh_keep_delivered_s == 0);
+    /* backoff_max_ms equal to backoff_ms is fine; below it is not, from anywhere */
+    expect_ok(load_text("[webhooks]\nbackoff_ms = 2000\nbackoff_max_ms = 2000\n"));
+    assert_int_equal(g_cfg->wh_backoff_max_ms, 2000);
+    setenv("PHIGATE_WEBHOOKS_BACKOFF_MS", "3600000", 1);
+    expect_ok(load_text("[webhooks]\nbackoff_max_ms = 7200000\n")); /* above 1 h: ok */
+    assert_int_equal(g_cfg->wh_backoff_max_ms, 7200000);
+    setenv("PHIGATE_WEBHOOKS_BACKOFF_MS", "3600000", 1);
+    expect_err(load_text("[webhooks]\nbackoff_max_ms = 3599999\n"),
+               "webhooks.backoff_max_ms: 3599999 is less than webhooks.backoff_ms (3600000)");
+}
+
+/* Every other [webhooks] setting, from the file and from the environment. */
+static void test_webhooks_settings(void **state)
+{
+    char text[1024];
+    const char *ca = write_file("ca.pem", "not really a CA bundle\n");
+    const char *keyset = write_file("keyset.json", "{\"keys\":[]}\n");
+    (void)state;
+    snprintf(text, sizeof text,
+             "[webhooks]\nenabled = no\nworkers = 8\nmax_attempts = 5\nmax_age_s = 86400\n"
+             "backoff_ms = 250\nbackoff_max_ms = 60000\ntimeout_ms = 2500\n"
+             "keep_delivered_s = 3600\ngoogle_keyset = %s\nca_file = %s\n"
+             "redis = redis://[::1]:6390\n",
+             keyset, ca);
+    expect_ok(load_text(text));
+    assert_int_equal(g_cfg->wh_enabled, 0);
+    assert_int_equal(g_cfg->wh_workers, 8);
+    assert_int_equal(g_cfg->wh_max_attempts, 5);
+    assert_true(g_cfg->wh_max_age_s == 86400);
+    assert_int_equal(g_cfg->wh_backoff_ms, 250);
+    assert_int_equal(g_cfg->wh_backoff_max_ms, 60000);
+    assert_int_equal(g_cfg->wh_timeout_ms, 2500);
+    assert_true(g_cfg->wh_keep_delivered_s == 3600);
+    assert_string_equal(g_cfg->wh_google_keyset, keyset);
+    assert_string_equal(g_cfg->wh_ca_file, ca);
+    assert_string_equal(g_cfg->wh_redis_url, "redis://[::1]:6390");
+    assert_string_equal(g_cfg->wh_redis_host, "::1");
+    assert_int_equal(g_cfg->wh_redis_port, 6390);
+    {
+        json_t *j = gw_config_json(g_cfg);
+        json_t *wh = json_object_get(j, "webhooks");
+        assert_non_null(wh);
+        assert_true(json_is_false(json_object_get(wh, "enabled")));
+        assert_string_equal(json_string_value(json_object_get(wh, "redis")), "[::1]:6390");
+        assert_string_equal(json_string_value(json_object_get(wh, "ca_file")), ca);
+        assert_string_equal(json_string_value(json_object_get(wh, "google_keyset")), keyset);
+        json_decref(j);
+    }
+    /* a URL keyset is not opened at start; http:// too (a test server) */
+    expect_ok(load_text("[webhooks]\ngoogle_keyset = http://127.0.0.1:9/keyset.json\n"));
+    assert_string_equal(g_cfg->wh_google_keyset, "http://127.0.0.1:9/keyset.json");
+
+    /* the environment, PHIGATE_WEBHOOKS_<KEY>, over the file */
+    setenv("PHIGATE_WEBHOOKS_ENABLED", "true", 1);
+    setenv("PHIGATE_WEBHOOKS_GOOGLE_KEYSET", "https://keys.example/k.json", 1);
+    setenv("PHIGATE_WEBHOOKS_CA_FILE", keyset, 1);
+    setenv("PHIGATE_WEBHOOKS_REDIS", "redis://cache.internal", 1);
+    expect_ok(load_text(text));
+    assert_int_equal(g_cfg->wh_enabled, 1);
+    assert_string_equal(g_cfg->wh_google_keyset, "https://keys.example/k.json");
+    assert_string_equal(g_cfg->wh_ca_file, keyset);
+    assert_string_equal(g_cfg->wh_redis_host, "cache.internal");
+    assert_int_equal(g_cfg->wh_redis_port, 6379);
+    assert_int_equal(g_cfg->wh_workers, 8); /* not overridden: the file's */
+    setenv("PHIGATE_WEBHOOKS_CA_FILE", "/nonexistent/ca.pem", 1);
+    expect_err(load_text(text), "webhooks.ca_file: cannot read \"/nonexistent/ca.pem\"");
+    unsetenv("PHIGATE_WEBHOOKS_CA_FILE");
+    setenv("PHIGATE_WEBHOOKS_ENABLED", "sometimes", 1);
+    expect_err(load_text(text), "webhooks.enabled: not true or false (\"sometimes\") "
+                                "(from PHIGATE_WEBHOOKS_ENABLED)");
+}
+
+/* webhooks.redis: its own, else ratelimit.redis; never a password. */
+static void test_webhooks_redis(void **state)
+{
+    gw_flags flags = {0};
+    (void)state;
+    flags.store = "sqlite:x";
+    /* from --redis */
+    flags.redis = "redis://10.0.0.5:6381";
+    expect_ok(load_flags(&flags));
+    assert_string_equal(g_cfg->wh_redis_url, "redis://10.0.0.5:6381");
+    assert_string_equal(g_cfg->wh_redis_host, "10.0.0.5");
+    assert_int_equal(g_cfg->wh_redis_port, 6381);
+    /* from [ratelimit] redis */
+    flags.redis = NULL;
+    flags.config_file = write_file("wr1.ini", "[ratelimit]\nredis = redis://rl.internal:7000\n");
+    expect_ok(load_flags(&flags));
+    assert_string_equal(g_cfg->wh_redis_host, "rl.internal");
+    assert_int_equal(g_cfg->wh_redis_port, 7000);
+    {
+        json_t *j = gw_config_json(g_cfg);
+        assert_string_equal(
+            json_string_value(json_object_get(json_object_get(j, "webhooks"), "redis")),
+            "rl.internal:7000");
+        json_decref(j);
+    }
+    /* its own wins */
+    flags.config_file = write_file("wr2.ini", "[ratelimit]\nredis = redis://rl.internal:7000\n"
+                                              "[webhooks]\nredis = redis://wh.internal:7001\n");
+    expect_ok(load_flags(&flags));
+    assert_string_equal(g_cfg->wh_redis_host, "wh.internal");
+    assert_int_equal(g_cfg->wh_redis_port, 7001);
+    assert_string_equal(g_cfg->rl_redis_host, "rl.internal");
+    /* neither: none */
+    flags.config_file = NULL;
+    expect_ok(load_flags(&flags));
+    assert_string_equal(g_cfg->wh_redis_url, "");
+    assert_int_equal(g_cfg->wh_redis_port, 0);
+    /* a password is refused, and not echoed */
+    setenv("PHIGATE_WEBHOOKS_REDIS", "redis://:s3cret@wh.internal:7001", 1);
+    expect_err(load_flags(&flags), "webhooks.redis: not a Redis URL redis://HOST:PORT");
+    expect_no_secret(g_err);
+    assert_non_null(strstr(g_err, "(from PHIGATE_WEBHOOKS_REDIS)"));
+}
+
+/* ---- [webhook:NAME] ------------------------------------------------------------------------- */
+
+/* text with every "$D" replaced by the test directory. */
+static void expand(const char *text, char *out, size_t len)
+{
+    size_t o = 0, dn = strlen(g_dir);
+    for (; *text != '\0' && o + dn + 1 < len; text++) {
+        if (text[0] == '$' && text[1] == 'D') {
+            memcpy(out + o, g_dir, dn);
+            o += dn;
+            text++;
+        } else {
+            out[o++] = *text;
+        }
+    }
+    assert_true(*text == '\0');
+    out[o] = '\0';
+}
+
+#define SECRET_TEXT "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+static void write_secrets(void)
+{
+    write_file("s1", SECRET_TEXT "\n");
+    write_file("s2", "  " SECRET_TEXT "2  \n");
+    write_file("s3", SECRET_TEXT "3");
+    write_file("s4", SECRET_TEXT "4");
+    write_file("s5", SECRET_TEXT "5");
+    write_file("token", "verify-token-" SECRET_TEXT "\n");
+}
+
+static void test_webhook_sources(void **state)
+{
+    char text[2048];
+    const gw_wh_conf *w;
+    (void)state;
+    write_secrets();
+    expand("[webhook:oura]\n"
+           "scheme = oura\n"
+           "secret_file = $D/s1 ,\t$D/s2\n"
+           "verify_token_file = $D/token\n"
+           "tolerance_s = 600\n"
+           "max_body = 2MiB\n"
+           "deliver_to = https://ingest.internal:8443/oura?x=1\n"
+           "[webhook:stripe_live-2]\n"
+           "deliver_to = http://127.0.0.1:9000/stripe\n"
+           "secret_file = $D/s3\n"
+           "scheme = stripe\n"
+           "[route:a]\nprefix = /a\n",
+           text, sizeof text);
+    expect_ok(load_text(text));
+    assert_int_equal(g_cfg->n_wh_sources, 2);
+    assert_int_equal(g_cfg->n_routes, 1);
+    w = &g_cfg->wh_sources[0];
+    assert_string_equal(w->name, "oura");
+    assert_string_equal(w->scheme, "oura");
+    assert_int_equal(w->n_secret_files, 2);
+    EXPECT(strcmp(w->secret_files[0] + strlen(g_dir), "/s1") == 0, "file 0: %s",
+           w->secret_files[0]);
+    EXPECT(strcmp(w->secret_files[1] + strlen(g_dir), "/s2") == 0, "file 1: %s",
+           w->secret_files[1]);
+    EXPECT(strcmp(w->verify_token_file + strlen(g_dir), "/token") == 0, "token: %s",
+           w->verify_token_file);
+    assert_true(w->tolerance_s == 600);
+    assert_int_equal(w->max_body, 2 << 20);
+    assert_string_equal(w->deliver_to, "https://ingest.internal:8443/oura?x=1");
+    /* the defaults of a source */
+    w = &g_cfg->wh_sources[1];
+    assert_string_equal(w->name, "stripe_live-2");
+    assert_string_equal(w->scheme, "stripe");
+    assert_int_equal(w->n_secret_files, 1);
+    assert_string_equal(w->verify_token_file, "");
+    assert_true(w->tolerance_s == 300);
+    assert_int_equal(w->max_body, 1 << 20);
+    assert_string_equal(w->deliver_to, "http://127.0.0.1:9000/stripe");
+
+    /* the limits: 4 files, tolerance 1..86400, max_body 1 byte..64 MiB, a
+     * 64-character name */
+    expand("[webhook:a123456789b123456789c123456789d123456789e123456789f123456789wxyz]\n"
+           "scheme = standard-webhooks\n"
+           "secret_file = $D/s1,$D/s2,$D/s3,$D/s4\n"
+           "tolerance_s = 86400\nmax_body = 64m\ndeliver_to = http://h\n"
+           "[webhook:b]\nscheme = unsigned\nsecret_file = $D/s5\ntolerance_s = 1\n"
+           "max_body = 1\ndeliver_to = http://h/\n",
+           text, sizeof text);
+    expect_ok(load_text(text));
+    assert_int_equal(g_cfg->n_wh_sources, 2);
+    assert_int_equal(strlen(g_cfg->wh_sources[0].name), 64);
+    assert_int_equal(g_cfg->wh_sources[0].n_secret_files, 4);
+    assert_true(g_cfg->wh_sources[0].tolerance_s == 86400);
+    assert_int_equal(g_cfg->wh_sources[0].max_body, 64 << 20);
+    assert_true(g_cfg->wh_sources[1].tolerance_s == 1);
+    assert_int_equal(g_cfg->wh_sources[1].max_body, 1);
+    assert_string_equal(g_cfg->wh_sources[1].scheme, "unsigned");
+}
+
+static void test_webhook_sources_bad(void **state)
+{
+    static const bad_case cases[] = {
+        {"[webhook:Oura]\nscheme = oura\n",
+         "line 3: webhook source name \"Oura\" is not 1..64 characters of [a-z0-9_-]"},
+        {"[webhook:a.b]\nscheme = oura\n", "webhook source name \"a.b\" is not 1..64"},
+        {"[webhook:]\nscheme = oura\n", "webhook source name \"\" is not 1..64"},
+        {"[webhook:a123456789b123456789c123456789d123456789e123456789f123456789vwxyz]\n",
+         "webhook source name \"a123456789"},
+        {"[webhook:x]\nscheme = oura\nsecret_file = $D/s1\ndeliver_to = http://h\n"
+         "[webhook:x]\n",
+         "line 7: webhook:x is defined twice"},
+        {"[webhook:x]\nscheme = foo\n",
+         "webhook:x.scheme: unknown scheme \"foo\" (known: standard-webhooks, stripe, oura, "
+         "whoop, fitbit, polar, suunto, unsigned"},
+        {"[webhook:x]\nscheme = Stripe\n", "webhook:x.scheme: unknown scheme \"Stripe\""},
+        {"[webhook:x]\nsecret_file = $D/s1\ndeliver_to = http://h\n",
+         "webhook:x.scheme: not set (in "},
+        {"[webhook:x]\nscheme = oura\ndeliver_to = http://h\n",
+         "webhook:x.secret_file: not set (in "},
+        {"[webhook:x]\nscheme = oura\nsecret_file = $D/s1\n", "webhook:x.deliver_to: not set (in "},
+        {"[webhook:x]\n", "webhook:x.scheme: not set"},
+        {"[webhook:x]\nscheme = oura\nsecret_file = $D/missing\n",
+         "webhook:x.secret_file: cannot read \"/tmp/phg-test-config-"},
+        {"[webhook:x]\nscheme = oura\nsecret_file = $D/s1, $D/missing\n",
+         "/missing\": No such file or directory (in "},
+        {"[webhook:x]\nscheme = oura\nsecret_file = $D\n",
+         "webhook:x.secret_file: cannot read \"/tmp/phg-test-config-"},
+        {"[webhook:x]\nscheme = oura\nsecret_file = $D/fifo\n", "not a regular file"},
+        {"[webhook:x]\nscheme = oura\nsecret_file = $D/s1,$D/s2,$D/s3,$D/s4,$D/s5\n",
+         "webhook:x.secret_file: more than 4 files"},
+        {"[webhook:x]\nscheme = oura\nsecret_file = $D/s1,,$D/s2\n",
+         "webhook:x.secret_file: an empty path in the list"},
+        {"[webhook:x]\nscheme = oura\nsecret_file = $D/s1,\n",
+         "webhook:x.secret_file: an empty path in the list"},
+        {"[webhook:x]\nscheme = oura\nsecret_file =\n",
+         "webhook:x.secret_file: an empty path in the list"},
+        {"[webhook:x]\nscheme = oura\nsecret_file = $D/s1, $D/s1\n", "/s1\" is listed twice"},
+        {"[webhook:x]\nverify_token_file = $D/missing\n",
+         "webhook:x.verify_token_file: cannot read"},
+        {"[webhook:x]\nverify_token_file =\n", "webhook:x.verify_token_file: not a file path"},
+        {"[webhook:x]\ndeliver_to = ftp://h/x\n",
+         "webhook:x.deliver_to: not an http:// or https:// URL"},
+        {"[webhook:x]\ndeliver_to = HTTP://h/x\n",
+         "webhook:x.deliver_to: not an http:// or https:// URL"},
+        {"[webhook:x]\ndeliver_to = /local/path\n", "webhook:x.deliver_to: not an http://"},
+        {"[webhook:x]\ndeliver_to = https://\n", "webhook:x.deliver_to: the URL has no host"},
+        {"[webhook:x]\ndeliver_to = http:///x\n", "webhook:x.deliver_to: the URL has no host"},
+        {"[webhook:x]\ndeliver_to = http://h/a b\n",
+         "webhook:x.deliver_to: the URL holds a space, a control character or a non-ASCII byte"},
+        {"[webhook:x]\ndeliver_to = http://h/\xc3\xa9\n", "webhook:x.deliver_to: the URL holds"},
+        {"[webhook:x]\ndeliver_to = https://u:pw@h/x\n",
+         "webhook:x.deliver_to: user names and passwords in the URL are not accepted"},
+        {"[webhook:x]\ntolerance_s = 0\n", "webhook:x.tolerance_s: 0 is out of range (1..86400)"},
+        {"[webhook:x]\ntolerance_s = 86401\n", "webhook:x.tolerance_s: 86401 is out of range"},
+        {"[webhook:x]\ntolerance_s = 5m\n",
+         "webhook:x.tolerance_s: not a number of seconds (\"5m\")"},
+        {"[webhook:x]\nmax_body = 0\n", "webhook:x.max_body: 0 is out of range (1..67108864)"},
+        {"[webhook:x]\nmax_body = 67108865\n", "webhook:x.max_body: 67108865 is out of range"},
+        {"[webhook:x]\nmax_body = 1.5m\n", "webhook:x.max_body: not a size (\"1.5m\")"},
+        {"[webhook:x]\nscheme = oura\nscheme = oura\n", "webhook:x.scheme: set twice"},
+        {"[webhook:x]\nsecret_file = $D/s1\nsecret_file = $D/s2\n",
+         "webhook:x.secret_file: set twice"},
+        {"[webhook:x]\ndeliver_to = http://a\ndeliver_to = http://b\n",
+         "webhook:x.deliver_to: set twice"},
+        {"[webhook:x]\nsecret = abc\n",
+         "unknown setting webhook:x.secret (a webhook source has scheme, secret_file, "
+         "verify_token_file, tolerance_s, max_body, deliver_to)"},
+        {"[webhook:x]\nScheme = oura\n", "unknown setting webhook:x.Scheme"},
+    };
+    char fifo[300];
+    size_t i;
+    (void)state;
+    write_secrets();
+    snprintf(fifo, sizeof fifo, "%s/fifo", g_dir);
+    unlink(fifo);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[2048], body[1800];
+        int rc;
+        expand(cases[i].text, body, sizeof body);
+        snprintf(text, sizeof text, "[store]\nurl = sqlite:x\n%s", body);
+        memset(g_cfg, 0x5a, sizeof *g_cfg);
+        g_err[0] = '\0';
+        rc = load_text(text);
+        EXPECT(rc == -1, "case %zu: %s: expected failure", i, cases[i].text);
+        EXPECT(strstr(g_err, cases[i].want) != NULL, "case %zu: error \"%s\" lacks \"%s\"", i,
+               g_err, cases[i].want);
+        EXPECT(strstr(g_err, "t.ini") != NULL, "case %zu: error \"%s\" names no file", i, g_err);
+        /* no message ever holds what a secret file holds */
+        EXPECT(strstr(g_err, "MfKQ9r8GKYqr") == NULL, "case %zu: a secret in \"%s\"", i, g_err);
+    }
+    /* a password in deliver_to is not quoted back */
+    expect_err(load_text("[webhook:x]\ndeliver_to = https://u:s3cret@h/x\n"),
+               "webhook:x.deliver_to: user names");
+    expect_no_secret(g_err);
+    unlink(fifo);
+}
+
+static void test_too_many_webhook_sources(void **state)
+{
+    size_t cap = (GW_WH_CONF_MAX + 1) * 600 + 64, o = 0;
+    char *text = malloc(cap), line[600];
+    int i;
+    (void)state;
+    assert_non_null(text);
+    write_secrets();
+    for (i = 0; i < GW_WH_CONF_MAX; i++) {
+        char tmpl[200];
+        snprintf(tmpl, sizeof tmpl,
+                 "[webhook:w%d]\nscheme = stripe\nsecret_file = $D/s1\ndeliver_to = http://h/%d\n",
+                 i, i);
+        expand(tmpl, line, sizeof line);
+        o += (size_t)snprintf(text + o, cap - o, "%s", line);
+    }
+    expect_ok(load_text(text));
+    assert_int_equal(g_cfg->n_wh_sources, GW_WH_CONF_MAX);
+    assert_string_equal(g_cfg->wh_sources[GW_WH_CONF_MAX - 1].name, "w31");
+    snprintf(text + o, cap - o, "[webhook:one-more]\nscheme = stripe\n");
+    expect_err(load_text(text), "more than 32 webhook sources");
+    free(text);
+}
+
+/* gw_config_json shows each source and the paths of its files, never what
+ * the files hold. */
+static void test_webhooks_json(void **state)
+{
+    char text[1024];
+    json_t *j, *sources, *s;
+    char *dump;
+    (void)state;
+    write_secrets();
+    expand("[webhook:oura]\nscheme = oura\nsecret_file = $D/s1, $D/s2\n"
+           "verify_token_file = $D/token\ntolerance_s = 120\nmax_body = 256k\n"
+           "deliver_to = https://ingest.internal/oura\n"
+           "[webhook:polar]\nscheme = polar\nsecret_file = $D/s3\ndeliver_to = http://h/p\n"
+           "[ratelimit]\nredis = redis://10.1.2.3:6379\n",
+           text, sizeof text);
+    expect_ok(load_text(text));
+    j = gw_config_json(g_cfg);
+    assert_non_null(j);
+    dump = json_dumps(j, JSON_SORT_KEYS);
+    assert_non_null(dump);
+    EXPECT(strstr(dump, "MfKQ9r8GKYqr") == NULL, "a secret file's text in %s", dump);
+    EXPECT(strstr(dump, "verify-token-") == NULL, "the token file's text in %s", dump);
+    {
+        /* [ratelimit] shows its URL (it can hold no password); [webhooks] only HOST:PORT */
+        char *wh = json_dumps(json_object_get(j, "webhooks"), 0);
+        assert_non_null(wh);
+        EXPECT(strstr(wh, "redis://") == NULL, "a Redis URL in %s", wh);
+        free(wh);
+    }
+    sources = json_object_get(json_object_get(j, "webhooks"), "sources");
+    assert_int_equal(json_array_size(sources), 2);
+    s = json_array_get(sources, 0);
+    assert_string_equal(json_string_value(json_object_get(s, "name")), "oura");
+    assert_string_equal(json_string_value(json_object_get(s, "scheme")), "oura");
+    assert_int_equal(json_integer_value(json_object_get(s, "tolerance_s")), 120);
+    assert_int_equal(json_integer_value(json_object_get(s, "max_body")), 256 * 1024);
+    assert_string_equal(json_string_value(json_object_get(s, "deliver_to")),
+                        "https://ingest.internal/oura");
+    assert_int_equal(json_integer_value(json_object_get(s, "n_secret_files")), 2);
+    assert_int_equal(json_array_size(json_object_get(s, "secret_files")), 2);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(s, "secret_files"), 0)),
+                        g_cfg->wh_sources[0].secret_files[0]);
+    assert_string_equal(json_string_value(json_object_get(s, "verify_token_file")),
+                        g_cfg->wh_sources[0].verify_token_file);
+    s = json_array_get(sources, 1);
+    assert_string_equal(json_string_value(json_object_get(s, "name")), "polar");
+    assert_int_equal(json_integer_value(json_object_get(s, "n_secret_files")), 1);
+    assert_string_equal(json_string_value(json_object_get(s, "verify_token_file")), "");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "webhooks"), "redis")),
+                        "10.1.2.3:6379");
+    free(dump);
+    json_decref(j);
+}
+
 static void test_route_match(void **state)
 {
     gw_flags flags = {0};
@@ -1067,9 +1711,18 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_size_limit, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_long_line, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_tls_files, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_long_section_names, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_too_many_routes, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_route_match, each_setup, each_teardown),
         cmocka_unit_test_setup_teardown(test_ratelimit, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_webhooks_defaults, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_webhooks_ranges, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_webhooks_settings, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_webhooks_redis, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_webhook_sources, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_webhook_sources_bad, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_too_many_webhook_sources, each_setup, each_teardown),
+        cmocka_unit_test_setup_teardown(test_webhooks_json, each_setup, each_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

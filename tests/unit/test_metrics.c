@@ -31,7 +31,7 @@ static const char *const classes[] = {"proxy", "phi", "admin", "health", "metric
 static char *render(phg_audit *audit)
 {
     size_t len = 0;
-    char *text = gw_metrics_render(audit, &len);
+    char *text = gw_metrics_render(audit, NULL, &len);
     EXPECT(text != NULL, "render failed");
     EXPECT(strlen(text) == len, "length %zu, strlen %zu", len, strlen(text));
     EXPECT(len > 0 && text[len - 1] == '\n', "text must end with a newline");

@@ -9,6 +9,12 @@
  * the research notes list, repeated headers, caps (body, header, number of
  * signatures), sources refused at creation, the unsigned scheme's token,
  * and property checks: sign/verify round trips, one flipped bit refused.
+ * google-health: P-256 keys made here, Tink keysets encoded here by hand
+ * (protobuf and JSON), signatures made with EVP_DigestSign: both header
+ * names, Authorization values, key rotation (unknown_key, then the new
+ * keyset), disabled keys, IEEE_P1363 and RAW keys, malformed and
+ * non-canonical signatures, keysets refused, keysets loaded from a file and
+ * a loopback URL, and keyset swaps while threads verify.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +25,19 @@
 #include <string.h>
 
 #include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/obj_mac.h>
 
 #include "phigate/crypto.h"
 #include "phigate/webhook.h"
@@ -540,9 +559,7 @@ static void test_sources_refused(void **state)
     assert_non_null(strstr(err, "at least one secret"));
     assert_int_equal(phg_webhook_source_new("nope", &ok, 1, NULL, &src, err, sizeof err),
                      PHG_ERR_NOT_FOUND);
-    assert_int_equal(phg_webhook_source_new("google-health", &ok, 1, NULL, &src, err, sizeof err),
-                     PHG_ERR_NOT_FOUND);
-    assert_non_null(strstr(err, "not implemented"));
+    assert_non_null(strstr(err, "google-health")); /* listed among the schemes */
     assert_null(src);
 
     expect_refused_source("standard-webhooks", "", "empty");
@@ -1033,11 +1050,928 @@ static void test_unsigned(void **state)
     assert_true(phg_webhook_token_equal("", 0, NULL, 0));
 }
 
+/* ---- google-health: ECDSA P-256 with a Tink keyset ------------------------------- */
+
+#define GH_AUTH1 "Bearer gh-subscriber-secret-0001"
+#define GH_AUTH2 "Bearer gh-subscriber-secret-0002"
+#define GH_BODY "{\"type\":\"notification\",\"data\":{\"dataType\":\"steps\"}}"
+#define GH_SIG_HEADER "GOOGLE-HEALTH-API-SIGNATURE"
+#define GH_OLD_HEADER "x-healthapi-signature"
+
+/* Tink enum values */
+#define T_SHA256 3
+#define T_SHA512 4
+#define T_P256 2
+#define T_P384 3
+#define T_DER 2
+#define T_P1363 1
+
+typedef struct gh_test_key {
+    EVP_PKEY *pkey;
+    uint8_t x[32], y[32];
+} gh_test_key;
+
+static void gh_key_new(gh_test_key *k)
+{
+    BIGNUM *x = NULL, *y = NULL;
+    k->pkey = EVP_EC_gen("P-256");
+    assert_non_null(k->pkey);
+    assert_int_equal(EVP_PKEY_get_bn_param(k->pkey, OSSL_PKEY_PARAM_EC_PUB_X, &x), 1);
+    assert_int_equal(EVP_PKEY_get_bn_param(k->pkey, OSSL_PKEY_PARAM_EC_PUB_Y, &y), 1);
+    assert_int_equal(BN_bn2binpad(x, k->x, 32), 32);
+    assert_int_equal(BN_bn2binpad(y, k->y, 32), 32);
+    BN_free(x);
+    BN_free(y);
+}
+
+/* Protobuf by hand: a tag byte, a length byte, the bytes (all < 128 here). */
+static size_t pb_bytes(uint8_t *out, uint8_t tag, const uint8_t *b, size_t n)
+{
+    out[0] = tag;
+    out[1] = (uint8_t)n;
+    memcpy(out + 2, b, n);
+    return n + 2;
+}
+
+/*
+ * A serialized EcdsaPublicKey: version 0 (field 1, written out), params
+ * (field 2: hash, curve, encoding), x (field 3, with a leading 0x00 when
+ * pad_x), y (field 4); extra (may be NULL) appended as is.
+ */
+static size_t gh_proto(const gh_test_key *k, int hash, int curve, int enc, int pad_x,
+                       const uint8_t *extra, size_t extra_len, uint8_t *out)
+{
+    uint8_t params[6] = {0x08, (uint8_t)hash, 0x10, (uint8_t)curve, 0x18, (uint8_t)enc};
+    uint8_t xb[33];
+    size_t n = 0;
+    out[n++] = 0x08;
+    out[n++] = 0x00;
+    n += pb_bytes(out + n, 0x12, params, sizeof params);
+    xb[0] = 0;
+    memcpy(xb + 1, k->x, 32);
+    n += pb_bytes(out + n, 0x1a, pad_x ? xb : xb + 1, pad_x ? 33 : 32);
+    n += pb_bytes(out + n, 0x22, k->y, 32);
+    if (extra != NULL) {
+        memcpy(out + n, extra, extra_len);
+        n += extra_len;
+    }
+    return n;
+}
+
+/* One entry of a keyset's "key" array around a serialized key. */
+static void gh_entry(char *out, size_t cap, const uint8_t *proto, size_t n, uint32_t id,
+                     const char *status, const char *prefix, const char *type_url)
+{
+    char b64[512];
+    phg_base64_encode(proto, n, b64, PHG_B64_STD);
+    snprintf(out, cap,
+             "{\"keyData\":{\"typeUrl\":\"%s\",\"value\":\"%s\",\"keyMaterialType\":"
+             "\"ASYMMETRIC_PUBLIC\"},\"status\":\"%s\",\"keyId\":%u,\"outputPrefixType\":\"%s\"}",
+             type_url, b64, status, id, prefix);
+}
+
+#define GH_TYPE "type.googleapis.com/google.crypto.tink.EcdsaPublicKey"
+
+static void gh_entry_key(char *out, size_t cap, const gh_test_key *k, uint32_t id, int enc,
+                         const char *status, const char *prefix)
+{
+    uint8_t proto[128];
+    size_t n = gh_proto(k, T_SHA256, T_P256, enc, id % 2, NULL, 0, proto);
+    gh_entry(out, cap, proto, n, id, status, prefix, GH_TYPE);
+}
+
+/* {"primaryKeyId":first id,"key":[e1,e2,...]} from n entries. */
+static char *gh_keyset_json(size_t n, const char *const *entries)
+{
+    static char buf[1 << 16];
+    size_t len = (size_t)snprintf(buf, sizeof buf, "{\"primaryKeyId\":1,\"key\":[");
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)snprintf(buf + len, sizeof buf - len, "%s%s", i ? "," : "", entries[i]);
+    snprintf(buf + len, sizeof buf - len, "]}");
+    return buf;
+}
+
+static phg_webhook_keyset *gh_keyset(size_t n, const char *const *entries)
+{
+    phg_webhook_keyset *ks = NULL;
+    char err[256] = "";
+    const char *j = gh_keyset_json(n, entries);
+    phg_status rc = phg_webhook_keyset_parse(j, strlen(j), &ks, err, sizeof err);
+    EXPECT(rc == PHG_OK && ks != NULL, "keyset refused: %s (%s)", phg_strerror(rc), err);
+    return ks;
+}
+
+static void gh_keyset_refused(size_t n, const char *const *entries, phg_status want,
+                              const char *why_part)
+{
+    phg_webhook_keyset *ks = NULL;
+    char err[256] = "";
+    const char *j = gh_keyset_json(n, entries);
+    phg_status rc = phg_webhook_keyset_parse(j, strlen(j), &ks, err, sizeof err);
+    EXPECT(rc == want && ks == NULL, "keyset: got %s want %s (%s)", phg_strerror(rc),
+           phg_strerror(want), err);
+    EXPECT(err[0] != '\0', "no error text");
+    if (why_part != NULL)
+        EXPECT(strstr(err, why_part) != NULL, "error '%s' lacks '%s'", err, why_part);
+}
+
+/* DER ECDSA-P256-SHA256 signature of body. */
+static size_t gh_sign_der(const gh_test_key *k, const char *body, size_t body_len, uint8_t *sig)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    size_t n = 80;
+    assert_non_null(md);
+    assert_int_equal(EVP_DigestSignInit_ex(md, NULL, "SHA256", NULL, NULL, k->pkey, NULL), 1);
+    assert_int_equal(EVP_DigestSign(md, sig, &n, (const uint8_t *)body, body_len), 1);
+    EVP_MD_CTX_free(md);
+    return n;
+}
+
+/* The signature header: base64(prefix || signature). prefix_len 0 (RAW) or
+ * 5 (0x01 || id); p1363: r || s instead of DER; high_s: s replaced with n - s
+ * (the other valid signature of the same body). */
+static void gh_header(const gh_test_key *k, const char *body, uint32_t id, int prefix_len,
+                      int p1363, int high_s, char *out)
+{
+    uint8_t der[80], buf[96];
+    size_t n = gh_sign_der(k, body, strlen(body), der), len = 0;
+    if (prefix_len == 5) {
+        buf[0] = 0x01;
+        buf[1] = (uint8_t)(id >> 24);
+        buf[2] = (uint8_t)(id >> 16);
+        buf[3] = (uint8_t)(id >> 8);
+        buf[4] = (uint8_t)id;
+        len = 5;
+    }
+    if (p1363 || high_s) {
+        const uint8_t *p = der;
+        ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, (long)n);
+        const BIGNUM *r, *s;
+        assert_non_null(es);
+        ECDSA_SIG_get0(es, &r, &s);
+        if (high_s) {
+            BIGNUM *order = BN_new(), *s2 = BN_new(), *r2 = BN_dup(r);
+            BN_CTX *bc = BN_CTX_new();
+            EC_GROUP *g = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+            assert_true(order && s2 && r2 && bc && g);
+            assert_int_equal(EC_GROUP_get_order(g, order, bc), 1);
+            assert_int_equal(BN_sub(s2, order, s), 1);
+            assert_int_equal(ECDSA_SIG_set0(es, r2, s2), 1);
+            uint8_t *q = der;
+            n = (size_t)i2d_ECDSA_SIG(es, &q);
+            BN_free(order);
+            BN_CTX_free(bc);
+            EC_GROUP_free(g);
+            ECDSA_SIG_get0(es, &r, &s);
+        }
+        if (p1363) {
+            assert_int_equal(BN_bn2binpad(r, buf + len, 32), 32);
+            assert_int_equal(BN_bn2binpad(s, buf + len + 32, 32), 32);
+            len += 64;
+        } else {
+            memcpy(buf + len, der, n);
+            len += n;
+        }
+        ECDSA_SIG_free(es);
+    } else {
+        memcpy(buf + len, der, n);
+        len += n;
+    }
+    phg_base64_encode(buf, len, out, PHG_B64_STD);
+}
+
+static phg_webhook_source *gh_source(int64_t not_after2)
+{
+    phg_webhook_secret s[2] = {{GH_AUTH1, strlen(GH_AUTH1), 0},
+                               {"  " GH_AUTH2 "\n", strlen(GH_AUTH2) + 3, not_after2}};
+    phg_webhook_source *src = NULL;
+    char err[256] = "";
+    phg_status rc = phg_webhook_source_new("google-health", s, 2, NULL, &src, err, sizeof err);
+    EXPECT(rc == PHG_OK, "google-health source: %s (%s)", phg_strerror(rc), err);
+    return src;
+}
+
+static phg_webhook_reason gh_verify(const phg_webhook_source *src, const char *auth,
+                                    const char *sig_name, const char *sig, const char *body,
+                                    phg_webhook_result *res)
+{
+    hset hs = {0};
+    hadd(&hs, "Content-Type", "application/json");
+    hadd(&hs, "Authorization", auth);
+    if (sig_name != NULL)
+        hadd(&hs, sig_name, sig);
+    return verify_hs(src, &hs, body, 1700000000, res);
+}
+
+static void test_google_health(void **state)
+{
+    (void)state;
+    gh_test_key ka, kb, kc, kd, ke;
+    char ea[1024], eb[1024], ec[1024], ed[1024], ee[1024], sig[256], sig2[256], hex[65];
+    uint8_t h[32];
+    phg_webhook_result res;
+    phg_webhook_keyset *ks1, *ks2;
+    const uint32_t ida = 0x12345678u, idb = 0x9abcdef1u, idc = 7, idd = 8, ide = 9;
+
+    gh_key_new(&ka);
+    gh_key_new(&kb);
+    gh_key_new(&kc);
+    gh_key_new(&kd);
+    gh_key_new(&ke);
+    gh_entry_key(ea, sizeof ea, &ka, ida, T_DER, "ENABLED", "TINK");
+    gh_entry_key(eb, sizeof eb, &kb, idb, T_DER, "ENABLED", "TINK");
+    gh_entry_key(ec, sizeof ec, &kc, idc, T_DER, "DISABLED", "TINK");
+    gh_entry_key(ed, sizeof ed, &kd, idd, T_P1363, "ENABLED", "TINK");
+    gh_entry_key(ee, sizeof ee, &ke, ide, T_DER, "ENABLED", "RAW");
+    const char *set1[] = {ea, ec};
+    ks1 = gh_keyset(2, set1);
+    assert_int_equal(phg_webhook_keyset_count(ks1), 1); /* the disabled key is not kept */
+
+    phg_webhook_source *src = gh_source(1700000000);
+    assert_int_equal(phg_webhook_source_scheme(src), PHG_WEBHOOK_GOOGLE_HEALTH);
+    gh_header(&ka, GH_BODY, ida, 5, 0, 0, sig);
+
+    /* no keyset yet: unknown key (the caller fetches it and retries) */
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig, GH_BODY, NULL), PHG_WH_UNKNOWN_KEY,
+                  "no keyset");
+    phg_webhook_source_set_keyset(src, ks1);
+    phg_webhook_keyset_free(ks1); /* the source keeps its own reference */
+
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig, GH_BODY, &res), PHG_WH_OK, "valid");
+    assert_int_equal(phg_sha256((const uint8_t *)GH_BODY, strlen(GH_BODY), h), PHG_OK);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", h[i]);
+    assert_string_equal(res.msg_id, hex);
+    assert_int_equal(res.msg_id_is_signature, 0);
+    assert_int_equal(res.has_timestamp, 0);
+    assert_int_equal(res.authenticated, 1);
+    assert_int_equal(res.secret_index, 0);
+    expect_reason(gh_verify(src, GH_AUTH1, GH_OLD_HEADER, sig, GH_BODY, NULL), PHG_WH_OK,
+                  "older header name");
+    expect_reason(gh_verify(src, GH_AUTH2, "Google-Health-Api-Signature", sig, GH_BODY, &res),
+                  PHG_WH_OK, "second Authorization value, header name in mixed case");
+    assert_int_equal(res.secret_index, 1);
+    /* a second valid signature of the same body (s -> n - s): also verifies,
+     * with the same replay key, which is why msg_id is not the signature */
+    gh_header(&ka, GH_BODY, ida, 5, 0, 1, sig2);
+    assert_string_not_equal(sig, sig2);
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig2, GH_BODY, &res), PHG_WH_OK,
+                  "high s");
+    assert_string_equal(res.msg_id, hex);
+
+    /* the body, the Authorization value */
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig, GH_BODY " ", NULL),
+                  PHG_WH_BAD_SIGNATURE, "other body");
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig, "", NULL), PHG_WH_BAD_SIGNATURE,
+                  "empty body");
+    expect_reason(
+        gh_verify(src, "Bearer gh-subscriber-secret-0003", GH_SIG_HEADER, sig, GH_BODY, NULL),
+        PHG_WH_BAD_AUTHORIZATION, "wrong Authorization");
+    expect_reason(
+        gh_verify(src, "bearer gh-subscriber-secret-0001", GH_SIG_HEADER, sig, GH_BODY, NULL),
+        PHG_WH_BAD_AUTHORIZATION, "Authorization in another case");
+    expect_reason(gh_verify(src, GH_AUTH1 " ", GH_SIG_HEADER, sig, GH_BODY, NULL),
+                  PHG_WH_BAD_AUTHORIZATION, "Authorization with a trailing space");
+    expect_reason(gh_verify(src, NULL, GH_SIG_HEADER, sig, GH_BODY, NULL), PHG_WH_BAD_AUTHORIZATION,
+                  "no Authorization");
+    {
+        hset hs = {0};
+        hadd(&hs, "authorization", GH_AUTH2);
+        hadd(&hs, GH_SIG_HEADER, sig);
+        /* the second value's not_after has passed one second later */
+        assert_int_equal(phg_webhook_verify(src, hs.h, hs.n, (const uint8_t *)GH_BODY,
+                                            strlen(GH_BODY), 1700000001000LL, &res),
+                         PHG_ERR_AUTH);
+        expect_reason(res.reason, PHG_WH_BAD_AUTHORIZATION, "expired Authorization");
+    }
+
+    /* header grammar */
+    {
+        hset hs = {0};
+        hadd(&hs, "Authorization", GH_AUTH1);
+        hadd(&hs, GH_SIG_HEADER, sig);
+        hadd(&hs, GH_OLD_HEADER, sig);
+        expect_reason(verify_hs(src, &hs, GH_BODY, 1700000000, NULL), PHG_WH_REPEATED_HEADER,
+                      "both names");
+        hs.n = 0;
+        hadd(&hs, "Authorization", GH_AUTH1);
+        hadd(&hs, GH_SIG_HEADER, sig);
+        hadd(&hs, "google-health-api-signature", sig);
+        expect_reason(verify_hs(src, &hs, GH_BODY, 1700000000, NULL), PHG_WH_REPEATED_HEADER,
+                      "signature twice");
+        hs.n = 0;
+        hadd(&hs, "Authorization", GH_AUTH1);
+        hadd(&hs, "authorization", GH_AUTH1);
+        hadd(&hs, GH_SIG_HEADER, sig);
+        expect_reason(verify_hs(src, &hs, GH_BODY, 1700000000, NULL), PHG_WH_REPEATED_HEADER,
+                      "Authorization twice");
+    }
+    expect_reason(gh_verify(src, GH_AUTH1, NULL, NULL, GH_BODY, NULL), PHG_WH_NO_SIGNATURE,
+                  "no signature");
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, "", GH_BODY, NULL),
+                  PHG_WH_MALFORMED_HEADER, "empty signature");
+    {
+        char t[256];
+        size_t n = strlen(sig);
+        /* truncated by one group of 4 (still base64) and by one character */
+        snprintf(t, sizeof t, "%.*s", (int)(n - 4), sig);
+        phg_webhook_reason r = gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL);
+        EXPECT(r == PHG_WH_BAD_SIGNATURE || r == PHG_WH_MALFORMED_HEADER, "truncated: %s",
+               phg_webhook_reason_name(r));
+        snprintf(t, sizeof t, "%.*s", (int)(n - 1), sig);
+        expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL),
+                      PHG_WH_MALFORMED_HEADER, "truncated by one character");
+        /* padding dropped; a leading space */
+        snprintf(t, sizeof t, "%s", sig);
+        while (n > 0 && t[n - 1] == '=')
+            t[--n] = '\0';
+        if (n != strlen(sig))
+            expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL),
+                          PHG_WH_MALFORMED_HEADER, "unpadded");
+        t[0] = ' ';
+        memcpy(t + 1, sig, strlen(sig) + 1);
+        expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL),
+                      PHG_WH_MALFORMED_HEADER, "leading space");
+        /* non-canonical: the same bytes with nonzero unused bits */
+        uint8_t raw[96];
+        size_t rn = 0;
+        assert_int_equal(phg_base64_decode(sig, strlen(sig), raw, sizeof raw, &rn, PHG_B64_STD),
+                         PHG_OK);
+        if (rn % 3 != 0) {
+            snprintf(t, sizeof t, "%s", sig);
+            size_t last = strlen(t) - 1;
+            while (t[last] == '=')
+                last--;
+            t[last] = t[last] == 'A' ? 'B' : (char)(t[last] + 1); /* flips an unused bit */
+            expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL),
+                          PHG_WH_MALFORMED_HEADER, "non-canonical base64");
+        }
+        /* trailing garbage after the DER: OpenSSL re-encodes and compares */
+        if (rn < 77) {
+            raw[rn] = 0x00;
+            phg_base64_encode(raw, rn + 1, t, PHG_B64_STD);
+            phg_webhook_reason r2 = gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL);
+            EXPECT(r2 == PHG_WH_BAD_SIGNATURE, "DER with a trailing byte: %s",
+                   phg_webhook_reason_name(r2));
+        }
+        /* a flipped bit in the DER signature */
+        raw[rn - 1] ^= 1;
+        phg_base64_encode(raw, rn, t, PHG_B64_STD);
+        expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL),
+                      PHG_WH_BAD_SIGNATURE, "flipped bit");
+        raw[rn - 1] ^= 1;
+        /* another prefix byte (0x00 is Tink's LEGACY/CRUNCHY): no RAW key here */
+        raw[0] = 0x00;
+        phg_base64_encode(raw, rn, t, PHG_B64_STD);
+        expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL),
+                      PHG_WH_MALFORMED_HEADER, "prefix 0x00");
+        raw[0] = 0x02;
+        phg_base64_encode(raw, rn, t, PHG_B64_STD);
+        expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL),
+                      PHG_WH_MALFORMED_HEADER, "prefix 0x02");
+        raw[0] = 0x01;
+        raw[4] ^= 1; /* another key id */
+        phg_base64_encode(raw, rn, t, PHG_B64_STD);
+        expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL), PHG_WH_UNKNOWN_KEY,
+                      "another key id");
+        /* over the longest signature (5 + 72 bytes) */
+        memset(raw, 1, sizeof raw);
+        phg_base64_encode(raw, 81, t, PHG_B64_STD);
+        expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL),
+                      PHG_WH_MALFORMED_HEADER, "too long");
+    }
+
+    /* a key id the keyset lacks (a rotation): unknown until the new keyset is set */
+    gh_header(&kb, GH_BODY, idb, 5, 0, 0, sig2);
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig2, GH_BODY, NULL), PHG_WH_UNKNOWN_KEY,
+                  "key b before rotation");
+    /* b's signature under a's id: a real key, a wrong signature */
+    {
+        uint8_t raw[96];
+        size_t rn = 0;
+        char t[256];
+        assert_int_equal(phg_base64_decode(sig2, strlen(sig2), raw, sizeof raw, &rn, PHG_B64_STD),
+                         PHG_OK);
+        raw[1] = 0x12, raw[2] = 0x34, raw[3] = 0x56, raw[4] = 0x78;
+        phg_base64_encode(raw, rn, t, PHG_B64_STD);
+        expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, t, GH_BODY, NULL),
+                      PHG_WH_BAD_SIGNATURE, "b's signature under a's id");
+    }
+    const char *set2[] = {ea, eb, ec, ed, ee};
+    ks2 = gh_keyset(5, set2);
+    assert_int_equal(phg_webhook_keyset_count(ks2), 4);
+    phg_webhook_source_set_keyset(src, ks2);
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig2, GH_BODY, NULL), PHG_WH_OK,
+                  "key b after rotation");
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig, GH_BODY, NULL), PHG_WH_OK,
+                  "key a still there");
+    /* the disabled key is never used */
+    gh_header(&kc, GH_BODY, idc, 5, 0, 0, sig2);
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig2, GH_BODY, NULL), PHG_WH_UNKNOWN_KEY,
+                  "disabled key");
+    /* IEEE_P1363 (r || s) */
+    gh_header(&kd, GH_BODY, idd, 5, 1, 0, sig2);
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig2, GH_BODY, NULL), PHG_WH_OK, "P1363");
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig2, GH_BODY "x", NULL),
+                  PHG_WH_BAD_SIGNATURE, "P1363, other body");
+    gh_header(&kd, GH_BODY, idd, 5, 0, 0, sig2); /* DER under a P1363 key */
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig2, GH_BODY, NULL),
+                  PHG_WH_BAD_SIGNATURE, "DER under a P1363 key");
+    gh_header(&ka, GH_BODY, ida, 5, 1, 0, sig2); /* P1363 under a DER key */
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig2, GH_BODY, NULL),
+                  PHG_WH_BAD_SIGNATURE, "P1363 under a DER key");
+    /* RAW: no prefix, every RAW key tried */
+    gh_header(&ke, GH_BODY, 0, 0, 0, 0, sig2);
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig2, GH_BODY, NULL), PHG_WH_OK, "RAW");
+    gh_header(&ka, GH_BODY, 0, 0, 0, 0, sig2); /* a's key, but a is TINK-prefixed */
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig2, GH_BODY, NULL),
+                  PHG_WH_BAD_SIGNATURE, "unprefixed signature of a TINK key");
+    /* removing the keyset */
+    phg_webhook_source_set_keyset(src, NULL);
+    expect_reason(gh_verify(src, GH_AUTH1, GH_SIG_HEADER, sig, GH_BODY, NULL), PHG_WH_UNKNOWN_KEY,
+                  "keyset removed");
+    phg_webhook_source_set_keyset(src, ks2);
+
+    /* body cap first */
+    {
+        phg_webhook_options o;
+        phg_webhook_options_init(&o);
+        o.max_body = 8;
+        phg_webhook_secret s1 = {GH_AUTH1, strlen(GH_AUTH1), 0};
+        phg_webhook_source *small = NULL;
+        char err[256];
+        assert_int_equal(
+            phg_webhook_source_new("google-health", &s1, 1, &o, &small, err, sizeof err), PHG_OK);
+        expect_reason(gh_verify(small, GH_AUTH1, GH_SIG_HEADER, sig, GH_BODY, NULL),
+                      PHG_WH_TOO_LARGE, "body cap");
+        phg_webhook_source_free(small);
+    }
+    /* the token path is not for this scheme */
+    assert_int_equal(
+        phg_webhook_verify_token(src, GH_AUTH1, strlen(GH_AUTH1), NULL, 0, 1700000000000LL, &res),
+        PHG_ERR_AUTH);
+    expect_reason(res.reason, PHG_WH_WRONG_SCHEME, "token on google-health");
+
+    /* the verification POSTs: Authorization alone */
+    assert_true(phg_webhook_check_authorization(src, GH_AUTH1, strlen(GH_AUTH1), 1700000000000LL));
+    assert_true(phg_webhook_check_authorization(src, GH_AUTH2, strlen(GH_AUTH2), 1700000000000LL));
+    assert_false(phg_webhook_check_authorization(src, GH_AUTH2, strlen(GH_AUTH2), 1700000001000LL));
+    assert_false(
+        phg_webhook_check_authorization(src, GH_AUTH1, strlen(GH_AUTH1) - 1, 1700000000000LL));
+    assert_false(phg_webhook_check_authorization(src, "", 0, 1700000000000LL));
+    assert_false(phg_webhook_check_authorization(src, NULL, 0, 1700000000000LL));
+    phg_webhook_source *other = source1("unsigned", "unsigned-token-0123456789");
+    assert_false(phg_webhook_check_authorization(other, "unsigned-token-0123456789", 25, 1000));
+    phg_webhook_source_free(other);
+
+    phg_webhook_keyset_free(ks2);
+    phg_webhook_source_free(src); /* drops the last reference to ks2 */
+    EVP_PKEY_free(ka.pkey);
+    EVP_PKEY_free(kb.pkey);
+    EVP_PKEY_free(kc.pkey);
+    EVP_PKEY_free(kd.pkey);
+    EVP_PKEY_free(ke.pkey);
+}
+
+/* A vector made with Python's cryptography (independent of OpenSSL's EVP
+ * signing used above): private scalar 0x0102...20, key id 0x0a0b0c0d, TINK
+ * prefix, DER signature; the keyset JSON as Tink's writer lays it out. */
+#define PY_KEYSET                                                                                  \
+    "{\"primaryKeyId\":168496141,\"key\":[{\"keyData\":{\"typeUrl\":\"type.googleapis.com/"        \
+    "google.crypto.tink.EcdsaPublicKey\",\"value\":\"EgYIAxACGAIaIFFcPW6545a5BNP+yn9U/"            \
+    "c0MwemXvzddylFa0KbDtANfIiBFNr46UPMY+/mlR1kCoiFQK+8NV+CMU7LMClbxfZ+TVA==\","                   \
+    "\"keyMaterialType\":\"ASYMMETRIC_PUBLIC\"},\"status\":\"ENABLED\",\"keyId\":168496141,"       \
+    "\"outputPrefixType\":\"TINK\"}]}"
+#define PY_SIG                                                                                     \
+    "AQoLDA0wRQIhALGhm3mf8kk9+POfiCPmTU5r/eYpHGVY7Qf0hh4wrvl0AiAr26lLbWAr6dK7jDqyOU969ktMIWeXnz7d" \
+    "1c4hp0/rCQ=="
+#define PY_BODY "{\"type\":\"notification\",\"data\":{\"dataType\":\"steps\"}}"
+
+static void test_google_health_python_vector(void **state)
+{
+    (void)state;
+    phg_webhook_keyset *ks = NULL;
+    char err[256] = "";
+    phg_webhook_secret sec = {"Bearer fuzz-authorization-0123", 30, 0};
+    phg_webhook_source *src = NULL;
+    phg_webhook_result res;
+    assert_int_equal(phg_webhook_keyset_parse(PY_KEYSET, strlen(PY_KEYSET), &ks, err, sizeof err),
+                     PHG_OK);
+    assert_int_equal(phg_webhook_source_new("google-health", &sec, 1, NULL, &src, err, sizeof err),
+                     PHG_OK);
+    phg_webhook_source_set_keyset(src, ks);
+    phg_webhook_keyset_free(ks);
+    expect_reason(gh_verify(src, sec.text, GH_SIG_HEADER, PY_SIG, PY_BODY, &res), PHG_WH_OK,
+                  "python vector");
+    expect_reason(gh_verify(src, sec.text, GH_SIG_HEADER, PY_SIG, PY_BODY "\n", &res),
+                  PHG_WH_BAD_SIGNATURE, "python vector, other body");
+    phg_webhook_source_free(src);
+}
+
+static void test_google_health_secrets(void **state)
+{
+    (void)state;
+    expect_refused_source("google-health", "Bearer short", "16");
+    expect_refused_source("google-health", "Bearer  two-spaces-in-the-middle", "single spaces");
+    expect_refused_source("google-health", "Bearer\tabcdefghijklmnopqrs", "single spaces");
+    expect_refused_source("google-health", "Bearer abcdefghij\x01klmnopqrs", NULL);
+    expect_refused_source("google-health", "Bearer abcdefghij\xc3\xa9klmnopqrs", NULL);
+    expect_refused_source("google-health", "   ", "empty");
+    /* accepted: any scheme word, inner single spaces, surrounding space trimmed */
+    phg_webhook_source *src = source1("google-health", "  Basic dXNlcjpwYXNzd29yZA==  \n");
+    assert_true(phg_webhook_check_authorization(src, "Basic dXNlcjpwYXNzd29yZA==", 26, 0));
+    char fp[20];
+    assert_int_equal(phg_webhook_secret_fingerprint(src, 0, fp), PHG_OK);
+    assert_int_equal(strlen(fp), 19);
+    phg_webhook_source_free(src);
+    src = source1("google-health", "0123456789abcdefghij-no-scheme-word");
+    phg_webhook_source_free(src);
+}
+
+static void test_google_health_keyset_parse(void **state)
+{
+    (void)state;
+    gh_test_key k;
+    char e[1024], e2[1024];
+    uint8_t proto[256];
+    size_t n;
+    phg_webhook_keyset *ks = NULL;
+    char err[256];
+
+    gh_key_new(&k);
+    /* unknown fields (a varint, bytes, fixed32, fixed64) are skipped */
+    static const uint8_t extra[] = {0x48, 0x05,              /* field 9 varint */
+                                    0x52, 0x02, 'h', 'i',    /* field 10 bytes */
+                                    0x5d, 1,    2,   3,   4, /* field 11 fixed32 */
+                                    0x61, 1,    2,   3,   4, 5, 6, 7, 8 /* field 12 fixed64 */};
+    n = gh_proto(&k, T_SHA256, T_P256, T_DER, 1, extra, sizeof extra, proto);
+    gh_entry(e, sizeof e, proto, n, 42, "ENABLED", "TINK", GH_TYPE);
+    const char *one[] = {e};
+    ks = gh_keyset(1, one);
+    assert_int_equal(phg_webhook_keyset_count(ks), 1);
+    phg_webhook_keyset_free(ks);
+    phg_webhook_keyset_free(NULL);
+    /* another key type is skipped; alone it leaves no key */
+    gh_entry(e2, sizeof e2, proto, n, 43, "ENABLED", "TINK",
+             "type.googleapis.com/google.crypto.tink.Ed25519PublicKey");
+    const char *mixed[] = {e2, e};
+    ks = gh_keyset(2, mixed);
+    assert_int_equal(phg_webhook_keyset_count(ks), 1);
+    phg_webhook_keyset_free(ks);
+    const char *other_only[] = {e2};
+    gh_keyset_refused(1, other_only, PHG_ERR_INVALID, "no enabled");
+    const char *disabled_only[] = {e};
+    gh_entry(e, sizeof e, proto, n, 42, "DESTROYED", "TINK", GH_TYPE);
+    gh_keyset_refused(1, disabled_only, PHG_ERR_INVALID, "no enabled");
+
+    /* parameters */
+    static const struct {
+        int hash, curve, enc;
+    } bad_params[] = {{T_SHA512, T_P256, T_DER}, {T_SHA256, T_P384, T_DER}, {T_SHA256, T_P256, 0},
+                      {0, T_P256, T_DER},        {T_SHA256, 0, T_DER},      {T_SHA256, T_P256, 3}};
+    for (size_t i = 0; i < sizeof bad_params / sizeof bad_params[0]; i++) {
+        n = gh_proto(&k, bad_params[i].hash, bad_params[i].curve, bad_params[i].enc, 0, NULL, 0,
+                     proto);
+        gh_entry(e, sizeof e, proto, n, 1, "ENABLED", "TINK", GH_TYPE);
+        gh_keyset_refused(1, one, PHG_ERR_INVALID, "P-256");
+    }
+    /* a point not on the curve */
+    {
+        gh_test_key bad = k;
+        bad.y[31] ^= 1;
+        n = gh_proto(&bad, T_SHA256, T_P256, T_DER, 0, NULL, 0, proto);
+        gh_entry(e, sizeof e, proto, n, 1, "ENABLED", "TINK", GH_TYPE);
+        gh_keyset_refused(1, one, PHG_ERR_INVALID, "valid P-256 public key");
+        memset(bad.x, 0, 32);
+        memset(bad.y, 0, 32);
+        n = gh_proto(&bad, T_SHA256, T_P256, T_DER, 0, NULL, 0, proto);
+        gh_entry(e, sizeof e, proto, n, 1, "ENABLED", "TINK", GH_TYPE);
+        gh_keyset_refused(1, one, PHG_ERR_INVALID, "valid P-256 public key");
+    }
+    /* broken protobuf */
+    static const struct {
+        const uint8_t *b;
+        size_t n;
+    } bad_protos[] = {
+        {(const uint8_t *)"\x08", 1},         /* a varint cut short */
+        {(const uint8_t *)"\x1a\x21\x00", 3}, /* bytes past the end */
+        {(const uint8_t *)"\x0b\x0c", 2},     /* a group */
+        {(const uint8_t *)"\x0f", 1},         /* wire type 7 */
+        {(const uint8_t *)"\x00\x00", 2},     /* field 0 */
+        {(const uint8_t *)"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x02", 11}, /* > 64 bits */
+        {(const uint8_t *)"", 0}, /* nothing: no params, x, y */
+    };
+    for (size_t i = 0; i < sizeof bad_protos / sizeof bad_protos[0]; i++) {
+        gh_entry(e, sizeof e, bad_protos[i].b, bad_protos[i].n, 1, "ENABLED", "TINK", GH_TYPE);
+        gh_keyset_refused(1, one, PHG_ERR_INVALID, "EcdsaPublicKey");
+    }
+    /* a known field twice; x as a varint; params that do not parse */
+    n = gh_proto(&k, T_SHA256, T_P256, T_DER, 0, (const uint8_t *)"\x22\x01\x05", 3, proto);
+    gh_entry(e, sizeof e, proto, n, 1, "ENABLED", "TINK", GH_TYPE);
+    gh_keyset_refused(1, one, PHG_ERR_INVALID, "EcdsaPublicKey");
+    n = gh_proto(&k, T_SHA256, T_P256, T_DER, 0, (const uint8_t *)"\x18\x01", 2, proto);
+    gh_entry(e, sizeof e, proto, n, 1, "ENABLED", "TINK", GH_TYPE);
+    gh_keyset_refused(1, one, PHG_ERR_INVALID, "EcdsaPublicKey");
+    n = gh_proto(&k, T_SHA256, T_P256, T_DER, 0, NULL, 0, proto);
+    proto[4] = 0x0f; /* inside params: wire type 7 where hash_type's tag was */
+    gh_entry(e, sizeof e, proto, n, 1, "ENABLED", "TINK", GH_TYPE);
+    gh_keyset_refused(1, one, PHG_ERR_INVALID, "EcdsaPublicKey");
+    /* a coordinate of 33 significant bytes */
+    n = gh_proto(&k, T_SHA256, T_P256, T_DER, 1, NULL, 0, proto);
+    proto[12] = 0x01; /* the padding byte before x: now a 33-byte number */
+    gh_entry(e, sizeof e, proto, n, 1, "ENABLED", "TINK", GH_TYPE);
+    gh_keyset_refused(1, one, PHG_ERR_INVALID, NULL);
+
+    /* entries */
+    n = gh_proto(&k, T_SHA256, T_P256, T_DER, 0, NULL, 0, proto);
+    gh_entry(e, sizeof e, proto, n, 1, "ENABLED", "LEGACY", GH_TYPE);
+    gh_keyset_refused(1, one, PHG_ERR_INVALID, "TINK or RAW");
+    gh_entry(e, sizeof e, proto, n, 1, "ENABLED", "TINK",
+             "type.googleapis.com/google.crypto.tink.EcdsaPrivateKey");
+    gh_keyset_refused(1, one, PHG_ERR_INVALID, "public keyset");
+    gh_entry(e, sizeof e, proto, n, 1, "ENABLED", "TINK", GH_TYPE);
+    gh_entry(e2, sizeof e2, proto, n, 1, "ENABLED", "TINK", GH_TYPE);
+    const char *dup[] = {e, e2};
+    gh_keyset_refused(2, dup, PHG_ERR_INVALID, "twice");
+    const char *many[PHG_WEBHOOK_KEYSET_KEYS_MAX + 1];
+    for (size_t i = 0; i < PHG_WEBHOOK_KEYSET_KEYS_MAX + 1; i++)
+        many[i] = e;
+    gh_keyset_refused(PHG_WEBHOOK_KEYSET_KEYS_MAX + 1, many, PHG_ERR_TOO_LARGE, "32");
+
+    /* JSON */
+    static const char *const bad_json[] = {
+        "",
+        "[]",
+        "{\"key\":[]}",
+        "{\"key\":{}}",
+        "{\"primaryKeyId\":\"1\",\"key\":[{}]}",
+        "{\"key\":[1]}",
+        "{\"key\":[{\"keyData\":{},\"status\":\"ENABLED\",\"keyId\":1,"
+        "\"outputPrefixType\":\"TINK\"}]}",
+        "{\"key\":[{\"keyData\":{\"typeUrl\":\"" GH_TYPE "\",\"value\":\"!!\","
+        "\"keyMaterialType\":\"ASYMMETRIC_PUBLIC\"},\"status\":\"ENABLED\",\"keyId\":1,"
+        "\"outputPrefixType\":\"TINK\"}]}",
+        "{\"key\":[{\"keyData\":{\"typeUrl\":\"" GH_TYPE "\",\"value\":\"\","
+        "\"keyMaterialType\":\"ASYMMETRIC_PUBLIC\"},\"status\":\"ENABLED\",\"keyId\":4294967296,"
+        "\"outputPrefixType\":\"TINK\"}]}",
+        "{\"key\":[],\"key\":[]}",
+        "{\"key\":[{\"keyData\":{\"typeUrl\":\"" GH_TYPE "\",\"value\":\"\","
+        "\"keyMaterialType\":\"SYMMETRIC\"},\"status\":\"ENABLED\",\"keyId\":1,"
+        "\"outputPrefixType\":\"TINK\"}]}",
+        "{\"key\":[{\"keyData\":{\"typeUrl\":\"" GH_TYPE "\",\"value\":\"\","
+        "\"keyMaterialType\":\"REMOTE\"},\"status\":\"ENABLED\",\"keyId\":1,"
+        "\"outputPrefixType\":\"TINK\"}]}",
+        NULL,
+    };
+    for (size_t i = 0; bad_json[i] != NULL; i++) {
+        err[0] = '\0';
+        phg_status rc =
+            phg_webhook_keyset_parse(bad_json[i], strlen(bad_json[i]), &ks, err, sizeof err);
+        EXPECT(rc == PHG_ERR_INVALID && ks == NULL && err[0] != '\0', "json %zu: %s (%s)", i,
+               phg_strerror(rc), err);
+    }
+    assert_int_equal(phg_webhook_keyset_parse(NULL, 0, &ks, err, sizeof err), PHG_ERR_INVALID);
+    /* size: a valid keyset padded with spaces over 64 KiB */
+    {
+        char *big = malloc(PHG_WEBHOOK_KEYSET_MAX + 2);
+        const char *j = gh_keyset_json(1, one);
+        size_t jl = strlen(j);
+        assert_non_null(big);
+        memset(big, ' ', PHG_WEBHOOK_KEYSET_MAX + 1);
+        memcpy(big, j, jl);
+        assert_int_equal(
+            phg_webhook_keyset_parse(big, PHG_WEBHOOK_KEYSET_MAX + 1, &ks, err, sizeof err),
+            PHG_ERR_TOO_LARGE);
+        assert_int_equal(
+            phg_webhook_keyset_parse(big, PHG_WEBHOOK_KEYSET_MAX, &ks, err, sizeof err), PHG_OK);
+        phg_webhook_keyset_free(ks);
+        free(big);
+    }
+    /* Tink's older writers gave ids as signed int32 */
+    n = gh_proto(&k, T_SHA256, T_P256, T_DER, 0, NULL, 0, proto);
+    gh_entry(e, sizeof e, proto, n, 1, "ENABLED", "TINK", GH_TYPE);
+    {
+        char *neg = strstr(e, "\"keyId\":1,");
+        char fixed[1100];
+        assert_non_null(neg);
+        snprintf(fixed, sizeof fixed, "%.*s\"keyId\":-5,%s", (int)(neg - e), e, neg + 10);
+        const char *negs[] = {fixed};
+        ks = gh_keyset(1, negs);
+        phg_webhook_keyset_free(ks);
+    }
+    EVP_PKEY_free(k.pkey);
+}
+
+/* A one-shot HTTP server on 127.0.0.1 for keyset_load: answers one request
+ * with the keyset (or a 404), then stops. */
+typedef struct one_shot {
+    int lfd, port, status;
+    const char *body;
+    pthread_t th;
+} one_shot;
+
+static void *one_shot_main(void *arg)
+{
+    one_shot *o = arg;
+    char req[4096], head[256];
+    size_t got = 0;
+    int fd = accept(o->lfd, NULL, NULL);
+    if (fd < 0)
+        return NULL;
+    while (got < sizeof req - 1) {
+        ssize_t r = recv(fd, req + got, sizeof req - 1 - got, 0);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+        req[got] = '\0';
+        if (strstr(req, "\r\n\r\n") != NULL)
+            break;
+    }
+    int n = snprintf(head, sizeof head, "HTTP/1.1 %d X\r\nContent-Length: %zu\r\n\r\n", o->status,
+                     strlen(o->body));
+    (void)send(fd, head, (size_t)n, MSG_NOSIGNAL);
+    (void)send(fd, o->body, strlen(o->body), MSG_NOSIGNAL);
+    close(fd);
+    return NULL;
+}
+
+static void one_shot_start(one_shot *o, int status, const char *body)
+{
+    struct sockaddr_in a;
+    socklen_t al = sizeof a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    o->status = status;
+    o->body = body;
+    o->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(o->lfd >= 0);
+    assert_int_equal(bind(o->lfd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(o->lfd, 4), 0);
+    assert_int_equal(getsockname(o->lfd, (struct sockaddr *)&a, &al), 0);
+    o->port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&o->th, NULL, one_shot_main, o), 0);
+}
+
+static void one_shot_stop(one_shot *o)
+{
+    pthread_join(o->th, NULL);
+    close(o->lfd);
+}
+
+static void test_google_health_keyset_load(void **state)
+{
+    (void)state;
+    gh_test_key k;
+    char e[1024], path[64], url[128], err[256];
+    phg_webhook_keyset *ks = NULL;
+    FILE *f;
+    int fd;
+
+    gh_key_new(&k);
+    gh_entry_key(e, sizeof e, &k, 77, T_DER, "ENABLED", "TINK");
+    const char *one[] = {e};
+    char *json = strdup(gh_keyset_json(1, one));
+    assert_non_null(json);
+
+    snprintf(path, sizeof path, "/tmp/phg_keyset_XXXXXX");
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    f = fdopen(fd, "w");
+    assert_non_null(f);
+    fputs(json, f);
+    fclose(f);
+    assert_int_equal(phg_webhook_keyset_load(path, NULL, &ks, err, sizeof err), PHG_OK);
+    assert_int_equal(phg_webhook_keyset_count(ks), 1);
+    phg_webhook_keyset_free(ks);
+    /* over the cap on disk */
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(json, f);
+    for (int i = 0; i < 70000; i++)
+        fputc(' ', f);
+    fclose(f);
+    assert_int_equal(phg_webhook_keyset_load(path, NULL, &ks, err, sizeof err), PHG_ERR_TOO_LARGE);
+    assert_null(ks);
+    unlink(path);
+    assert_int_equal(phg_webhook_keyset_load(path, NULL, &ks, err, sizeof err), PHG_ERR_IO);
+    assert_non_null(strstr(err, "cannot open"));
+
+    /* over HTTP, from a loopback server */
+    one_shot o;
+    one_shot_start(&o, 200, json);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/keyset.json", o.port);
+    assert_int_equal(phg_webhook_keyset_load(url, NULL, &ks, err, sizeof err), PHG_OK);
+    assert_int_equal(phg_webhook_keyset_count(ks), 1);
+    phg_webhook_keyset_free(ks);
+    one_shot_stop(&o);
+    one_shot_start(&o, 404, "not here");
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/keyset.json", o.port);
+    assert_int_equal(phg_webhook_keyset_load(url, NULL, &ks, err, sizeof err), PHG_ERR_UNAVAILABLE);
+    assert_non_null(strstr(err, "404"));
+    one_shot_stop(&o);
+    one_shot_start(&o, 200, "{\"key\":[]}");
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/", o.port);
+    assert_int_equal(phg_webhook_keyset_load(url, NULL, &ks, err, sizeof err), PHG_ERR_INVALID);
+    one_shot_stop(&o);
+    /* in clear from elsewhere: refused before any connection */
+    assert_int_equal(
+        phg_webhook_keyset_load("http://www.gstatic.com/k.json", NULL, &ks, err, sizeof err),
+        PHG_ERR_INVALID);
+    assert_non_null(strstr(err, "loopback"));
+    assert_int_equal(
+        phg_webhook_keyset_load("http://127.example.com/k.json", NULL, &ks, err, sizeof err),
+        PHG_ERR_INVALID);
+    assert_int_equal(phg_webhook_keyset_load("https://127.0.0.1:1/k.json", "/nonexistent/ca.pem",
+                                             &ks, err, sizeof err),
+                     PHG_ERR_IO);
+    free(json);
+    EVP_PKEY_free(k.pkey);
+}
+
+/* Threads verify while the main thread swaps keysets: a signature by a key
+ * in both keysets always verifies; one by a key in only one verifies or is
+ * unknown, never anything else; no keyset is freed while in use (ASan). */
+typedef struct gh_race {
+    const phg_webhook_source *src;
+    const char *sig_a, *sig_b;
+    atomic_int stop, bad, ok_b, unknown_b;
+} gh_race;
+
+static void *gh_race_main(void *arg)
+{
+    gh_race *g = arg;
+    while (!atomic_load(&g->stop)) {
+        hset hs = {0};
+        phg_webhook_result r;
+        hadd(&hs, "Authorization", GH_AUTH1);
+        hadd(&hs, GH_SIG_HEADER, g->sig_a);
+        if (phg_webhook_verify(g->src, hs.h, hs.n, (const uint8_t *)GH_BODY, strlen(GH_BODY),
+                               1700000000000LL, &r) != PHG_OK)
+            atomic_fetch_add(&g->bad, 1);
+        hs.h[1].value = g->sig_b;
+        hs.h[1].value_len = strlen(g->sig_b);
+        phg_status st = phg_webhook_verify(g->src, hs.h, hs.n, (const uint8_t *)GH_BODY,
+                                           strlen(GH_BODY), 1700000000000LL, &r);
+        if (st == PHG_OK)
+            atomic_fetch_add(&g->ok_b, 1);
+        else if (r.reason == PHG_WH_UNKNOWN_KEY)
+            atomic_fetch_add(&g->unknown_b, 1);
+        else
+            atomic_fetch_add(&g->bad, 1);
+    }
+    return NULL;
+}
+
+static void test_google_health_concurrent(void **state)
+{
+    (void)state;
+    gh_test_key ka, kb;
+    char ea[1024], eb[1024], sa[256], sb[256];
+    pthread_t th[4];
+    gh_race g;
+
+    gh_key_new(&ka);
+    gh_key_new(&kb);
+    gh_entry_key(ea, sizeof ea, &ka, 1, T_DER, "ENABLED", "TINK");
+    gh_entry_key(eb, sizeof eb, &kb, 2, T_DER, "ENABLED", "TINK");
+    gh_header(&ka, GH_BODY, 1, 5, 0, 0, sa);
+    gh_header(&kb, GH_BODY, 2, 5, 0, 0, sb);
+    phg_webhook_source *src = gh_source(0);
+    memset(&g, 0, sizeof g);
+    g.src = src;
+    g.sig_a = sa;
+    g.sig_b = sb;
+    const char *only_a[] = {ea}, *both[] = {ea, eb};
+    phg_webhook_keyset *k1 = gh_keyset(1, only_a);
+    phg_webhook_source_set_keyset(src, k1);
+    phg_webhook_keyset_free(k1);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, gh_race_main, &g), 0);
+    for (int i = 0; i < 300; i++) {
+        /* a fresh keyset each time, the caller's reference dropped at once:
+         * only the source and running verifications keep it alive */
+        phg_webhook_keyset *ks = gh_keyset(i % 2 ? 1 : 2, i % 2 ? only_a : both);
+        phg_webhook_source_set_keyset(src, ks);
+        phg_webhook_keyset_free(ks);
+        if (i % 50 == 0)
+            usleep(1000);
+    }
+    atomic_store(&g.stop, 1);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&g.bad), 0);
+    assert_true(atomic_load(&g.ok_b) + atomic_load(&g.unknown_b) > 0);
+    phg_webhook_source_free(src);
+    EVP_PKEY_free(ka.pkey);
+    EVP_PKEY_free(kb.pkey);
+}
+
 static void test_names(void **state)
 {
     (void)state;
     phg_webhook_scheme s;
-    for (int i = 0; i <= PHG_WEBHOOK_UNSIGNED; i++) {
+    for (int i = 0; i <= PHG_WEBHOOK_GOOGLE_HEALTH; i++) {
         const char *name = phg_webhook_scheme_name((phg_webhook_scheme)i);
         assert_int_equal(phg_webhook_scheme_parse(name, &s), PHG_OK);
         assert_int_equal((int)s, i);
@@ -1046,17 +1980,23 @@ static void test_names(void **state)
     }
     assert_string_equal(phg_webhook_scheme_name(PHG_WEBHOOK_STANDARD), "standard-webhooks");
     assert_int_equal(phg_webhook_scheme_parse("Stripe", &s), PHG_ERR_NOT_FOUND);
-    assert_int_equal(phg_webhook_scheme_parse("google-health", &s), PHG_ERR_NOT_FOUND);
+    assert_int_equal(phg_webhook_scheme_parse("google-health", &s), PHG_OK);
+    assert_int_equal(s, PHG_WEBHOOK_GOOGLE_HEALTH);
+    assert_int_equal(phg_webhook_scheme_parse("Google-Health", &s), PHG_ERR_NOT_FOUND);
     assert_string_equal(phg_webhook_scheme_name((phg_webhook_scheme)99), "unknown");
     /* reason names: stable, distinct, never "unknown" for a defined value */
-    const char *seen[PHG_WH_WRONG_SCHEME + 1];
-    for (int i = 0; i <= PHG_WH_WRONG_SCHEME; i++) {
+    const char *seen[PHG_WH_UNKNOWN_KEY + 1];
+    for (int i = 0; i <= PHG_WH_UNKNOWN_KEY; i++) {
         seen[i] = phg_webhook_reason_name((phg_webhook_reason)i);
         assert_string_not_equal(seen[i], "unknown");
         for (int j = 0; j < i; j++)
             assert_string_not_equal(seen[i], seen[j]);
     }
     assert_string_equal(phg_webhook_reason_name(PHG_WH_BAD_SIGNATURE), "bad_signature");
+    assert_string_equal(phg_webhook_reason_name(PHG_WH_BAD_AUTHORIZATION), "bad_authorization");
+    assert_string_equal(phg_webhook_reason_name(PHG_WH_UNKNOWN_KEY), "unknown_key");
+    assert_int_equal(PHG_WH_BAD_AUTHORIZATION, 13);
+    assert_int_equal(PHG_WH_UNKNOWN_KEY, 14);
     assert_string_equal(phg_webhook_reason_name((phg_webhook_reason)99), "unknown");
     phg_webhook_source *src = source1("whoop", "whoop_test_client_secret");
     assert_int_equal(phg_webhook_source_scheme(src), PHG_WEBHOOK_WHOOP);
@@ -1082,6 +2022,12 @@ int main(void)
         cmocka_unit_test(test_whoop),
         cmocka_unit_test(test_fitbit_polar_suunto),
         cmocka_unit_test(test_unsigned),
+        cmocka_unit_test(test_google_health),
+        cmocka_unit_test(test_google_health_python_vector),
+        cmocka_unit_test(test_google_health_secrets),
+        cmocka_unit_test(test_google_health_keyset_parse),
+        cmocka_unit_test(test_google_health_keyset_load),
+        cmocka_unit_test(test_google_health_concurrent),
         cmocka_unit_test(test_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
