@@ -34,6 +34,7 @@ test-asan: deps
 bench: build
 	./$(BUILD_DIR)/phigate bench phi
 	./$(BUILD_DIR)/phigate bench keys
+	./$(BUILD_DIR)/phigate bench webhook
 	@sh scripts/install-bench-deps.sh
 	bash bench/load.sh
 

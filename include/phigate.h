@@ -15,5 +15,6 @@
 #include "phigate/ratelimit.h"
 #include "phigate/webhook.h"
 #include "phigate/webhook_store.h"
+#include "phigate/webhook_inbox.h"
 
 #endif /* PHIGATE_H */

@@ -1004,6 +1004,7 @@ phg_status phg_wh_inbox_replay_all(phg_wh_inbox *ib, const char *source, int64_t
 }
 
 typedef struct stats_call {
+    int backlog_only;
     int64_t counts[3];
     int64_t oldest;
 } stats_call;
@@ -1011,10 +1012,10 @@ typedef struct stats_call {
 static phg_status call_stats(const phg_store_engine *e, void *conn, void *arg)
 {
     stats_call *a = arg;
-    return e->wh_event_stats(conn, a->counts, &a->oldest);
+    return e->wh_event_stats(conn, a->backlog_only, a->counts, &a->oldest);
 }
 
-phg_status phg_wh_inbox_stats_get(phg_wh_inbox *ib, phg_wh_inbox_stats *st)
+static phg_status stats_get(phg_wh_inbox *ib, int backlog_only, phg_wh_inbox_stats *st)
 {
     stats_call a;
     phg_status rc;
@@ -1022,6 +1023,7 @@ phg_status phg_wh_inbox_stats_get(phg_wh_inbox *ib, phg_wh_inbox_stats *st)
     assert(ib != NULL && st != NULL);
     memset(st, 0, sizeof *st);
     memset(&a, 0, sizeof a);
+    a.backlog_only = backlog_only;
     pthread_mutex_lock(&ib->lock);
     st->written = ib->written;
     st->duplicates = ib->duplicates;
@@ -1037,6 +1039,16 @@ phg_status phg_wh_inbox_stats_get(phg_wh_inbox *ib, phg_wh_inbox_stats *st)
     st->dead = a.counts[PHG_WH_EVENT_DEAD];
     st->oldest_pending_ms = a.oldest;
     return PHG_OK;
+}
+
+phg_status phg_wh_inbox_stats_get(phg_wh_inbox *ib, phg_wh_inbox_stats *st)
+{
+    return stats_get(ib, 0, st);
+}
+
+phg_status phg_wh_inbox_backlog_get(phg_wh_inbox *ib, phg_wh_inbox_stats *st)
+{
+    return stats_get(ib, 1, st);
 }
 
 typedef struct purge_call {

@@ -160,8 +160,7 @@ static phg_status check_verify_token(const char **text, size_t *len, char *err, 
     for (i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)t[i];
         if (ch < 0x21 || ch > 0x7e) {
-            set_err(err, err_len,
-                    "verify_token: only printable ASCII characters, without spaces");
+            set_err(err, err_len, "verify_token: only printable ASCII characters, without spaces");
             return PHG_ERR_INVALID;
         }
     }
@@ -415,8 +414,7 @@ phg_status phg_webhook_sources_get(phg_store *store, const phg_masterkeys *mk, c
         }
     }
     if (mk != NULL && info->has_verify_token) {
-        rc = decrypt_secret(mk, src.verify_token_enc, &info->verify_token,
-                            &info->verify_token_len);
+        rc = decrypt_secret(mk, src.verify_token_enc, &info->verify_token, &info->verify_token_len);
         if (rc != PHG_OK)
             goto out;
     }

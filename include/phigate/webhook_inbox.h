@@ -225,6 +225,11 @@ typedef struct phg_wh_inbox_stats {
 
 PHG_API phg_status phg_wh_inbox_stats_get(phg_wh_inbox *inbox, phg_wh_inbox_stats *st);
 
+/* The same without counting DELIVERED rows (st->delivered is -1): its cost
+ * depends on the backlog only, not on how many delivered events are kept.
+ * For figures read often (metrics). */
+PHG_API phg_status phg_wh_inbox_backlog_get(phg_wh_inbox *inbox, phg_wh_inbox_stats *st);
+
 /* Delete DELIVERED events with delivered_ms < before_ms, at most max per call
  * (bounded work); *n how many. */
 PHG_API phg_status phg_wh_inbox_purge(phg_wh_inbox *inbox, int64_t before_ms, size_t max,

@@ -157,9 +157,9 @@ PHG_API PHG_WARN_UNUSED phg_status phg_webhook_sources_retire_secret(phg_store *
  * PHG_ERR_MASTER_KEY when setting without a master key; store errors as the
  * store gives them. The caller wipes its text.
  */
-PHG_API PHG_WARN_UNUSED phg_status phg_webhook_sources_set_verify_token(
-    phg_store *store, const phg_masterkeys *mk, const char *name, const char *token, size_t len,
-    char *err, size_t err_len);
+PHG_API PHG_WARN_UNUSED phg_status
+phg_webhook_sources_set_verify_token(phg_store *store, const phg_masterkeys *mk, const char *name,
+                                     const char *token, size_t len, char *err, size_t err_len);
 
 /* Free what list and get give (each wipes the decrypted texts); NULL: no-op. */
 PHG_API void phg_webhook_source_info_free(phg_webhook_source_info *info);

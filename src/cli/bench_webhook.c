@@ -3,8 +3,10 @@
  * phg_webhook_verify for each scheme, one thread, on a body of --body bytes
  * (default 1 KiB), about --ms milliseconds per scheme. Each verification is
  * the whole call the gateway makes: header lookup and parsing, the window,
- * the MAC (or Ed25519) over the raw body, the constant-time compare. Prints
- * figures, never passes or fails on time. Then (unless --no-gateway) the
+ * the MAC (or Ed25519, or ECDSA P-256) over the raw body, the constant-time
+ * compare. Prints figures, never passes or fails on time; a verification
+ * the bench's own signer makes that is refused fails the command (a rate of
+ * refusals would be a fake figure). Then (unless --no-gateway) the
  * end-to-end figure: webhooks accepted per second through a real `phigate
  * serve` into its durable inbox on SQLite (bench_webhook_gw.c).
  */
@@ -12,6 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
 
 #include "cli.h"
 #include "phigate/webhook.h"
@@ -50,6 +57,8 @@ static const bench_case cases[] = {
     {"fitbit", "fitbit", "fitbit_test_client_secret", 0},
     {"polar", "polar", "polar_test_signature_secret_key", 0},
     {"suunto", "suunto", "suunto_test_notification_secret", 0},
+    {"google-health (ECDSA P-256)", "google-health",
+     "Bearer bench-google-health-authorization-0123456789", 0},
     {"unsigned (path token)", "unsigned", "unsigned-token-0123456789", 0},
 };
 
@@ -151,6 +160,98 @@ static size_t make_headers(const bench_case *c, const uint8_t *body, size_t len,
     return n;
 }
 
+/*
+ * google-health (docs/formats.md 17.7): a fresh P-256 key, its Tink JSON
+ * keyset given to src, and the two headers Google would send for body:
+ * Authorization (c->secret) and GOOGLE-HEALTH-API-SIGNATURE =
+ * base64(0x01 || key id, big-endian || DER ECDSA-SHA256 signature). The
+ * EcdsaPublicKey protobuf is written by hand, as tests/unit/test_webhook.c
+ * does: version 0, params {hash SHA256 = 3, curve NIST_P256 = 2, encoding
+ * DER = 2}, x, y (32 bytes each, so every length fits one byte). Returns the
+ * number of headers, or 0 with a sentence in why.
+ */
+#define BENCH_GH_KEY_ID 168496141u /* 0x0a0b0c0d */
+
+static size_t google_health_headers(const bench_case *c, phg_webhook_source *src,
+                                    const uint8_t *body, size_t len, phg_webhook_header *hdr,
+                                    char vals[3][256], char *why, size_t why_len)
+{
+    static const uint8_t params[6] = {0x08, 3, 0x10, 2, 0x18, 2};
+    EVP_PKEY *pkey = NULL;
+    EVP_MD_CTX *md = NULL;
+    BIGNUM *x = NULL, *y = NULL;
+    phg_webhook_keyset *ks = NULL;
+    uint8_t proto[2 + 2 + sizeof params + 2 * (2 + 32)], sig[5 + 80];
+    char proto_b64[128], json[512], err[256] = "";
+    size_t n = 0, sig_len = sizeof sig - 5, nh = 0;
+    int jn;
+
+    pkey = EVP_EC_gen("P-256");
+    if (pkey == NULL || EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_EC_PUB_X, &x) != 1 ||
+        EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_EC_PUB_Y, &y) != 1) {
+        snprintf(why, why_len, "cannot make a P-256 key");
+        goto out;
+    }
+    proto[n++] = 0x08; /* version 0 */
+    proto[n++] = 0x00;
+    proto[n++] = 0x12; /* params */
+    proto[n++] = sizeof params;
+    memcpy(proto + n, params, sizeof params);
+    n += sizeof params;
+    proto[n++] = 0x1a; /* x */
+    proto[n++] = 32;
+    if (BN_bn2binpad(x, proto + n, 32) != 32)
+        goto bad_point;
+    n += 32;
+    proto[n++] = 0x22; /* y */
+    proto[n++] = 32;
+    if (BN_bn2binpad(y, proto + n, 32) != 32)
+        goto bad_point;
+    n += 32;
+    phg_base64_encode(proto, n, proto_b64, PHG_B64_STD);
+    jn = snprintf(json, sizeof json,
+                  "{\"primaryKeyId\":%u,\"key\":[{\"keyData\":{\"typeUrl\":\"type.googleapis.com/"
+                  "google.crypto.tink.EcdsaPublicKey\",\"value\":\"%s\",\"keyMaterialType\":"
+                  "\"ASYMMETRIC_PUBLIC\"},\"status\":\"ENABLED\",\"keyId\":%u,"
+                  "\"outputPrefixType\":\"TINK\"}]}",
+                  BENCH_GH_KEY_ID, proto_b64, BENCH_GH_KEY_ID);
+    if (jn < 0 || (size_t)jn >= sizeof json) {
+        snprintf(why, why_len, "keyset JSON does not fit");
+        goto out;
+    }
+    if (phg_webhook_keyset_parse(json, (size_t)jn, &ks, err, sizeof err) != PHG_OK) {
+        snprintf(why, why_len, "the bench's keyset is refused: %s", err);
+        goto out;
+    }
+    phg_webhook_source_set_keyset(src, ks); /* the source takes its own reference */
+
+    sig[0] = 0x01; /* Tink's output prefix: version byte, then the key id */
+    sig[1] = (uint8_t)(BENCH_GH_KEY_ID >> 24);
+    sig[2] = (uint8_t)(BENCH_GH_KEY_ID >> 16);
+    sig[3] = (uint8_t)(BENCH_GH_KEY_ID >> 8);
+    sig[4] = (uint8_t)BENCH_GH_KEY_ID;
+    md = EVP_MD_CTX_new();
+    if (md == NULL || EVP_DigestSignInit_ex(md, NULL, "SHA256", NULL, NULL, pkey, NULL) != 1 ||
+        EVP_DigestSign(md, sig + 5, &sig_len, body, len) != 1) {
+        snprintf(why, why_len, "ECDSA signing failed");
+        goto out;
+    }
+    /* 5 + at most 72 DER bytes: 104 base64 characters, well inside vals[1] */
+    phg_base64_encode(sig, 5 + sig_len, vals[1], PHG_B64_STD);
+    hdr[nh++] = (phg_webhook_header){"Authorization", 13, c->secret, strlen(c->secret)};
+    hdr[nh++] = (phg_webhook_header){"GOOGLE-HEALTH-API-SIGNATURE", 27, vals[1], strlen(vals[1])};
+    goto out;
+bad_point:
+    snprintf(why, why_len, "P-256 public point does not fit 32 bytes");
+out:
+    phg_webhook_keyset_free(ks);
+    EVP_MD_CTX_free(md);
+    BN_free(x);
+    BN_free(y);
+    EVP_PKEY_free(pkey); /* wipes the private key */
+    return nh;
+}
+
 /* The whpk_ of the bench's whsk_ (bytes 0..31 as the seed). */
 static const char bench_whpk[] = "whpk_A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
 
@@ -161,7 +262,7 @@ static int run_case(const bench_case *c, const uint8_t *body, size_t len, double
     phg_webhook_secret secs[2];
     phg_webhook_source *src = NULL;
     phg_webhook_result res;
-    char err[256];
+    char err[256], why[320] = "";
     size_t nh, nsec = 0;
     uint64_t t0, elapsed, ops = 0, budget = (uint64_t)(ms * 1e6);
     const char *verify_secret = c->secret;
@@ -177,9 +278,12 @@ static int run_case(const bench_case *c, const uint8_t *body, size_t len, double
         cli_error("bench: %s: %s", c->label, err);
         return -1;
     }
-    nh = make_headers(c, body, len, hdr, vals);
+    if (strcmp(c->scheme, "google-health") == 0)
+        nh = google_health_headers(c, src, body, len, hdr, vals, why, sizeof why);
+    else
+        nh = make_headers(c, body, len, hdr, vals);
     if (nh == 0) {
-        cli_error("bench: %s: cannot sign the test message", c->label);
+        cli_error("bench: %s: cannot sign the test message%s%s", c->label, why[0] ? ": " : "", why);
         goto out;
     }
     /* a tenth of the budget untimed first: caches, branch predictors and
@@ -195,9 +299,17 @@ static int run_case(const bench_case *c, const uint8_t *body, size_t len, double
                                                   NOW_S * 1000, &res);
                 else
                     st = phg_webhook_verify(src, hdr, nh, body, len, NOW_S * 1000, &res);
+                /* the bench signed this message itself: a refusal is a bug,
+                 * and timing refusals would print a fake rate */
+                if (st == PHG_ERR_AUTH || (st == PHG_OK && res.reason != PHG_WH_OK)) {
+                    cli_error("bench: %s: the bench's own signed message was refused (%s); "
+                              "no figure",
+                              c->label, phg_webhook_reason_name(res.reason));
+                    goto out;
+                }
                 if (st != PHG_OK) {
-                    cli_error("bench: %s: refused (%s)", c->label,
-                              phg_webhook_reason_name(res.reason));
+                    cli_error("bench: %s: verification failed: %s; no figure", c->label,
+                              phg_strerror(st));
                     goto out;
                 }
             }
@@ -207,13 +319,16 @@ static int run_case(const bench_case *c, const uint8_t *body, size_t len, double
     }
     {
         double per_s = (double)ops * 1e9 / (double)elapsed;
-        if (rows != NULL)
-            json_array_append_new(
-                rows, json_pack("{s:s,s:s,s:I,s:I,s:f,s:f}", "case", c->label, "scheme", c->scheme,
-                                "body_bytes", (json_int_t)len, "verifications", (json_int_t)ops,
-                                "verifications_per_s", per_s, "ns_per_verification",
-                                (double)elapsed / (double)ops));
-        else
+        if (rows != NULL) {
+            if (json_array_append_new(
+                    rows, json_pack("{s:s,s:s,s:I,s:I,s:f,s:f}", "case", c->label, "scheme",
+                                    c->scheme, "body_bytes", (json_int_t)len, "verifications",
+                                    (json_int_t)ops, "verifications_per_s", per_s,
+                                    "ns_per_verification", (double)elapsed / (double)ops)) != 0) {
+                cli_error("out of memory");
+                goto out;
+            }
+        } else
             printf("  %-34s %12.0f %10.0f\n", c->label, per_s, (double)elapsed / (double)ops);
     }
     rc = 0;
@@ -230,7 +345,7 @@ int cli_bench_webhook(int argc, char **argv)
         {"json", 0, NULL, 0},        {"ms", 1, NULL, 0},          {"body", 1, NULL, 0},
         {"no-gateway", 0, NULL, 0},  {"seconds", 1, NULL, 0},     {"connections", 1, NULL, 0},
         {NULL, 0, NULL, 0}};
-    size_t seconds = 5, conns = 32;
+    size_t seconds = 5, conns = 128;
     size_t ms = 1000, body_len = 1024, i;
     uint8_t *body = NULL;
     json_t *rows = NULL;
@@ -241,11 +356,12 @@ int cli_bench_webhook(int argc, char **argv)
              "                             [--seconds S] [--connections C] [--json]\n\n"
              "Webhook verifications per second, one thread, for each scheme, on a body of\n"
              "BYTES (default 1K; K/M suffixes), about N milliseconds per scheme (default\n"
-             "1000). Each is a whole phg_webhook_verify call: headers, window, MAC over the\n"
-             "raw body, constant-time compare.\n\n"
+             "1000). Each is a whole phg_webhook_verify call: headers, window, MAC (or\n"
+             "Ed25519, or ECDSA P-256 for google-health) over the raw body, constant-time\n"
+             "compare. A refused verification fails the command.\n\n"
              "Then, unless --no-gateway, end to end: this binary's `phigate serve` is\n"
              "started on loopback in a temporary folder (fresh master key, SQLite store,\n"
-             "one standard-webhooks source), and C connections (default 32) POST signed\n"
+             "one standard-webhooks source), and C connections (default 128) POST signed\n"
              "webhooks for S seconds (default 5) after 1 s of warm-up; each is verified,\n"
              "fsync'd into the inbox and answered 200. Prints accepted/s, the median and\n"
              "p99 of an acceptance, and how many events were delivered to a local sink.");

@@ -338,7 +338,7 @@ int bench_webhook_gateway(double seconds, int conns, size_t body_len, json_t *ou
     uint8_t *body = NULL;
     int gw_port = 0, sink_port = 0, tmpfd, rc = -1, i, sink_started = 0;
     pid_t pid = -1;
-    double t0, measured, cpu0 = -1, cpu1 = -1;
+    double t0, measured, cpu0 = -1, cpu1 = -1, self0 = -1, self1 = -1;
     uint64_t ok = 0, failed = 0, first_fail = 0;
     float *all = NULL;
     size_t n_all = 0;
@@ -440,10 +440,12 @@ int bench_webhook_gateway(double seconds, int conns, size_t body_len, json_t *ou
         if (wait > 0)
             usleep((useconds_t)(wait * 1e6));
         cpu0 = proc_cpu_s(pid);
+        self0 = proc_cpu_s(getpid());
     }
     for (i = 0; i < conns; i++)
         pthread_join(ts[i], NULL);
     cpu1 = proc_cpu_s(pid);
+    self1 = proc_cpu_s(getpid());
     measured = seconds;
     all = malloc(LAT_MAX * sizeof(float));
     for (i = 0; i < conns; i++) {
@@ -496,7 +498,9 @@ int bench_webhook_gateway(double seconds, int conns, size_t body_len, json_t *ou
             printf("\n  delivered to the sink by the end: %llu (includes the warm-up's)\n",
                    delivered);
             if (cpu_us >= 0)
-                printf("  gateway CPU per acceptance (with its deliveries): %.0f us\n", cpu_us);
+                printf("  CPU per acceptance: gateway (with its deliveries) %.0f us, this load "
+                       "generator and sink %.0f us\n",
+                       cpu_us, self1 >= self0 && self0 >= 0 ? (self1 - self0) * 1e6 / (double)ok : -1);
         }
     }
     rc = 0;

@@ -218,8 +218,7 @@ static json_t *info_json(const phg_webhook_source_info *info, int with_secrets)
     json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:o, s:o, s:b}", "name", info->name, "scheme",
                           info->scheme, "tolerance_s", (json_int_t)info->tolerance_s, "deliver_to",
                           info->deliver_to, "created_at", time_json(info->created_at), "updated_at",
-                          time_json(info->updated_at), "has_verify_token",
-                          info->has_verify_token);
+                          time_json(info->updated_at), "has_verify_token", info->has_verify_token);
     size_t i;
     if (o == NULL || !with_secrets)
         return o;
@@ -352,10 +351,10 @@ static int source_add(int argc, char **argv)
         goto out;
     }
     {
-        json_t *d = json_pack("{s:s, s:I, s:s, s:I, s:b}", "scheme", info->scheme, "tolerance_s",
-                              (json_int_t)info->tolerance_s, "deliver_to", info->deliver_to,
-                              "secrets", (json_int_t)info->n_secrets, "has_verify_token",
-                              info->has_verify_token);
+        json_t *d =
+            json_pack("{s:s, s:I, s:s, s:I, s:b}", "scheme", info->scheme, "tolerance_s",
+                      (json_int_t)info->tolerance_s, "deliver_to", info->deliver_to, "secrets",
+                      (json_int_t)info->n_secrets, "has_verify_token", info->has_verify_token);
         details = d != NULL ? json_dumps(d, JSON_COMPACT) : NULL;
         json_decref(d);
     }

@@ -2029,8 +2029,8 @@ static json_t *wh_conf_json(const gw_admin_ctx *ctx, const gw_wh_conf *c, int wi
 
     o = json_pack("{s:s,s:s,s:I,s:s,s:n,s:n,s:s,s:b,s:b}", "name", c->name, "scheme", c->scheme,
                   "tolerance_s", (json_int_t)c->tolerance_s, "deliver_to", c->deliver_to,
-                  "created_at", "updated_at", "origin", "config", "shadowed", 0,
-                  "has_verify_token", c->verify_token_file[0] != '\0');
+                  "created_at", "updated_at", "origin", "config", "shadowed", 0, "has_verify_token",
+                  c->verify_token_file[0] != '\0');
     if (o == NULL || !with_secrets)
         return o;
     arr = json_array();

@@ -342,11 +342,10 @@ char *gw_metrics_render(phg_audit *audit, const gw_wh_metrics *wh, size_t *len)
                    (unsigned long long)wh->dead);
         if (wh->stats_ok) {
             family(&o, "phigate_webhook_inbox_events", "gauge",
-                   "Events in the inbox, by state (read from the store every second).");
+                   "Events waiting in the inbox: pending, and dead (given up; replayable). "
+                   "Read from the store every second.");
             out_printf(&o, "phigate_webhook_inbox_events{state=\"pending\"} %lld\n",
                        (long long)wh->pending);
-            out_printf(&o, "phigate_webhook_inbox_events{state=\"delivered\"} %lld\n",
-                       (long long)wh->delivered_now);
             out_printf(&o, "phigate_webhook_inbox_events{state=\"dead\"} %lld\n",
                        (long long)wh->dead_now);
             family(&o, "phigate_webhook_delivery_lag_seconds", "gauge",

@@ -38,7 +38,9 @@
 #define STATS_EVERY_MS 1000
 #define PURGE_EVERY_MS 60000
 #define KEYSET_MIN_INTERVAL_MS 30000
-#define CLAIM_MAX 16
+#define CLAIM_MAX 16     /* events leased from the store at once */
+#define BATCH_MAX 128    /* events of one delivery batch (one report transaction) */
+#define LINGER_MS 2      /* a deliverer woken for fewer waits this long for more */
 #define IDLE_WAIT_MS 500
 #define REPLAY_SHARDS 64
 #define REPLAY_PER_SHARD 16384 /* 1M remembered ids in all */
@@ -607,10 +609,34 @@ static void replay_local_put(gw_webhooks *w, const char *key, size_t klen, const
  * (the next call connects again) and counts as "not known" (the inbox's
  * unique (source, msg_id) is the backstop). */
 static _Thread_local redisContext *tl_redis;
+/* After a failure no thread tries Redis for a second: a request must not
+ * wait for a connect timeout each time while it is down. */
+static atomic_llong redis_down_until_ms;
+
+static void redis_failed(void)
+{
+    if (tl_redis != NULL) {
+        redisFree(tl_redis);
+        tl_redis = NULL;
+    }
+    atomic_store(&redis_down_until_ms, wall_ms() + 1000);
+}
+
+static redisContext *redis_connect(const char *host, int port)
+{
+    struct timeval connect_tv = {0, 50000}, cmd_tv = {0, 200000};
+    redisContext *c = redisConnectWithTimeout(host, port, connect_tv);
+    if (c == NULL || c->err != 0) {
+        if (c != NULL)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, cmd_tv);
+    return c;
+}
 
 static redisContext *redis_conn(gw_webhooks *w)
 {
-    struct timeval tv = {0, 200000};
     char host[256];
     int port;
     pthread_mutex_lock(&w->cfg_mu);
@@ -621,71 +647,102 @@ static redisContext *redis_conn(gw_webhooks *w)
         return NULL;
     if (tl_redis != NULL && tl_redis->err == 0)
         return tl_redis;
+    if (wall_ms() < atomic_load(&redis_down_until_ms))
+        return NULL;
     if (tl_redis != NULL)
         redisFree(tl_redis);
-    tl_redis = redisConnectWithTimeout(host, port, tv);
-    if (tl_redis == NULL || tl_redis->err != 0) {
-        if (tl_redis)
-            redisFree(tl_redis);
-        tl_redis = NULL;
-        return NULL;
-    }
-    redisSetTimeout(tl_redis, tv);
+    tl_redis = redis_connect(host, port);
+    if (tl_redis == NULL)
+        redis_failed();
     return tl_redis;
+}
+
+/*
+ * One command on the replay memory's Redis, NULL when it cannot answer (the
+ * caller then goes on without it). Every key has the hash tag {wh}: on a
+ * Redis Cluster they all live on one node, and the first MOVED tells which;
+ * this thread's connection then goes there.
+ */
+static redisReply *redis_run(gw_webhooks *w, const char *fmt, const char *a, const char *b,
+                             long long n)
+{
+    int tries;
+    for (tries = 0; tries < 2; tries++) {
+        redisContext *c = redis_conn(w);
+        redisReply *rep;
+        char host[256];
+        int port;
+        if (c == NULL)
+            return NULL;
+        rep = b == NULL ? redisCommand(c, fmt, a) : redisCommand(c, fmt, a, b, n);
+        if (rep == NULL) {
+            redis_failed();
+            return NULL;
+        }
+        if (rep->type == REDIS_REPLY_ERROR && rep->len > 6 && strncmp(rep->str, "MOVED ", 6) == 0 &&
+            sscanf(rep->str, "MOVED %*d %255[^:]:%d", host, &port) == 2) {
+            freeReplyObject(rep);
+            redisFree(tl_redis);
+            tl_redis = redis_connect(host, port);
+            if (tl_redis == NULL) {
+                redis_failed();
+                return NULL;
+            }
+            continue;
+        }
+        if (rep->type == REDIS_REPLY_ERROR) {
+            freeReplyObject(rep);
+            redis_failed();
+            return NULL;
+        }
+        return rep;
+    }
+    return NULL;
 }
 
 static void redis_key(const char *source, const char *msg_id, char *out, size_t cap)
 {
-    snprintf(out, cap, "phigate:wh:%s:%s", source, msg_id);
+    snprintf(out, cap, "phigate:{wh}:%s:%s", source, msg_id);
 }
 
 int gw_webhooks_seen(gw_webhooks *w, const char *source, const char *msg_id,
                      char event_id[PHG_WH_EVENT_ID_LEN + 1])
 {
-    char key[PHG_WH_SOURCE_MAX + PHG_WH_MSG_ID_MAX + 2];
+    char key[PHG_WH_SOURCE_MAX + PHG_WH_MSG_ID_MAX + 2], rk[300 + PHG_WH_MSG_ID_MAX];
     size_t klen = replay_key(source, msg_id, key, sizeof key);
     int64_t now = wall_ms();
-    redisContext *c;
+    redisReply *rep;
     if (w == NULL || klen == 0)
         return 0;
     if (replay_local_get(w, key, klen, now, event_id))
         return 1;
-    c = redis_conn(w);
-    if (c != NULL) {
-        char rk[300 + PHG_WH_MSG_ID_MAX];
-        redisReply *rep;
-        redis_key(source, msg_id, rk, sizeof rk);
-        rep = redisCommand(c, "GET %s", rk);
-        if (rep != NULL && rep->type == REDIS_REPLY_STRING && rep->len == PHG_WH_EVENT_ID_LEN) {
-            memcpy(event_id, rep->str, PHG_WH_EVENT_ID_LEN);
-            event_id[PHG_WH_EVENT_ID_LEN] = '\0';
-            freeReplyObject(rep);
-            return 1;
-        }
-        if (rep != NULL)
-            freeReplyObject(rep);
+    redis_key(source, msg_id, rk, sizeof rk);
+    rep = redis_run(w, "GET %s", rk, NULL, 0);
+    if (rep != NULL && rep->type == REDIS_REPLY_STRING && rep->len == PHG_WH_EVENT_ID_LEN) {
+        memcpy(event_id, rep->str, PHG_WH_EVENT_ID_LEN);
+        event_id[PHG_WH_EVENT_ID_LEN] = '\0';
+        freeReplyObject(rep);
+        return 1;
     }
+    /* not known (or Redis did not answer: the store's unique key still holds) */
+    if (rep != NULL)
+        freeReplyObject(rep);
     return 0;
 }
 
 void gw_webhooks_remember(gw_webhooks *w, const char *source, const char *msg_id,
                           const char *event_id, int64_t ttl_ms)
 {
-    char key[PHG_WH_SOURCE_MAX + PHG_WH_MSG_ID_MAX + 2];
+    char key[PHG_WH_SOURCE_MAX + PHG_WH_MSG_ID_MAX + 2], rk[300 + PHG_WH_MSG_ID_MAX];
     size_t klen = replay_key(source, msg_id, key, sizeof key);
-    redisContext *c;
+    redisReply *rep;
     if (w == NULL || klen == 0 || ttl_ms <= 0)
         return;
     replay_local_put(w, key, klen, event_id, wall_ms() + ttl_ms);
-    c = redis_conn(w);
-    if (c != NULL) {
-        char rk[300 + PHG_WH_MSG_ID_MAX];
-        redisReply *rep;
-        redis_key(source, msg_id, rk, sizeof rk);
-        rep = redisCommand(c, "SET %s %s NX PX %lld", rk, event_id, (long long)ttl_ms);
-        if (rep != NULL)
-            freeReplyObject(rep);
-    }
+    redis_key(source, msg_id, rk, sizeof rk);
+    rep = redis_run(w, "SET %s %s NX PX %lld", rk, event_id, (long long)ttl_ms);
+    if (rep != NULL)
+        freeReplyObject(rep);
 }
 
 int gw_webhooks_redis(gw_webhooks *w)
@@ -892,7 +949,8 @@ void gw_webhooks_decide(gw_webhooks *w, const char *method, const char *path, co
     }
 
     if (strcmp(method, "GET") == 0) {
-        char vt[512], ch[512];
+        /* a token of a configured source may be as long as its file (4 KiB) */
+        char vt[SECRET_FILE_MAX + 1], ch[512];
         if (s->scheme == PHG_WEBHOOK_OURA) {
             int a = query_get(query, "verification_token", vt, sizeof vt);
             int b = query_get(query, "challenge", ch, sizeof ch);
@@ -1174,7 +1232,10 @@ void gw_webhooks_handoff(gw_webhooks *w, const phg_wh_event_in *in, const char *
     w->jtail = j;
     w->jn++;
     w->kicks++;
-    pthread_cond_signal(&w->cv);
+    /* the first wakes a deliverer, which lingers to gather a batch; a full
+     * batch wakes another */
+    if (w->jn == 1 || w->jn % BATCH_MAX == 0)
+        pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -1206,10 +1267,10 @@ static void release_jobs(gw_webhooks *w)
 {
     for (;;) {
         phg_wh_event *evs;
-        phg_wh_report reps[CLAIM_MAX];
+        phg_wh_report reps[BATCH_MAX];
         size_t n, i;
         pthread_mutex_lock(&w->mu);
-        n = take_jobs(w, &evs, CLAIM_MAX);
+        n = take_jobs(w, &evs, BATCH_MAX);
         pthread_mutex_unlock(&w->mu);
         if (n == 0)
             break;
@@ -1241,9 +1302,12 @@ static void after_reports(gw_webhooks *w, const phg_wh_event *evs, const phg_wh_
             continue; /* replayed or changed meanwhile, or the store failed: the lease
                        * runs out and the event is tried again */
         if (r->state == PHG_WH_EVENT_DELIVERED) {
+            /* not audited one by one: the acceptance is (webhook.accepted,
+             * durable before the sender's 200), and the event's row keeps
+             * when and how it was delivered (GET /admin/webhooks/events);
+             * a second record per event would halve what the audit writer
+             * can take */
             atomic_fetch_add(&w->delivered, 1);
-            audit_delivery(w, &evs[i], "webhook.delivered", "success", r->http_status, attempts,
-                           "");
         } else if (r->state == PHG_WH_EVENT_DEAD) {
             atomic_fetch_add(&w->dead, 1);
             audit_delivery(w, &evs[i], "webhook.dead", "error", r->http_status, attempts,
@@ -1263,10 +1327,14 @@ static void *deliver_main(void *arg)
     phg_httpc *hc = NULL;
     gw_config *cfg = malloc(sizeof *cfg);
     char ca[GW_PATH_MAX];
-    phg_wh_report reps[CLAIM_MAX];
-    char errs[CLAIM_MAX][PHG_HTTPC_ERR_MAX];
-    if (cfg == NULL)
+    phg_wh_report *reps = calloc(BATCH_MAX, sizeof *reps);
+    char(*errs)[PHG_HTTPC_ERR_MAX] = calloc(BATCH_MAX, sizeof *errs);
+    if (cfg == NULL || reps == NULL || errs == NULL) {
+        free(cfg);
+        free(reps);
+        free(errs);
         return NULL;
+    }
     pthread_mutex_lock(&w->cfg_mu);
     memcpy(cfg, w->cfg, sizeof *cfg);
     pthread_mutex_unlock(&w->cfg_mu);
@@ -1275,6 +1343,8 @@ static void *deliver_main(void *arg)
         log_json(PHG_LOG_ERROR, "webhooks: a delivery thread cannot start (TLS setup failed)",
                  NULL);
         free(cfg);
+        free(reps);
+        free(errs);
         return NULL;
     }
     for (;;) {
@@ -1287,8 +1357,18 @@ static void *deliver_main(void *arg)
             break;
         }
         kicks = w->kicks;
+        if (w->jn > 0 && w->jn < BATCH_MAX && !w->stop) {
+            /* a few events: wait a moment for more, so that one report
+             * transaction (one fsync) covers many deliveries */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += (long)LINGER_MS * 1000000L;
+            ts.tv_sec += ts.tv_nsec / 1000000000L;
+            ts.tv_nsec %= 1000000000L;
+            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+        }
         /* the fast path first: events handed over in memory */
-        n = take_jobs(w, &evs, CLAIM_MAX);
+        n = take_jobs(w, &evs, BATCH_MAX);
         pthread_mutex_unlock(&w->mu);
         pthread_mutex_lock(&w->cfg_mu);
         memcpy(cfg, w->cfg, sizeof *cfg); /* SIGHUP may have changed the limits */
@@ -1308,8 +1388,21 @@ static void *deliver_main(void *arg)
             (void)phg_wh_inbox_report_many(w->inbox, reps, i);
             after_reports(w, evs, reps, i);
         }
+        if (i < n) {
+            /* stopping: the lease of what was not tried goes back, due now */
+            size_t k;
+            for (k = i; k < n; k++) {
+                memset(&reps[k - i], 0, sizeof reps[0]);
+                reps[k - i].id = evs[k].id;
+                reps[k - i].state = PHG_WH_EVENT_PENDING;
+                reps[k - i].at_ms = reps[k - i].next_ms = wall_ms();
+                reps[k - i].not_attempted = 1;
+                reps[k - i].error = "";
+            }
+            (void)phg_wh_inbox_report_many(w->inbox, reps, n - i);
+        }
         phg_wh_events_free(evs, n);
-        if (n == CLAIM_MAX)
+        if (n == CLAIM_MAX || n == BATCH_MAX)
             continue;
         pthread_mutex_lock(&w->mu);
         if (!w->stop && w->kicks == kicks) {
@@ -1324,6 +1417,8 @@ static void *deliver_main(void *arg)
     }
     phg_httpc_free(hc);
     free(cfg);
+    free(reps);
+    free(errs);
     return NULL;
 }
 
@@ -1350,7 +1445,7 @@ static void *house_main(void *arg)
         if (now - last_stats >= STATS_EVERY_MS) {
             phg_wh_inbox_stats st;
             last_stats = now;
-            if (phg_wh_inbox_stats_get(w->inbox, &st) == PHG_OK) {
+            if (phg_wh_inbox_backlog_get(w->inbox, &st) == PHG_OK) {
                 atomic_store(&w->st_pending, st.pending);
                 atomic_store(&w->st_dead, st.dead);
                 atomic_store(&w->st_delivered, st.delivered);

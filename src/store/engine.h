@@ -296,7 +296,11 @@ typedef struct phg_store_engine {
     phg_status (*wh_event_replay_all)(void *conn, const char *source, int64_t now_ms, size_t *n);
     /* Rows per state, and the smallest received_ms of the PENDING ones (0:
      * none). */
-    phg_status (*wh_event_stats)(void *conn, int64_t counts[3], int64_t *oldest_pending_ms);
+    /* backlog_only: count PENDING and DEAD rows only (counts[1] is -1), a
+     * range of the (state, id) index: cheap however many delivered rows are
+     * kept; the metrics' once-a-second figure. */
+    phg_status (*wh_event_stats)(void *conn, int backlog_only, int64_t counts[3],
+                                 int64_t *oldest_pending_ms);
     /* Delete at most max DELIVERED rows with delivered_ms < before_ms; *n
      * how many. */
     phg_status (*wh_event_purge)(void *conn, int64_t before_ms, size_t max, size_t *n);

@@ -160,6 +160,7 @@ typedef enum stmt_id {
     ST_WHE_REPLAY,
     ST_WHE_REPLAY_ALL,
     ST_WHE_STATS,
+    ST_WHE_BACKLOG,
     ST_WHE_PURGE,
     ST_COUNT /* not a statement */
 } stmt_id;
@@ -306,8 +307,8 @@ static const stmt_def stmts[ST_COUNT] = {
                              "INSERT INTO webhook_sources (" WH_COLUMNS ") "
                              "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                              8,
-                             {OID_TEXT, OID_TEXT, OID_INT8, OID_TEXT, OID_INT8, OID_INT8,
-                              OID_INT8, OID_TEXT}},
+                             {OID_TEXT, OID_TEXT, OID_INT8, OID_TEXT, OID_INT8, OID_INT8, OID_INT8,
+                              OID_TEXT}},
     [ST_WH_SECRET_INSERT] =
         {"phg_wh_secret_insert",
          "INSERT INTO webhook_secrets (source, idx, secret_enc, fingerprint, "
@@ -428,6 +429,11 @@ static const stmt_def stmts[ST_COUNT] = {
                            "($2::text IS NULL OR source = $2)",
                            2,
                            {OID_INT8, OID_TEXT}},
+    [ST_WHE_BACKLOG] = {"phg_whe_backlog",
+                        "SELECT state, count(*)::int8, COALESCE(min(received_ms), 0)::int8 "
+                        "FROM webhook_events WHERE state IN (0, 2) GROUP BY state",
+                        0,
+                        {0}},
     [ST_WHE_STATS] = {"phg_whe_stats",
                       "SELECT state, count(*)::int8, COALESCE(min(received_ms), 0)::int8 "
                       "FROM webhook_events GROUP BY state",
@@ -3417,6 +3423,7 @@ out:
 typedef struct whe_stats_args {
     int64_t *counts;
     int64_t *oldest;
+    int backlog_only;
 } whe_stats_args;
 
 static phg_status do_whe_stats(pg_conn *c, void *arg)
@@ -3427,7 +3434,7 @@ static phg_status do_whe_stats(pg_conn *c, void *arg)
     int64_t state = 0, count = 0, oldest = 0;
     int i;
 
-    TRY(run(c, ST_WHE_STATS, NULL, &res));
+    TRY(run(c, a->backlog_only ? ST_WHE_BACKLOG : ST_WHE_STATS, NULL, &res));
     for (i = 0; i < PQntuples(res); i++) {
         TRY(get_int8_in(res, i, 0, PHG_WH_EVENT_PENDING, PHG_WH_EVENT_DEAD, &state));
         TRY(get_int8(res, i, 1, &count));
@@ -3441,11 +3448,13 @@ out:
     return rc;
 }
 
-static phg_status pg_wh_event_stats(void *conn, int64_t counts[3], int64_t *oldest_pending_ms)
+static phg_status pg_wh_event_stats(void *conn, int backlog_only, int64_t counts[3],
+                                    int64_t *oldest_pending_ms)
 {
-    whe_stats_args a = {counts, oldest_pending_ms};
+    whe_stats_args a = {counts, oldest_pending_ms, backlog_only};
     assert(conn != NULL && counts != NULL && oldest_pending_ms != NULL);
-    counts[0] = counts[1] = counts[2] = 0;
+    counts[0] = counts[2] = 0;
+    counts[1] = backlog_only ? -1 : 0;
     *oldest_pending_ms = 0;
     return read_with_retry(conn, do_whe_stats, &a);
 }

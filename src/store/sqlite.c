@@ -3127,8 +3127,8 @@ static phg_status sqlite_wh_secret_add(void *conn, const char *name, const phg_w
     return PHG_OK;
 }
 
-static phg_status sqlite_wh_source_set_verify_token(void *conn, const char *name,
-                                                    const char *enc, int64_t at)
+static phg_status sqlite_wh_source_set_verify_token(void *conn, const char *name, const char *enc,
+                                                    int64_t at)
 {
     sqlite_conn *c = conn;
     sqlite3_stmt *st = NULL;
@@ -3691,7 +3691,8 @@ static phg_status sqlite_wh_event_replay_all(void *conn, const char *source, int
     return rc;
 }
 
-static phg_status sqlite_wh_event_stats(void *conn, int64_t counts[3], int64_t *oldest_pending_ms)
+static phg_status sqlite_wh_event_stats(void *conn, int backlog_only, int64_t counts[3],
+                                        int64_t *oldest_pending_ms)
 {
     sqlite_conn *c = conn;
     sqlite3_stmt *st = NULL;
@@ -3700,10 +3701,14 @@ static phg_status sqlite_wh_event_stats(void *conn, int64_t counts[3], int64_t *
     int src = SQLITE_DONE;
 
     assert(c != NULL && counts != NULL && oldest_pending_ms != NULL);
-    counts[0] = counts[1] = counts[2] = 0;
+    counts[0] = counts[2] = 0;
+    counts[1] = backlog_only ? -1 : 0;
     *oldest_pending_ms = 0;
     rc = wh_prepare(c,
-                    "SELECT state, count(*), MIN(received_ms) FROM webhook_events GROUP BY state",
+                    backlog_only ? "SELECT state, count(*), MIN(received_ms) FROM webhook_events "
+                                   "WHERE state IN (0, 2) GROUP BY state"
+                                 : "SELECT state, count(*), MIN(received_ms) FROM webhook_events "
+                                   "GROUP BY state",
                     &st);
     if (rc != PHG_OK)
         return rc;

@@ -241,14 +241,15 @@ def test_every_scheme_accepted_stored_and_delivered_once(allgw):
     assert r.status == 200, r
     assert {s["name"] for s in r.json()["sources"]} >= set(gw.wh), r
 
-    # the audit log: accepted, then delivered, for each
+    # the audit log: one accepted record each; deliveries are kept in the
+    # events' rows (checked above), not as one audit record per delivery
     def audit_complete():
         recs = gw.audit_all()
         acc = [x for x in recs if x["action"] == "webhook.accepted"]
-        dlv = [x for x in recs if x["action"] == "webhook.delivered"]
-        return (recs, acc, dlv) if len(acc) >= len(sent) and len(dlv) >= len(sent) else None
-    recs, acc, dlv = wait_for(audit_complete, "the accepted and delivered records")
-    assert len(acc) == len(sent) and len(dlv) == len(sent), (acc, dlv)
+        return (recs, acc) if len(acc) >= len(sent) else None
+    recs, acc = wait_for(audit_complete, "the accepted records")
+    assert len(acc) == len(sent), acc
+    assert not [x for x in recs if x["action"] == "webhook.delivered"]
     by_rid = audit_by_rid(recs)
     for eid, want in sent.items():
         mine = [x for x in by_rid.get(want["rid"], []) if x["action"] == "webhook.accepted"]
@@ -261,19 +262,19 @@ def test_every_scheme_accepted_stored_and_delivered_once(allgw):
         assert d["scheme"] == scheme_of[want["name"]], x
         want_index = 1 if want["name"] == "garmin" else 0
         assert d["secret_index"] == want_index, x
-        assert [y for y in dlv if y["details"].get("event_id") == eid
-                and y["resource"] == "webhook:" + want["name"]], (eid, dlv)
 
     # /metrics
     text = metrics(gw)
     assert metric_value(text, "phigate_webhook_requests_total", '{outcome="accepted"}') == len(sent)
     assert metric_value(text, "phigate_webhook_deliveries_total",
                         '{result="delivered"}') == len(sent), text
+    # the gauges count what waits (pending, dead), refreshed every second
     wait_for(lambda: metric_value(metrics(gw), "phigate_webhook_inbox_events",
-                                  '{state="delivered"}') == len(sent),
-             "phigate_webhook_inbox_events{state=delivered} = %d" % len(sent), timeout=5)
+                                  '{state="pending"}') == 0,
+             "phigate_webhook_inbox_events{state=pending} = 0", timeout=5)
     text = metrics(gw)
-    assert metric_value(text, "phigate_webhook_inbox_events", '{state="pending"}') == 0, text
+    assert metric_value(text, "phigate_webhook_inbox_events", '{state="dead"}') == 0, text
+    assert 'phigate_webhook_inbox_events{state="delivered"}' not in text, text
     assert metric_value(text, "phigate_webhook_delivery_lag_seconds") == 0, text
 
     secrets = [s for w in gw.wh.values() for s in w["secrets"]] + [

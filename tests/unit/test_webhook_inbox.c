@@ -921,6 +921,13 @@ static void test_stats_purge(void **state)
     assert_int_equal(s.oldest_pending_ms, 1006);
     assert_int_equal(s.written, 8);
     assert_true(s.commits >= 1 && s.commits <= 8);
+    /* the backlog: the same without counting the delivered rows */
+    memset(&s, 0, sizeof s);
+    assert_int_equal(phg_wh_inbox_backlog_get(f->ib, &s), PHG_OK);
+    assert_int_equal(s.pending, 2);
+    assert_int_equal(s.delivered, -1);
+    assert_int_equal(s.dead, 1);
+    assert_int_equal(s.oldest_pending_ms, 1006);
 
     /* bounded: at most max per call, only delivered before the cut */
     assert_int_equal(phg_wh_inbox_purge(f->ib, 350, 2, &n), PHG_OK);

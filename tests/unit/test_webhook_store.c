@@ -360,10 +360,9 @@ static void test_verify_token(void **state)
     /* set: replaces it, and bumps the change counter into the version */
     v0 = query(f, "SELECT version FROM webhook_sources WHERE name = 'ring'");
     c0 = query(f, "SELECT counter FROM phigate_changes");
-    assert_int_equal(
-        phg_webhook_sources_set_verify_token(f->st, both, "ring", VT2 "\n", strlen(VT2) + 1, err,
-                                             sizeof err),
-        PHG_OK);
+    assert_int_equal(phg_webhook_sources_set_verify_token(f->st, both, "ring", VT2 "\n",
+                                                          strlen(VT2) + 1, err, sizeof err),
+                     PHG_OK);
     v1 = query(f, "SELECT version FROM webhook_sources WHERE name = 'ring'");
     c1 = query(f, "SELECT counter FROM phigate_changes");
     assert_true(c1 > c0);
@@ -449,21 +448,20 @@ static void test_verify_token_refused(void **state)
 {
     fx *f = *state;
     phg_webhook_secret s = {OURA_SECRET, strlen(OURA_SECRET), 0};
-    phg_webhook_source_spec spec = {
-        "ring", "oura", 0, "https://up.example/oura", &s, 1, NULL, 0};
+    phg_webhook_source_spec spec = {"ring", "oura", 0, "https://up.example/oura", &s, 1, NULL, 0};
     phg_webhook_source_info *info = NULL;
     char long_ok[PHG_WEBHOOK_VERIFY_TOKEN_MAX + 1], too_long[PHG_WEBHOOK_VERIFY_TOKEN_MAX + 2];
     struct {
         const char *text;
         size_t len;
     } bad[] = {
-        {"", 0},                       /* given, empty */
-        {" \t\r\n ", 5},              /* only whitespace */
-        {"SEKRIT has space", 16},      /* a space inside */
-        {"SEKRIT\ttab", 10},           /* a control byte */
-        {"SEKRIT\x7f", 7},             /* DEL */
-        {"SEKRIT\xc3\xa9", 8},         /* not ASCII */
-        {"SEKRIT\0NUL", 10},           /* a NUL inside */
+        {"", 0},                         /* given, empty */
+        {" \t\r\n ", 5},                 /* only whitespace */
+        {"SEKRIT has space", 16},        /* a space inside */
+        {"SEKRIT\ttab", 10},             /* a control byte */
+        {"SEKRIT\x7f", 7},               /* DEL */
+        {"SEKRIT\xc3\xa9", 8},           /* not ASCII */
+        {"SEKRIT\0NUL", 10},             /* a NUL inside */
         {too_long, sizeof too_long - 1}, /* 513 bytes */
     };
     char err[256];
@@ -535,12 +533,9 @@ static void test_verify_token_refused(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        T(test_add_list_get_remove),
-        T(test_encrypted_at_rest),
-        T(test_add_and_retire_secret),
-        T(test_refused),
-        T(test_verify_token),
-        T(test_verify_token_refused),
+        T(test_add_list_get_remove),   T(test_encrypted_at_rest),
+        T(test_add_and_retire_secret), T(test_refused),
+        T(test_verify_token),          T(test_verify_token_refused),
     };
     int failed = 0;
     failed += cmocka_run_group_tests_name("webhook_store/sqlite", tests, tdb_group_sqlite, NULL);
