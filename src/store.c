@@ -11,6 +11,7 @@
  */
 #include <assert.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +32,8 @@ struct phg_store {
     phg_store_options opts;
     const phg_migration *migrations;
     int latest;
-    int newer_schema; /* the database is newer than this build: refuse work */
+    atomic_int newer_schema; /* the database is newer than this build: refuse work (read by
+                              * every thread, set by the one that looks) */
     pthread_mutex_t lock;
     pthread_cond_t freed;
     size_t npool;
@@ -217,7 +219,7 @@ phg_status phg_store_open(const char *url, const phg_store_options *opts, phg_st
         phg_store_close(st);
         return rc;
     }
-    st->newer_schema = version > st->latest;
+    atomic_store(&st->newer_schema, version > st->latest);
     *out = st;
     return PHG_OK;
 }
@@ -301,7 +303,7 @@ static void release(phg_store *st, pooled *p)
     do {                                                                                         \
         pooled *p_ = NULL;                                                                       \
         void *conn;                                                                              \
-        if ((st)->newer_schema)                                                                  \
+        if (atomic_load(&(st)->newer_schema))                                                    \
             return PHG_ERR_SCHEMA;                                                               \
         rc = acquire((st), &p_);                                                                 \
         if (rc != PHG_OK)                                                                        \
@@ -323,7 +325,7 @@ phg_status phg_store_schema_version(phg_store *st, int *current, int *latest)
     rc = st->engine->schema_version(p->conn, &v);
     release(st, p);
     if (rc == PHG_OK) {
-        st->newer_schema = v > st->latest;
+        atomic_store(&st->newer_schema, v > st->latest);
         if (current != NULL)
             *current = v;
         if (latest != NULL)
@@ -357,7 +359,7 @@ phg_status phg_internal_store_migrate_steps(phg_store *st, const phg_migration *
                      "the database schema is version %d, newer than this build knows (%d): "
                      "refusing to touch it; upgrade phigate",
                      v, count);
-        st->newer_schema = 1;
+        atomic_store(&st->newer_schema, 1);
         rc = PHG_ERR_SCHEMA;
         goto out;
     }

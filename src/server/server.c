@@ -739,8 +739,26 @@ static void on_audit_done(void *arg, phg_status status, const char *id)
     complete_on_loop(r);
 }
 
+/* How much of a path an audit record may show: all of it, but under
+ * /webhooks only the source's name (what follows it is an unsigned source's
+ * secret token; raw paths of early refusals are cut at /webhooks). */
+static size_t wh_audit_path_len(const char *p)
+{
+    size_t n;
+    if (strncmp(p, "/webhooks", 9) != 0)
+        return strlen(p);
+    if (p[9] != '/')
+        return 9;
+    for (n = 10; (p[n] >= 'a' && p[n] <= 'z') || (p[n] >= '0' && p[n] <= '9') || p[n] == '_' ||
+                 p[n] == '-';
+         n++)
+        ;
+    return n;
+}
+
 static void fill_event(gw_req *r, phg_audit_event *ev, char *resource, size_t rlen)
 {
+    size_t plen = wh_audit_path_len(r->path);
     memset(ev, 0, sizeof *ev);
     ev->request_id = r->request_id;
     ev->ip = r->ip;
@@ -754,7 +772,9 @@ static void fill_event(gw_req *r, phg_audit_event *ev, char *resource, size_t rl
         ev->role = "";
     }
     /* a resource is at most PHG_AUDIT_TEXT_MAX bytes: long paths are cut */
-    snprintf(resource, rlen, "%s %.*s", r->method, (int)(rlen > 16 ? rlen - 16 : 0), r->path);
+    if (plen > (rlen > 16 ? rlen - 16 : 0))
+        plen = rlen > 16 ? rlen - 16 : 0;
+    snprintf(resource, rlen, "%s %.*s", r->method, (int)plen, r->path);
     ev->resource = resource;
 }
 
@@ -1551,6 +1571,14 @@ static void wh_handoff(gw_req *r)
     gw_webhooks_handoff(g_srv->wh, &ev, r->wh_event);
 }
 
+/* On a worker (the Redis path): hand it over, which may write the store (a
+ * lease given back), and remember it; neither on the loop. */
+static void wh_handoff_remember_work(gw_req *r)
+{
+    wh_handoff(r);
+    wh_remember_work(r);
+}
+
 /* The inbox has answered (on the loop): a failure, or the Redis path. */
 static void wh_stored(gw_req *r)
 {
@@ -1567,14 +1595,12 @@ static void wh_stored(gw_req *r)
         wh_audit(r, "webhook.refused", "error", ST_WH_AUDIT);
         return;
     }
-    wh_handoff(r);
     if (gw_webhooks_redis(g_srv->wh)) {
         r->after_worker = wh_after_remember;
-        if (submit_work(r, wh_remember_work) == 0)
+        if (submit_work(r, wh_handoff_remember_work) == 0)
             return;
-    } else {
-        wh_remember_work(r);
     }
+    wh_handoff_remember_work(r);
     wh_after_remember(r);
 }
 
@@ -1621,6 +1647,18 @@ static void wh_after_seen(gw_req *r)
                 : NULL;
     snprintf(r->wh_ct, sizeof r->wh_ct, "%s",
              (ct && strlen(ct) <= PHG_WH_CONTENT_TYPE_MAX) ? ct : "");
+    /* the inbox keeps printable ASCII only: a tab (whitespace in HTTP) is a
+     * space; with any other byte the type is left out (the event is kept:
+     * a refusal would come back at every retry of the sender) */
+    for (size_t i = 0; r->wh_ct[i] != '\0'; i++) {
+        unsigned char c = (unsigned char)r->wh_ct[i];
+        if (c == '\t') {
+            r->wh_ct[i] = ' ';
+        } else if (c < 0x20 || c > 0x7e) {
+            r->wh_ct[0] = '\0';
+            break;
+        }
+    }
     wh_event_in(r, &ev);
     in = r->req ? evhttp_request_get_input_buffer(r->req) : NULL;
     ev.body_len = in ? evbuffer_get_length(in) : 0;

@@ -46,7 +46,10 @@
 #define REPLAY_PER_SHARD 16384 /* 1M remembered ids in all */
 #define HANDSHAKE_BODY_MAX 1024
 #define JOBS_MAX 4096           /* events handed over in memory, waiting for a deliverer */
+#define JOBS_BYTES_MAX ((size_t)64 << 20) /* and their bodies */
+#define TAKE_BYTES_MAX ((size_t)8 << 20)  /* bodies one deliverer takes at once (at least one) */
 #define HANDOFF_LEASE_MS 60000  /* their lease in the store, on top of the attempt's timeout */
+#define REPORT_SLACK_MS 1000    /* for the report of a batch, before its first lease ends */
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
@@ -173,11 +176,13 @@ struct gw_webhooks {
     pthread_t house;
     int house_started;
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    pthread_cond_t cv;       /* the deliverers wait here */
+    pthread_cond_t house_cv; /* the house-keeping thread, apart: a signal meant for a
+                              * deliverer must not wake it instead */
     int stop;
     uint64_t kicks;
     job *jhead, *jtail; /* the fast path (under mu) */
-    size_t jn;
+    size_t jn, jbytes;
     /* replay memory */
     replay_shard shards[REPLAY_SHARDS];
     /* metrics */
@@ -317,10 +322,15 @@ static int build_store_source(gw_webhooks *w, const char *name, gw_wh_source *ou
     return 0;
 }
 
-static registry *build_registry(gw_webhooks *w, const gw_config *cfg)
+/* conf_err (may be NULL) gets why the first [webhook:NAME] source could not
+ * be built (a secret file unreadable, or a secret refused), "" if none. */
+static registry *build_registry(gw_webhooks *w, const gw_config *cfg, char *conf_err,
+                                size_t conf_err_len)
 {
     registry *r = calloc(1, sizeof *r);
     phg_webhook_source_info *list = NULL;
+    if (conf_err != NULL)
+        conf_err[0] = '\0';
     size_t n_list = 0, i, cap;
     char err[256];
     if (r == NULL)
@@ -338,6 +348,8 @@ static registry *build_registry(gw_webhooks *w, const gw_config *cfg)
     }
     for (i = 0; i < cfg->n_wh_sources; i++) {
         if (build_conf_source(w, &cfg->wh_sources[i], &r->items[r->n], err, sizeof err) != 0) {
+            if (conf_err != NULL && conf_err[0] == '\0')
+                snprintf(conf_err, conf_err_len, "webhook:%s: %s", cfg->wh_sources[i].name, err);
             log_json(PHG_LOG_ERROR, "webhooks: a configured source is left out",
                      json_pack("{s:s,s:s}", "source", cfg->wh_sources[i].name, "why", err));
             continue;
@@ -372,15 +384,36 @@ static registry *build_registry(gw_webhooks *w, const gw_config *cfg)
     return r;
 }
 
-void gw_webhooks_reload(gw_webhooks *w, const gw_config *cfg)
+/* Build and swap in the sources; -1 (nothing swapped, why in err) when a
+ * configured source cannot be built: its secrets are the configuration's,
+ * and a gateway must not start, or reload, with one silently left out. */
+static int reload(gw_webhooks *w, const gw_config *cfg, char *err, size_t err_len)
 {
     registry *fresh, *old;
-    if (w == NULL)
-        return;
+    char conf_err[512];
+    gw_config *prev = NULL;
     pthread_mutex_lock(&w->cfg_mu);
-    if (cfg != NULL && cfg != w->cfg)
+    if (cfg != NULL && cfg != w->cfg) {
+        prev = malloc(sizeof *prev);
+        if (prev == NULL) {
+            pthread_mutex_unlock(&w->cfg_mu);
+            snprintf(err, err_len, "out of memory");
+            return -1;
+        }
+        memcpy(prev, w->cfg, sizeof *prev);
         memcpy(w->cfg, cfg, sizeof *cfg);
-    fresh = build_registry(w, w->cfg);
+    }
+    fresh = build_registry(w, w->cfg, conf_err, sizeof conf_err);
+    if (fresh != NULL && conf_err[0] != '\0') {
+        if (prev != NULL)
+            memcpy(w->cfg, prev, sizeof *prev); /* all of the old configuration stays */
+        pthread_mutex_unlock(&w->cfg_mu);
+        free(prev);
+        registry_free(fresh);
+        snprintf(err, err_len, "%s", conf_err);
+        return -1;
+    }
+    free(prev);
     if (fresh != NULL) {
         w->last_build_s = wall_ms() / 1000;
         old = atomic_exchange(&w->reg, fresh);
@@ -391,6 +424,21 @@ void gw_webhooks_reload(gw_webhooks *w, const gw_config *cfg)
         }
     }
     pthread_mutex_unlock(&w->cfg_mu);
+    if (fresh == NULL) {
+        snprintf(err, err_len, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+void gw_webhooks_reload(gw_webhooks *w, const gw_config *cfg)
+{
+    char err[512];
+    if (w == NULL)
+        return;
+    if (reload(w, cfg, err, sizeof err) != 0)
+        log_json(PHG_LOG_ERROR, "webhooks: the sources were not reloaded; the previous ones stay",
+                 json_pack("{s:s}", "why", err));
 }
 
 const gw_wh_source *gw_webhooks_find(gw_webhooks *w, const char *name)
@@ -609,16 +657,38 @@ static void replay_local_put(gw_webhooks *w, const char *key, size_t klen, const
  * (the next call connects again) and counts as "not known" (the inbox's
  * unique (source, msg_id) is the backstop). */
 static _Thread_local redisContext *tl_redis;
+/* Each thread's connection is also its value of this key, whose destructor
+ * frees it when the thread ends: the connections of the server's workers
+ * (which call seen/remember) are not left behind when they exit. */
+static pthread_key_t redis_tls_key;
+static pthread_once_t redis_tls_once = PTHREAD_ONCE_INIT;
+
+static void redis_tls_free(void *c)
+{
+    redisFree(c);
+}
+
+static void redis_tls_make(void)
+{
+    (void)pthread_key_create(&redis_tls_key, redis_tls_free);
+}
+
+/* This thread's connection becomes c (the previous one is freed). */
+static void tl_redis_set(redisContext *c)
+{
+    if (tl_redis != NULL && tl_redis != c)
+        redisFree(tl_redis);
+    tl_redis = c;
+    pthread_once(&redis_tls_once, redis_tls_make);
+    (void)pthread_setspecific(redis_tls_key, c);
+}
 /* After a failure no thread tries Redis for a second: a request must not
  * wait for a connect timeout each time while it is down. */
 static atomic_llong redis_down_until_ms;
 
 static void redis_failed(void)
 {
-    if (tl_redis != NULL) {
-        redisFree(tl_redis);
-        tl_redis = NULL;
-    }
+    tl_redis_set(NULL);
     atomic_store(&redis_down_until_ms, wall_ms() + 1000);
 }
 
@@ -649,9 +719,7 @@ static redisContext *redis_conn(gw_webhooks *w)
         return tl_redis;
     if (wall_ms() < atomic_load(&redis_down_until_ms))
         return NULL;
-    if (tl_redis != NULL)
-        redisFree(tl_redis);
-    tl_redis = redis_connect(host, port);
+    tl_redis_set(redis_connect(host, port));
     if (tl_redis == NULL)
         redis_failed();
     return tl_redis;
@@ -682,8 +750,7 @@ static redisReply *redis_run(gw_webhooks *w, const char *fmt, const char *a, con
         if (rep->type == REDIS_REPLY_ERROR && rep->len > 6 && strncmp(rep->str, "MOVED ", 6) == 0 &&
             sscanf(rep->str, "MOVED %*d %255[^:]:%d", host, &port) == 2) {
             freeReplyObject(rep);
-            redisFree(tl_redis);
-            tl_redis = redis_connect(host, port);
+            tl_redis_set(redis_connect(host, port));
             if (tl_redis == NULL) {
                 redis_failed();
                 return NULL;
@@ -1183,7 +1250,7 @@ int64_t gw_webhooks_handoff_lease(gw_webhooks *w, int64_t received_ms)
         return 0;
     pthread_mutex_lock(&w->mu);
     /* room left (with slack for the requests in flight): lease it to us */
-    if (!w->stop && w->jn < JOBS_MAX / 2) {
+    if (!w->stop && w->jn < JOBS_MAX / 2 && w->jbytes < JOBS_BYTES_MAX / 2) {
         pthread_mutex_lock(&w->cfg_mu);
         lease = received_ms + HANDOFF_LEASE_MS + w->cfg->wh_timeout_ms;
         pthread_mutex_unlock(&w->cfg_mu);
@@ -1192,15 +1259,33 @@ int64_t gw_webhooks_handoff_lease(gw_webhooks *w, int64_t received_ms)
     return lease;
 }
 
+/* A lease no deliverer of ours will use (stopping, the queue full, out of
+ * memory): handed back to the store, due now, so that a claim (here or on
+ * another instance) takes the event at once, not when the lease ends. */
+static void hand_back(gw_webhooks *w, const char *event_id)
+{
+    phg_wh_report rep;
+    memset(&rep, 0, sizeof rep);
+    rep.id = event_id;
+    rep.state = PHG_WH_EVENT_PENDING;
+    rep.at_ms = rep.next_ms = wall_ms();
+    rep.not_attempted = 1;
+    rep.error = "";
+    (void)phg_wh_inbox_report_many(w->inbox, &rep, 1);
+}
+
 void gw_webhooks_handoff(gw_webhooks *w, const phg_wh_event_in *in, const char *event_id)
 {
     job *j;
+    int stopping;
     if (w == NULL || in->due_ms == 0)
         return; /* not leased to us: a claim takes it */
     j = calloc(1, sizeof *j);
     if (j == NULL || (in->body_len > 0 && (j->ev.body = malloc(in->body_len)) == NULL)) {
         free(j);
-        return; /* the lease runs out, then a claim takes it */
+        hand_back(w, event_id);
+        gw_webhooks_kick(w);
+        return;
     }
     snprintf(j->ev.id, sizeof j->ev.id, "%s", event_id);
     snprintf(j->ev.source, sizeof j->ev.source, "%s", in->source);
@@ -1218,11 +1303,17 @@ void gw_webhooks_handoff(gw_webhooks *w, const phg_wh_event_in *in, const char *
     if (in->body_len > 0)
         memcpy(j->ev.body, in->body, in->body_len);
     pthread_mutex_lock(&w->mu);
-    if (w->stop || w->jn >= JOBS_MAX) {
+    if (w->stop || w->jn >= JOBS_MAX || in->body_len > JOBS_BYTES_MAX - w->jbytes) {
+        /* stopping (the deliverers are gone or going: release_jobs has
+         * handed back what was queued before) or full */
+        stopping = w->stop;
         pthread_mutex_unlock(&w->mu);
         phg_wipe(j->ev.body, j->ev.body_len);
         free(j->ev.body);
         free(j);
+        hand_back(w, event_id);
+        if (!stopping)
+            gw_webhooks_kick(w);
         return;
     }
     if (w->jtail)
@@ -1231,6 +1322,7 @@ void gw_webhooks_handoff(gw_webhooks *w, const phg_wh_event_in *in, const char *
         w->jhead = j;
     w->jtail = j;
     w->jn++;
+    w->jbytes += in->body_len;
     w->kicks++;
     /* the first wakes a deliverer, which lingers to gather a batch; a full
      * batch wakes another */
@@ -1239,22 +1331,27 @@ void gw_webhooks_handoff(gw_webhooks *w, const phg_wh_event_in *in, const char *
     pthread_mutex_unlock(&w->mu);
 }
 
-/* Up to max handed-over events (under mu), into evs (malloc'd array). */
+/* Up to max handed-over events (under mu), into evs (malloc'd array), with
+ * at most TAKE_BYTES_MAX of bodies (at least one event). */
 static size_t take_jobs(gw_webhooks *w, phg_wh_event **evs, size_t max)
 {
-    size_t n = 0;
+    size_t n = 0, bytes = 0;
     *evs = NULL;
     if (w->jn == 0)
         return 0;
     *evs = calloc(max, sizeof **evs);
     if (*evs == NULL)
         return 0;
-    while (n < max && w->jhead != NULL) {
+    while (n < max && w->jhead != NULL &&
+           (n == 0 ||
+            (bytes < TAKE_BYTES_MAX && w->jhead->ev.body_len <= TAKE_BYTES_MAX - bytes))) {
         job *j = w->jhead;
         w->jhead = j->next;
         if (w->jhead == NULL)
             w->jtail = NULL;
         w->jn--;
+        w->jbytes -= j->ev.body_len;
+        bytes += j->ev.body_len;
         (*evs)[n++] = j->ev;
         free(j);
     }
@@ -1351,6 +1448,7 @@ static void *deliver_main(void *arg)
         phg_wh_event *evs = NULL;
         size_t n = 0, i;
         uint64_t kicks;
+        int64_t until;
         pthread_mutex_lock(&w->mu);
         if (w->stop) {
             pthread_mutex_unlock(&w->mu);
@@ -1376,12 +1474,19 @@ static void *deliver_main(void *arg)
         if (n == 0 && phg_wh_inbox_claim(w->inbox, wall_ms(), (int64_t)cfg->wh_timeout_ms + 5000,
                                          CLAIM_MAX, &evs, &n) != PHG_OK)
             n = 0;
+        /* The attempts of a batch are reported together at its end, so the
+         * batch stops before an attempt could outlast the lease of any of
+         * its events (theirs, or the earliest of those tried): past a lease,
+         * another deliverer may claim the event and deliver it again. */
+        until = INT64_MAX;
         for (i = 0; i < n; i++) {
+            int64_t limit = evs[i].next_attempt_ms < until ? evs[i].next_attempt_ms : until;
             pthread_mutex_lock(&w->mu);
             int stopping = w->stop;
             pthread_mutex_unlock(&w->mu);
-            if (stopping)
-                break; /* the rest stay leased; another run takes them after the lease */
+            if (stopping || wall_ms() + cfg->wh_timeout_ms + REPORT_SLACK_MS > limit)
+                break;
+            until = limit;
             deliver_one(w, hc, cfg, &evs[i], &reps[i], errs[i]);
         }
         if (i > 0) {
@@ -1389,23 +1494,29 @@ static void *deliver_main(void *arg)
             after_reports(w, evs, reps, i);
         }
         if (i < n) {
-            /* stopping: the lease of what was not tried goes back, due now */
-            size_t k;
+            /* stopping, or no time left: the leases of what was not tried
+             * go back, due now (those that have not run out already: such
+             * an event may be another deliverer's by now) */
+            size_t k, m = 0;
+            int64_t now = wall_ms();
             for (k = i; k < n; k++) {
-                memset(&reps[k - i], 0, sizeof reps[0]);
-                reps[k - i].id = evs[k].id;
-                reps[k - i].state = PHG_WH_EVENT_PENDING;
-                reps[k - i].at_ms = reps[k - i].next_ms = wall_ms();
-                reps[k - i].not_attempted = 1;
-                reps[k - i].error = "";
+                if (now >= evs[k].next_attempt_ms)
+                    continue;
+                memset(&reps[m], 0, sizeof reps[0]);
+                reps[m].id = evs[k].id;
+                reps[m].state = PHG_WH_EVENT_PENDING;
+                reps[m].at_ms = reps[m].next_ms = now;
+                reps[m].not_attempted = 1;
+                reps[m].error = "";
+                m++;
             }
-            (void)phg_wh_inbox_report_many(w->inbox, reps, n - i);
+            (void)phg_wh_inbox_report_many(w->inbox, reps, m);
         }
         phg_wh_events_free(evs, n);
-        if (n == CLAIM_MAX || n == BATCH_MAX)
+        if (n == CLAIM_MAX || n == BATCH_MAX || i < n)
             continue;
         pthread_mutex_lock(&w->mu);
-        if (!w->stop && w->kicks == kicks) {
+        if (!w->stop && w->kicks == kicks && w->jn == 0) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_nsec += (long)IDLE_WAIT_MS * 1000000L;
@@ -1439,7 +1550,7 @@ static void *house_main(void *arg)
         ts.tv_nsec += 250L * 1000000L;
         ts.tv_sec += ts.tv_nsec / 1000000000L;
         ts.tv_nsec %= 1000000000L;
-        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+        pthread_cond_timedwait(&w->house_cv, &w->mu, &ts);
         pthread_mutex_unlock(&w->mu);
         now = wall_ms();
         if (now - last_stats >= STATS_EVERY_MS) {
@@ -1498,6 +1609,7 @@ int gw_webhooks_start(const gw_config *cfg, phg_store *store, const phg_masterke
     pthread_mutex_init(&w->ks_mu, NULL);
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
+    pthread_cond_init(&w->house_cv, NULL);
     atomic_store(&w->keyset_at_ms, 0);
     for (i = 0; i < REPLAY_SHARDS; i++) {
         pthread_mutex_init(&w->shards[i].mu, NULL);
@@ -1515,7 +1627,10 @@ int gw_webhooks_start(const gw_config *cfg, phg_store *store, const phg_masterke
         gw_webhooks_stop(w);
         return -1;
     }
-    gw_webhooks_reload(w, cfg);
+    if (reload(w, cfg, err, err_len) != 0) {
+        gw_webhooks_stop(w);
+        return -1;
+    }
     if (any_google(w)) {
         gw_webhooks_refresh_keyset(w);
         /* a failed first fetch may be tried again by the first request */
@@ -1559,6 +1674,7 @@ void gw_webhooks_stop(gw_webhooks *w)
     pthread_mutex_lock(&w->mu);
     w->stop = 1;
     pthread_cond_broadcast(&w->cv);
+    pthread_cond_broadcast(&w->house_cv);
     pthread_mutex_unlock(&w->mu);
     for (i = 0; i < w->n_threads; i++)
         pthread_join(w->threads[i], NULL);
@@ -1597,15 +1713,13 @@ void gw_webhooks_stop(gw_webhooks *w)
         free(w->shards[i].table);
         pthread_mutex_destroy(&w->shards[i].mu);
     }
-    if (tl_redis != NULL) {
-        redisFree(tl_redis);
-        tl_redis = NULL;
-    }
+    tl_redis_set(NULL);
     free(w->cfg);
     pthread_mutex_destroy(&w->cfg_mu);
     pthread_mutex_destroy(&w->ks_mu);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
+    pthread_cond_destroy(&w->house_cv);
     free(w);
 }
 

@@ -3,7 +3,9 @@
  * real SQLite store: the decision for each kind of request (unknown source,
  * verified, refused, each vendor handshake, unsigned path tokens, methods),
  * the replay memory, store sources picked up by a reload, and delivery to a
- * real HTTP sink in this process: headers, exact bytes, retry, dead letter.
+ * real HTTP sink in this process: headers, exact bytes, retry, dead letter;
+ * the fast path (events handed over in memory): wake-ups, leases never
+ * outlived by a slow batch, leases handed back at stop, its memory cap.
  * The HTTP route itself is tested end to end in tests/e2e/test_webhooks*.py.
  */
 #include <arpa/inet.h>
@@ -34,6 +36,7 @@ static int64_t wall_ms(void)
 typedef struct sink {
     int lfd, port;
     atomic_int stop, status; /* the status it answers */
+    atomic_int delay_ms;     /* it waits this long before answering */
     atomic_int hits;
     pthread_mutex_t mu;
     char last[8192];
@@ -74,6 +77,8 @@ static void *sink_main(void *arg)
                     int n = snprintf(resp, sizeof resp,
                                      "HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                                      atomic_load(&s->status));
+                    if (atomic_load(&s->delay_ms) > 0)
+                        tdb_sleep_ms(atomic_load(&s->delay_ms));
                     pthread_mutex_lock(&s->mu);
                     memcpy(s->last, buf, need);
                     s->last_len = need;
@@ -449,6 +454,52 @@ static void put(fx *f, const char *source, const char *msg_id, const char *body,
     gw_webhooks_kick(f->w);
 }
 
+/* As the gateway does it: stored with a lease to this process, then handed
+ * over in memory (the fast path). */
+static void put_fast(fx *f, const char *source, const char *msg_id, const char *body, char *id)
+{
+    phg_wh_event_in in;
+    memset(&in, 0, sizeof in);
+    in.source = source;
+    in.msg_id = msg_id;
+    in.authenticated = 1;
+    in.secret_index = 0;
+    in.received_ms = wall_ms();
+    in.content_type = "application/json";
+    in.body = (const uint8_t *)body;
+    in.body_len = strlen(body);
+    in.request_id = "01JREQ0000000000000000000B";
+    in.due_ms = gw_webhooks_handoff_lease(f->w, in.received_ms);
+    assert_true(in.due_ms > in.received_ms);
+    assert_int_equal(phg_wh_inbox_put(gw_webhooks_inbox(f->w), &in, id), PHG_OK);
+    gw_webhooks_handoff(f->w, &in, id);
+}
+
+/* An event handed over wakes a deliverer at once: the wake-up is not taken
+ * by the house-keeping thread, which waits on the same condition (then the
+ * event waited for a deliverer's idle timeout, 500 ms). */
+static void test_handoff_wakes_a_deliverer(void **state)
+{
+    fx *f = *state;
+    int i, slow = 0;
+    f->cfg->wh_workers = 2;
+    start(f);
+    tdb_sleep_ms(300); /* every thread waiting */
+    for (i = 0; i < 20; i++) {
+        char id[PHG_WH_EVENT_ID_LEN + 1], mid[32];
+        int hits = atomic_load(&f->snk.hits);
+        int64_t t0 = tdb_now_ms();
+        snprintf(mid, sizeof mid, "msg_wake_%d", i);
+        put_fast(f, "sw", mid, "{}", id);
+        while (atomic_load(&f->snk.hits) == hits && tdb_now_ms() - t0 < 3000)
+            tdb_sleep_ms(1);
+        if (tdb_now_ms() - t0 >= 300)
+            slow++;
+        tdb_sleep_ms(40 + i * 13 % 200);
+    }
+    assert_int_equal(slow, 0);
+}
+
 static void test_delivery(void **state)
 {
     fx *f = *state;
@@ -533,6 +584,179 @@ static void test_unreachable_upstream_retries(void **state)
     phg_wh_event_free(ev);
 }
 
+/* Pending events of the store (a second inbox on it: f->w may be stopped). */
+static size_t pending_events(fx *f, phg_wh_event **evs)
+{
+    phg_wh_inbox *ib = NULL;
+    phg_wh_event_filter flt = {PHG_WH_EVENT_PENDING, NULL, NULL, 1000};
+    size_t n = 0;
+    assert_int_equal(phg_wh_inbox_open(f->st, f->kr, NULL, &ib), PHG_OK);
+    assert_int_equal(phg_wh_inbox_list(ib, &flt, evs, &n), PHG_OK);
+    phg_wh_inbox_close(ib);
+    return n;
+}
+
+/* A batch is tried one event after another and reported at its end: with a
+ * slow upstream, 16 claimed events (leased for timeout + 5 s) take longer
+ * than their lease. The batch must stop before a lease can run out, or
+ * another deliverer claims the same events and delivers them twice. */
+static void test_slow_batch_not_delivered_twice(void **state)
+{
+    fx *f = *state;
+    phg_wh_inbox *ib = NULL;
+    char ids[16][PHG_WH_EVENT_ID_LEN + 1];
+    int i;
+    f->cfg->wh_workers = 2;
+    /* 16 x 0.5 s > 1.2 + 5 s; the sink answers one at a time, and an attempt
+     * queued behind another's still ends within its timeout */
+    f->cfg->wh_timeout_ms = 1200;
+    atomic_store(&f->snk.delay_ms, 500);
+    /* stored before the start: the first claim takes all 16 */
+    assert_int_equal(phg_wh_inbox_open(f->st, f->kr, NULL, &ib), PHG_OK);
+    for (i = 0; i < 16; i++) {
+        phg_wh_event_in in;
+        char mid[32];
+        snprintf(mid, sizeof mid, "msg_slow_%d", i);
+        memset(&in, 0, sizeof in);
+        in.source = "sw";
+        in.msg_id = mid;
+        in.secret_index = 0;
+        in.received_ms = wall_ms();
+        in.body = (const uint8_t *)"{}";
+        in.body_len = 2;
+        assert_int_equal(phg_wh_inbox_put(ib, &in, ids[i]), PHG_OK);
+    }
+    phg_wh_inbox_close(ib);
+    start(f);
+    for (i = 0; i < 16; i++)
+        phg_wh_event_free(wait_state(f, ids[i], PHG_WH_EVENT_DELIVERED, 30000));
+    tdb_sleep_ms(1500); /* a second copy on its way would arrive now */
+    assert_int_equal(atomic_load(&f->snk.hits), 16);
+}
+
+typedef struct async_put {
+    gw_webhooks *w;
+    phg_wh_event_in in;
+    char mid[32];
+} async_put;
+
+static void async_put_done(void *arg, phg_status st, const char *event_id)
+{
+    async_put *a = arg;
+    if (st == PHG_OK)
+        gw_webhooks_handoff(a->w, &a->in, event_id);
+}
+
+/* Events stored while the gateway stops (the inbox writes what it holds
+ * first) were leased to deliverers that are gone: their leases go back, due
+ * now, and the next start delivers them at once, not a minute later. */
+static void test_stop_hands_back_late_leases(void **state)
+{
+    fx *f = *state;
+    enum { N = 400 };
+    async_put *a = calloc(N, sizeof *a);
+    phg_wh_event *evs = NULL;
+    size_t n, i, far = 0;
+    int64_t now;
+    assert_non_null(a);
+    start(f);
+    for (i = 0; i < N; i++) {
+        a[i].w = f->w;
+        snprintf(a[i].mid, sizeof a[i].mid, "msg_late_%zu", i);
+        a[i].in.source = "sw";
+        a[i].in.msg_id = a[i].mid;
+        a[i].in.secret_index = 0;
+        a[i].in.received_ms = wall_ms();
+        a[i].in.body = (const uint8_t *)"{}";
+        a[i].in.body_len = 2;
+        a[i].in.due_ms = gw_webhooks_handoff_lease(f->w, a[i].in.received_ms);
+        assert_int_equal(phg_wh_inbox_put_async(gw_webhooks_inbox(f->w), &a[i].in,
+                                                async_put_done, &a[i]),
+                         PHG_OK);
+    }
+    gw_webhooks_stop(f->w); /* every callback has run when it returns */
+    f->w = NULL;
+    now = wall_ms();
+    n = pending_events(f, &evs);
+    for (i = 0; i < n; i++)
+        far += evs[i].next_attempt_ms > now + 1000;
+    phg_wh_events_free(evs, n);
+    free(a);
+    assert_int_equal(far, 0);
+}
+
+/* The bodies handed over in memory have a cap in bytes, not only a count:
+ * past it no lease is given (a claim takes the events from the store). */
+static void test_handoff_bytes_capped(void **state)
+{
+    fx *f = *state;
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    size_t len = 512 * 1024, i;
+    char *body = malloc(len + 1);
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), capped = 0;
+    assert_non_null(body);
+    memset(body, 'b', len);
+    body[len] = '\0';
+    /* an upstream that never reads: the deliverer is held by its first attempt */
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(lfd, 16), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &sl), 0);
+    snprintf(f->cfg->wh_sources[0].deliver_to, sizeof f->cfg->wh_sources[0].deliver_to,
+             "http://127.0.0.1:%d/x", ntohs(sa.sin_port));
+    f->cfg->wh_timeout_ms = 3000;
+    start(f);
+    for (i = 0; i < 200 && !capped; i++) {
+        char id[PHG_WH_EVENT_ID_LEN + 1], mid[32];
+        if (gw_webhooks_handoff_lease(f->w, wall_ms()) == 0) {
+            capped = 1;
+            break;
+        }
+        snprintf(mid, sizeof mid, "msg_big_%zu", i);
+        put_fast(f, "sw", mid, body, id);
+    }
+    /* 100 MiB was never to be held in memory */
+    assert_true(capped);
+    assert_true(i * len <= ((size_t)80 << 20));
+    gw_webhooks_stop(f->w);
+    f->w = NULL;
+    close(lfd);
+    free(body);
+}
+
+/* A configured source whose secret is refused stops the start (and a reload
+ * keeps the sources it had): never a gateway running with one left out. The
+ * message names the source, never the secret. */
+static void test_bad_configured_secret_refused(void **state)
+{
+    fx *f = *state;
+    char err[512] = "";
+    gw_config *bad = malloc(sizeof *bad);
+    assert_non_null(bad);
+    memcpy(bad, f->cfg, sizeof *bad);
+    /* 16 bytes of key: Standard Webhooks wants at least 24 */
+    write_text(bad->wh_sources[0].secret_files[0], "whsec_AAECAwQFBgcICQoLDA0ODw==\n");
+    assert_int_equal(gw_webhooks_start(bad, f->st, f->mk, f->kr, NULL, &f->w, err, sizeof err),
+                     -1);
+    assert_null(f->w);
+    assert_non_null(strstr(err, "webhook:sw"));
+    assert_null(strstr(err, "AAECAwQFBgcICQoLDA0ODw"));
+
+    /* a running gateway: a reload with it keeps the sources it had */
+    write_text(bad->wh_sources[0].secret_files[0], SW_SECRET "\n");
+    start(f);
+    assert_non_null(gw_webhooks_find(f->w, "sw"));
+    write_text(bad->wh_sources[0].secret_files[0], "whsec_short\n");
+    bad->wh_sources[1].tolerance_s = 17; /* a change that must not apply either */
+    gw_webhooks_reload(f->w, bad);
+    assert_non_null(gw_webhooks_find(f->w, "sw"));
+    assert_int_equal(gw_webhooks_find(f->w, "oura")->tolerance_s, 300);
+    free(bad);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -542,6 +766,11 @@ int main(void)
         T(test_replay_memory),     T(test_store_sources_reload),
         T(test_delivery),          T(test_retry_then_dead_then_replay),
         T(test_unreachable_upstream_retries),
+        T(test_handoff_wakes_a_deliverer),
+        T(test_slow_batch_not_delivered_twice),
+        T(test_stop_hands_back_late_leases),
+        T(test_handoff_bytes_capped),
+        T(test_bad_configured_secret_refused),
     };
     return cmocka_run_group_tests_name("gw_webhooks", tests, NULL, NULL) != 0;
 }
