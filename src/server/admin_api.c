@@ -2024,6 +2024,7 @@ static json_t *wh_source_json(const gw_admin_ctx *ctx, const phg_webhook_source_
 static json_t *wh_conf_json(const gw_admin_ctx *ctx, const gw_wh_conf *c, int with_secrets)
 {
     const gw_wh_source *live;
+    void *hold = NULL;
     json_t *o, *arr;
     size_t i;
 
@@ -2034,7 +2035,7 @@ static json_t *wh_conf_json(const gw_admin_ctx *ctx, const gw_wh_conf *c, int wi
     if (o == NULL || !with_secrets)
         return o;
     arr = json_array();
-    live = ctx->webhooks != NULL ? gw_webhooks_find(ctx->webhooks, c->name) : NULL;
+    live = ctx->webhooks != NULL ? gw_webhooks_find_held(ctx->webhooks, c->name, &hold) : NULL;
     for (i = 0; arr != NULL && live != NULL && live->from_config && live->src != NULL &&
                 i < PHG_WEBHOOK_SECRETS_MAX;
          i++) {
@@ -2046,6 +2047,7 @@ static json_t *wh_conf_json(const gw_admin_ctx *ctx, const gw_wh_conf *c, int wi
                                              "not_after", "retired_at", "created_at", "state",
                                              "active"));
     }
+    gw_webhooks_release(hold);
     json_object_set_new(o, "secrets", arr != NULL ? arr : json_null());
     return o;
 }

@@ -376,7 +376,13 @@ void gw_webhooks_stop(gw_webhooks *w);
  * (NULL: the last one). A source that fails to build is left out and
  * logged; the others keep working. */
 void gw_webhooks_reload(gw_webhooks *w, const gw_config *cfg);
-/* The source named name, or NULL. Lock-free. */
+/* The source named name, or NULL, and *hold a reference to the table it is
+ * in: valid until gw_webhooks_release(*hold), whatever reloads happen (the
+ * last holder of a replaced table frees it and wipes its keys). */
+const gw_wh_source *gw_webhooks_find_held(gw_webhooks *w, const char *name, void **hold);
+void gw_webhooks_release(void *hold); /* NULL: no-op */
+/* The same without a hold: the pointer stays valid only while no reload
+ * replaces the table (tests, and code that never races a reload). */
 const gw_wh_source *gw_webhooks_find(gw_webhooks *w, const char *name);
 phg_wh_inbox *gw_webhooks_inbox(gw_webhooks *w);
 /* Something became due (a new event, a replay): wake the delivery threads. */
@@ -411,12 +417,14 @@ typedef struct gw_wh_decision {
     size_t body_len;
     const char *content_type;       /* of body */
     phg_webhook_result result;      /* GW_WH_VERIFIED */
+    void *hold;                     /* the table `source` is in, held until cleared */
 } gw_wh_decision;
 
 /* Decide about one request: method, path (decoded, starting "/webhooks/"),
  * raw query (may be NULL), headers (n pairs as received), raw body. Never
  * blocks, never parses the body of a signed webhook before it is verified.
- * Free d->body with gw_wh_decision_clear. */
+ * d->source stays valid (its table held) until gw_wh_decision_clear, which
+ * must be called once per decide (it also frees d->body). */
 void gw_webhooks_decide(gw_webhooks *w, const char *method, const char *path, const char *query,
                         const phg_webhook_header *headers, size_t n_headers, const uint8_t *body,
                         size_t body_len, int64_t now_ms, gw_wh_decision *d);

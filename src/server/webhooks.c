@@ -122,10 +122,14 @@ static int read_secret_file(const char *path, char **out, size_t *out_len, char 
 
 /* ---- sources ----------------------------------------------------------------------------- */
 
+/* A table of sources. One reference is the gateway's while it is current;
+ * each request deciding with it, each delivery and each admin look-up holds
+ * one more. The last to let go frees it, wiping its keys: a reload does not
+ * keep retired secrets in memory. */
 typedef struct registry {
     gw_wh_source *items; /* sorted by name */
     size_t n;
-    struct registry *next_old; /* retired tables, freed at stop */
+    atomic_int refs;
 } registry;
 
 typedef struct replay_entry {
@@ -163,8 +167,8 @@ struct gw_webhooks {
     phg_wh_inbox *inbox;
     pthread_mutex_t cfg_mu; /* cfg copy and reloads */
     gw_config *cfg;         /* a private copy */
-    _Atomic(registry *) reg;
-    registry *old;
+    pthread_mutex_t reg_mu; /* guards reg for taking a reference */
+    registry *reg;
     int64_t last_build_s;
     /* google-health */
     pthread_mutex_t ks_mu;
@@ -211,6 +215,26 @@ static void registry_free(registry *r)
     free(r->items);
     free(r);
 }
+
+/* A reference to the current table (NULL: none yet). */
+static registry *reg_hold(gw_webhooks *w)
+{
+    registry *r;
+    pthread_mutex_lock(&w->reg_mu);
+    r = w->reg;
+    if (r != NULL)
+        atomic_fetch_add(&r->refs, 1);
+    pthread_mutex_unlock(&w->reg_mu);
+    return r;
+}
+
+static void reg_drop(registry *r)
+{
+    if (r != NULL && atomic_fetch_sub(&r->refs, 1) == 1)
+        registry_free(r);
+}
+
+static const gw_wh_source *reg_find(const registry *r, const char *name);
 
 static int by_name(const void *a, const void *b)
 {
@@ -331,6 +355,8 @@ static registry *build_registry(gw_webhooks *w, const gw_config *cfg, char *conf
     phg_webhook_source_info *list = NULL;
     if (conf_err != NULL)
         conf_err[0] = '\0';
+    if (r != NULL)
+        atomic_init(&r->refs, 1);
     size_t n_list = 0, i, cap;
     char err[256];
     if (r == NULL)
@@ -416,12 +442,11 @@ static int reload(gw_webhooks *w, const gw_config *cfg, char *err, size_t err_le
     free(prev);
     if (fresh != NULL) {
         w->last_build_s = wall_ms() / 1000;
-        old = atomic_exchange(&w->reg, fresh);
-        if (old != NULL) {
-            /* readers may still hold it: freed at stop */
-            old->next_old = w->old;
-            w->old = old;
-        }
+        pthread_mutex_lock(&w->reg_mu);
+        old = w->reg;
+        w->reg = fresh;
+        pthread_mutex_unlock(&w->reg_mu);
+        reg_drop(old); /* freed now, or by the last request still holding it */
     }
     pthread_mutex_unlock(&w->cfg_mu);
     if (fresh == NULL) {
@@ -441,17 +466,47 @@ void gw_webhooks_reload(gw_webhooks *w, const gw_config *cfg)
                  json_pack("{s:s}", "why", err));
 }
 
-const gw_wh_source *gw_webhooks_find(gw_webhooks *w, const char *name)
+static const gw_wh_source *reg_find(const registry *r, const char *name)
 {
-    registry *r;
     gw_wh_source key;
-    if (w == NULL || name == NULL || strlen(name) > PHG_WH_SOURCE_MAX)
-        return NULL;
-    r = atomic_load(&w->reg);
-    if (r == NULL || r->n == 0)
+    if (r == NULL || r->n == 0 || name == NULL || strlen(name) > PHG_WH_SOURCE_MAX)
         return NULL;
     snprintf(key.name, sizeof key.name, "%s", name);
     return bsearch(&key, r->items, r->n, sizeof *r->items, by_name);
+}
+
+const gw_wh_source *gw_webhooks_find_held(gw_webhooks *w, const char *name, void **hold)
+{
+    registry *r;
+    const gw_wh_source *s;
+    *hold = NULL;
+    if (w == NULL)
+        return NULL;
+    r = reg_hold(w);
+    s = reg_find(r, name);
+    if (s == NULL) {
+        reg_drop(r);
+        return NULL;
+    }
+    *hold = r;
+    return s;
+}
+
+void gw_webhooks_release(void *hold)
+{
+    reg_drop(hold);
+}
+
+const gw_wh_source *gw_webhooks_find(gw_webhooks *w, const char *name)
+{
+    registry *r;
+    const gw_wh_source *s;
+    if (w == NULL)
+        return NULL;
+    r = reg_hold(w);
+    s = reg_find(r, name);
+    reg_drop(r); /* the table stays while it is current: see gw.h */
+    return s;
 }
 
 phg_wh_inbox *gw_webhooks_inbox(gw_webhooks *w)
@@ -476,12 +531,14 @@ static int store_changed(gw_webhooks *w)
 {
     phg_webhook_source_info *list = NULL;
     size_t n = 0, i, have = 0;
-    registry *r = atomic_load(&w->reg);
+    registry *r;
     int changed = 0;
     if (w->store == NULL || phg_webhook_sources_list(w->store, &list, &n) != PHG_OK)
         return 0;
+    r = reg_hold(w);
+    pthread_mutex_lock(&w->cfg_mu); /* w->cfg is replaced by a SIGHUP */
     for (i = 0; i < n; i++) {
-        const gw_wh_source *s = gw_webhooks_find(w, list[i].name);
+        const gw_wh_source *s = reg_find(r, list[i].name);
         if (list[i].updated_at >= w->last_build_s - 1)
             changed = 1;
         if (s == NULL) {
@@ -504,6 +561,8 @@ static int store_changed(gw_webhooks *w)
         if (store_items > have)
             changed = 1;
     }
+    pthread_mutex_unlock(&w->cfg_mu);
+    reg_drop(r);
     phg_webhook_source_infos_free(list, n);
     return changed;
 }
@@ -512,13 +571,13 @@ static int store_changed(gw_webhooks *w)
 
 static int any_google(gw_webhooks *w)
 {
-    registry *r = atomic_load(&w->reg);
+    registry *r = reg_hold(w);
     size_t i;
-    for (i = 0; r != NULL && i < r->n; i++) {
-        if (r->items[i].scheme == PHG_WEBHOOK_GOOGLE_HEALTH)
-            return 1;
-    }
-    return 0;
+    int any = 0;
+    for (i = 0; r != NULL && i < r->n; i++)
+        any |= r->items[i].scheme == PHG_WEBHOOK_GOOGLE_HEALTH;
+    reg_drop(r);
+    return any;
 }
 
 void gw_webhooks_refresh_keyset(gw_webhooks *w)
@@ -545,12 +604,13 @@ void gw_webhooks_refresh_keyset(gw_webhooks *w)
     pthread_mutex_lock(&w->ks_mu);
     old = w->keyset;
     w->keyset = ks;
-    r = atomic_load(&w->reg);
+    r = reg_hold(w);
     for (i = 0; r != NULL && i < r->n; i++) {
         if (r->items[i].scheme == PHG_WEBHOOK_GOOGLE_HEALTH)
             phg_webhook_source_set_keyset(r->items[i].src, ks);
     }
     pthread_mutex_unlock(&w->ks_mu);
+    reg_drop(r);
     phg_webhook_keyset_free(old);
     log_json(PHG_LOG_INFO, "webhooks: google-health keyset loaded",
              json_pack("{s:s,s:i}", "from", where, "keys", (int)phg_webhook_keyset_count(ks)));
@@ -853,6 +913,10 @@ void gw_wh_decision_clear(gw_wh_decision *d)
     free(d->body);
     d->body = NULL;
     d->body_len = 0;
+    /* the source's table: d->source is not used past this */
+    reg_drop(d->hold);
+    d->hold = NULL;
+    d->source = NULL;
 }
 
 /* The value of one query parameter, percent-decoded; 1 found, 0 absent, -1 bad. */
@@ -1000,7 +1064,7 @@ void gw_webhooks_decide(gw_webhooks *w, const char *method, const char *path, co
         }
         memcpy(token, slash + 1, tl + 1);
     }
-    s = gw_webhooks_find(w, d->source_name);
+    s = gw_webhooks_find_held(w, d->source_name, &d->hold);
     if (s == NULL) {
         refuse(d, 404, "unknown_source", "no webhook source of that name");
         phg_wipe(token, sizeof token);
@@ -1174,10 +1238,9 @@ static int64_t backoff_ms(const gw_config *cfg, int64_t attempts)
 
 /* One delivery attempt: its outcome into rep (reported with the rest of the
  * batch in one transaction) and err. */
-static void deliver_one(gw_webhooks *w, phg_httpc *hc, const gw_config *cfg, phg_wh_event *ev,
-                        phg_wh_report *rep, char err[PHG_HTTPC_ERR_MAX])
+static void deliver_to(const gw_wh_source *s, phg_httpc *hc, const gw_config *cfg,
+                       phg_wh_event *ev, phg_wh_report *rep, char err[PHG_HTTPC_ERR_MAX])
 {
-    const gw_wh_source *s = gw_webhooks_find(w, ev->source);
     char h[9][400];
     const char *hdrs[9];
     phg_httpc_request req;
@@ -1241,6 +1304,16 @@ static void deliver_one(gw_webhooks *w, phg_httpc *hc, const gw_config *cfg, phg
     }
     rep->state = PHG_WH_EVENT_PENDING;
     rep->next_ms = now + backoff_ms(cfg, attempts);
+}
+
+/* The source is held for the attempt: a reload meanwhile cannot free it. */
+static void deliver_one(gw_webhooks *w, phg_httpc *hc, const gw_config *cfg, phg_wh_event *ev,
+                        phg_wh_report *rep, char err[PHG_HTTPC_ERR_MAX])
+{
+    void *hold = NULL;
+    const gw_wh_source *s = gw_webhooks_find_held(w, ev->source, &hold);
+    deliver_to(s, hc, cfg, ev, rep, err);
+    gw_webhooks_release(hold);
 }
 
 int64_t gw_webhooks_handoff_lease(gw_webhooks *w, int64_t received_ms)
@@ -1606,6 +1679,7 @@ int gw_webhooks_start(const gw_config *cfg, phg_store *store, const phg_masterke
     w->keyring = keyring;
     w->audit = audit;
     pthread_mutex_init(&w->cfg_mu, NULL);
+    pthread_mutex_init(&w->reg_mu, NULL);
     pthread_mutex_init(&w->ks_mu, NULL);
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
@@ -1656,10 +1730,11 @@ int gw_webhooks_start(const gw_config *cfg, phg_store *store, const phg_masterke
     if (pthread_create(&w->house, NULL, house_main, w) == 0)
         w->house_started = 1;
     {
-        registry *r = atomic_load(&w->reg);
+        registry *r = reg_hold(w);
         log_json(PHG_LOG_INFO, "webhooks: ready",
                  json_pack("{s:i,s:i}", "sources", r ? (int)r->n : 0, "delivery_threads",
                            w->n_threads));
+        reg_drop(r);
     }
     *out = w;
     return 0;
@@ -1668,7 +1743,6 @@ int gw_webhooks_start(const gw_config *cfg, phg_store *store, const phg_masterke
 void gw_webhooks_stop(gw_webhooks *w)
 {
     int i;
-    registry *r;
     if (w == NULL)
         return;
     pthread_mutex_lock(&w->mu);
@@ -1697,11 +1771,10 @@ void gw_webhooks_stop(gw_webhooks *w)
         }
         w->jhead = w->jtail = NULL;
     }
-    registry_free(atomic_load(&w->reg));
-    while ((r = w->old) != NULL) {
-        w->old = r->next_old;
-        registry_free(r);
-    }
+    /* the gateway's reference: a table a request still holds is freed
+     * with that request */
+    reg_drop(w->reg);
+    w->reg = NULL;
     phg_webhook_keyset_free(w->keyset);
     for (i = 0; i < REPLAY_SHARDS; i++) {
         replay_entry *e = w->shards[i].qhead;
@@ -1716,6 +1789,7 @@ void gw_webhooks_stop(gw_webhooks *w)
     tl_redis_set(NULL);
     free(w->cfg);
     pthread_mutex_destroy(&w->cfg_mu);
+    pthread_mutex_destroy(&w->reg_mu);
     pthread_mutex_destroy(&w->ks_mu);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);

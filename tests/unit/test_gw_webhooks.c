@@ -757,6 +757,39 @@ static void test_bad_configured_secret_refused(void **state)
     free(bad);
 }
 
+/* A source held (by a request, a delivery) outlives the reload that replaces
+ * its table; the table is freed by the last release (ASan would see a read
+ * of freed memory, LSan a table never freed). */
+static void test_held_source_outlives_a_reload(void **state)
+{
+    fx *f = *state;
+    void *hold = NULL;
+    const gw_wh_source *old;
+    gw_wh_decision d;
+    signed_req r;
+    const char *body = "{}";
+    start(f);
+    old = gw_webhooks_find_held(f->w, "sw", &hold);
+    assert_non_null(old);
+    assert_non_null(hold);
+    sign_sw(&r, "msg_hold", wall_ms() / 1000, body);
+    decide(f, "POST", "/webhooks/sw", NULL, r.h, r.n, body, &d);
+    assert_int_equal(d.kind, GW_WH_VERIFIED);
+    f->cfg->wh_sources[0].tolerance_s = 120;
+    gw_webhooks_reload(f->w, f->cfg);
+    assert_int_equal(gw_webhooks_find(f->w, "sw")->tolerance_s, 120);
+    /* what was held is the table of before, whole */
+    assert_string_equal(old->name, "sw");
+    assert_int_equal(old->tolerance_s, 300);
+    assert_string_equal(d.source->name, "sw");
+    assert_int_equal(d.source->tolerance_s, 300);
+    gw_webhooks_release(hold);
+    gw_wh_decision_clear(&d);
+    assert_null(d.source);
+    gw_webhooks_reload(f->w, NULL); /* and again, with nothing held */
+    assert_int_equal(gw_webhooks_find(f->w, "sw")->tolerance_s, 120);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -771,6 +804,7 @@ int main(void)
         T(test_stop_hands_back_late_leases),
         T(test_handoff_bytes_capped),
         T(test_bad_configured_secret_refused),
+        T(test_held_source_outlives_a_reload),
     };
     return cmocka_run_group_tests_name("gw_webhooks", tests, NULL, NULL) != 0;
 }
