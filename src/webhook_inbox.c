@@ -21,6 +21,7 @@
 #include <assert.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,7 +58,7 @@ typedef struct item {
 
 struct phg_wh_inbox {
     phg_store *store;
-    phg_keyring *keyring;
+    _Atomic(phg_keyring *) keyring; /* replaced by phg_wh_inbox_set_keyring */
     phg_wh_inbox_options opts;
     pthread_mutex_t lock;
     pthread_cond_t work;
@@ -427,7 +428,7 @@ static void commit_batch(phg_wh_inbox *ib, item *batch, size_t n)
     }
     for (i = 0, it = batch; it != NULL; it = it->next, i++) {
         items[i] = it;
-        status[i] = body_encrypt(ib->keyring, it->row.ev.id, it->body, it->row.ev.body_len,
+        status[i] = body_encrypt(atomic_load(&ib->keyring), it->row.ev.id, it->body, it->row.ev.body_len,
                                  &it->row.body_enc);
         /* The plaintext is not needed any more, whatever happens next. */
         phg_wipe(it->body, it->row.ev.body_len > 0 ? it->row.ev.body_len : 1);
@@ -530,6 +531,12 @@ void phg_wh_inbox_options_init(phg_wh_inbox_options *opts)
     opts->max_queue = 65536;
 }
 
+void phg_wh_inbox_set_keyring(phg_wh_inbox *ib, phg_keyring *keyring)
+{
+    if (ib != NULL && keyring != NULL)
+        atomic_store(&ib->keyring, keyring);
+}
+
 phg_status phg_wh_inbox_open(phg_store *store, phg_keyring *keyring,
                              const phg_wh_inbox_options *opts, phg_wh_inbox **out)
 {
@@ -555,7 +562,7 @@ phg_status phg_wh_inbox_open(phg_store *store, phg_keyring *keyring,
     if (ib == NULL)
         return PHG_ERR_NOMEM;
     ib->store = store;
-    ib->keyring = keyring;
+    atomic_init(&ib->keyring, keyring);
     ib->opts = *opts;
     pthread_mutex_init(&ib->lock, NULL);
     pthread_cond_init(&ib->work, NULL);
@@ -783,7 +790,7 @@ phg_status phg_wh_inbox_claim(phg_wh_inbox *ib, int64_t now_ms, int64_t lease_ms
     }
     for (i = 0; i < a.n; i++) {
         uint8_t *body = NULL;
-        rc = body_decrypt(ib->keyring, a.rows[i].ev.id, a.rows[i].body_enc, a.rows[i].ev.body_len,
+        rc = body_decrypt(atomic_load(&ib->keyring), a.rows[i].ev.id, a.rows[i].body_enc, a.rows[i].ev.body_len,
                           &body);
         if (rc == PHG_ERR_AUTH) {
             mark_undecryptable(ib, a.rows[i].ev.id, now_ms);
@@ -876,7 +883,7 @@ phg_status phg_wh_inbox_get(phg_wh_inbox *ib, const char *id, phg_wh_event **out
     rc = phg_internal_store_with_conn(ib->store, call_get, &a);
     if (rc != PHG_OK)
         return rc;
-    rc = body_decrypt(ib->keyring, a.row.ev.id, a.row.body_enc, a.row.ev.body_len, &body);
+    rc = body_decrypt(atomic_load(&ib->keyring), a.row.ev.id, a.row.body_enc, a.row.ev.body_len, &body);
     if (rc == PHG_OK) {
         ev = malloc(sizeof *ev);
         if (ev == NULL) {

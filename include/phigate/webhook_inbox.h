@@ -114,6 +114,11 @@ PHG_API PHG_WARN_UNUSED phg_status phg_wh_inbox_open(phg_store *store, phg_keyri
                                                      const phg_wh_inbox_options *opts,
                                                      phg_wh_inbox **out);
 
+/* Use another keyring from now on (a reloaded one, after a rotation or a
+ * destroyed key). The previous one must stay alive until no call that may
+ * have taken it is running: the gateway keeps replaced keyrings until exit. */
+PHG_API void phg_wh_inbox_set_keyring(phg_wh_inbox *inbox, phg_keyring *keyring);
+
 /* Write what is queued (callbacks run), stop the writer, free. NULL: no-op. */
 PHG_API void phg_wh_inbox_close(phg_wh_inbox *inbox);
 

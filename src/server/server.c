@@ -2817,6 +2817,8 @@ static void reload_keyring(gw_server *s)
         return;
     }
     phg_keyring_set_audit(kr, s->audit);
+    /* new webhook bodies under the new primary; old ones still open */
+    phg_wh_inbox_set_keyring(gw_webhooks_inbox(s->wh), kr);
     node->kr = atomic_exchange(&s->kr_cur, kr);
     node->next = s->old_krs;
     s->old_krs = node;

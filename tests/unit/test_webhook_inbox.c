@@ -1184,12 +1184,55 @@ static void test_schema_required(void **state)
     tdb_drop(&db);
 }
 
+/* After a keyring reload (a rotation elsewhere), new bodies go under the new
+ * primary key and the old ones still open. */
+static void test_set_keyring(void **state)
+{
+    fx *f = *state;
+    char *json = NULL, id1[PHG_WH_EVENT_ID_LEN + 1], id2[PHG_WH_EVENT_ID_LEN + 1];
+    char kid_new[PHG_PHI_KID_MAX + 1], kid1[PHG_PHI_KID_MAX + 1], kid2[PHG_PHI_KID_MAX + 1];
+    size_t len = 0;
+    phg_keyring *kr2 = NULL;
+    phg_keyring_options ko;
+    const char *why = NULL;
+    phg_wh_event *ev = NULL;
+    char *enc;
+
+    put_ok(f, "s", "before", "{\"hr\":1}", 1000, id1);
+    assert_int_equal(phg_keyring_to_json(f->kr, &json, &len), PHG_OK);
+    phg_keyring_options_init(&ko);
+    assert_int_equal(phg_keyring_from_json(json, len, f->mk, &ko, &kr2, &why), PHG_OK);
+    free(json);
+    assert_int_equal(phg_keyring_rotate(kr2, kid_new), PHG_OK);
+    phg_wh_inbox_set_keyring(f->ib, kr2);
+    put_ok(f, "s", "after", "{\"hr\":2}", 1001, id2);
+
+    enc = raw_body_enc(f, id1);
+    assert_int_equal(phg_phi_ciphertext_kid(enc, strlen(enc), kid1), PHG_OK);
+    free(enc);
+    enc = raw_body_enc(f, id2);
+    assert_int_equal(phg_phi_ciphertext_kid(enc, strlen(enc), kid2), PHG_OK);
+    free(enc);
+    assert_string_equal(kid2, kid_new);
+    assert_string_not_equal(kid1, kid_new);
+    assert_int_equal(phg_wh_inbox_get(f->ib, id1, &ev), PHG_OK);
+    assert_memory_equal(ev->body, "{\"hr\":1}", 8);
+    phg_wh_event_free(ev);
+    assert_int_equal(phg_wh_inbox_get(f->ib, id2, &ev), PHG_OK);
+    assert_memory_equal(ev->body, "{\"hr\":2}", 8);
+    phg_wh_event_free(ev);
+    phg_wh_inbox_close(f->ib); /* before kr2 goes */
+    f->ib = NULL;
+    phg_keyring_free(kr2);
+}
+
 #define T(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_put_get_roundtrip),
+        T(test_set_keyring),
         T(test_large_body),
         T(test_duplicates),
         T(test_duplicates_concurrent),
