@@ -168,16 +168,23 @@ do_start() {
     [ "$cluster" = 0 ] || want=3
     : >"$DIR/ports.new"
     got=0
-    port=$PORT_FIRST
+    # Start at a random port of the range, not its first: a test that has
+    # just stopped its server expects its port to stay dead, and another test
+    # starting a server at that moment would otherwise take the first free
+    # port, which is often that one.
+    span=$((PORT_LAST - PORT_FIRST + 1))
+    off=$(($(od -An -N2 -tu2 /dev/urandom | tr -d ' ') % span))
+    tried=0
     while [ "$got" -lt "$want" ]; do
-        [ "$port" -le "$PORT_LAST" ] || die "no free port in $PORT_FIRST..$PORT_LAST"
+        [ "$tried" -lt "$span" ] || die "no free port in $PORT_FIRST..$PORT_LAST"
+        port=$((PORT_FIRST + (off + tried) % span))
+        tried=$((tried + 1))
         if ! port_busy "$port" && { [ "$cluster" = 0 ] || ! port_busy $((port + 10000)); }; then
             if start_on "$port" "$cluster"; then
                 echo "$port" >>"$DIR/ports.new"
                 got=$((got + 1))
             fi
         fi
-        port=$((port + 1))
     done
     if [ "$cluster" = 1 ]; then
         nodes=""
