@@ -1957,12 +1957,6 @@ static const char *json_text(json_t *v)
     return json_string_value(v);
 }
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Unix ms -> "YYYY-MM-DDTHH:MM:SS.mmmZ". */
 static void format_time_ms(int64_t ms, char out[TIME_TEXT])
@@ -2751,7 +2745,7 @@ static void wh_event_replay(const gw_admin_ctx *ctx, gw_call *call, const char *
     if (st == PHG_OK && call->audit_details != NULL)
         json_object_set_new(call->audit_details, "source", json_string(ev->source));
     if (st == PHG_OK)
-        st = phg_wh_inbox_replay(inbox, id, wall_ms());
+        st = phg_wh_inbox_replay(inbox, id, gw_wall_ms());
     if (st == PHG_ERR_NOT_FOUND) {
         gw_call_fail(call, 404, "not_found", "no webhook event with that id");
     } else if (st == PHG_ERR_STATE) {
@@ -2792,7 +2786,7 @@ static void wh_events_replay_all(const gw_admin_ctx *ctx, gw_call *call)
     inbox = wh_inbox_or_respond(ctx, call);
     if (inbox == NULL)
         return;
-    st = phg_wh_inbox_replay_all(inbox, source[0] ? source : NULL, wall_ms(), &n);
+    st = phg_wh_inbox_replay_all(inbox, source[0] ? source : NULL, gw_wall_ms(), &n);
     if (st != PHG_OK) {
         fail_status(call, st, "replay the dead webhook events");
         return;

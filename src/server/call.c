@@ -78,29 +78,32 @@ int gw_hex_digit(int c)
     return -1;
 }
 
-int gw_call_query(gw_call *call, const char *name, char *buf, size_t len)
+int gw_query_param(const char *q, const char *name, char *buf, size_t len, int *count)
 {
-    const char *q = call->query, *p;
+    const char *p;
     size_t nlen = strlen(name);
-    if (q == NULL)
-        return 0;
-    for (p = q; *p != '\0';) {
+    int found = 0, rc = 0;
+    if (count != NULL)
+        *count = 0;
+    for (p = q; p != NULL && *p != '\0';) {
         const char *end = strchr(p, '&');
         const char *eq;
         size_t seg = end ? (size_t)(end - p) : strlen(p);
         eq = memchr(p, '=', seg);
-        if ((eq ? (size_t)(eq - p) : seg) == nlen && memcmp(p, name, nlen) == 0) {
+        if ((eq ? (size_t)(eq - p) : seg) == nlen && memcmp(p, name, nlen) == 0 && found++ == 0) {
+            /* the first one is decoded; later ones only counted */
             const char *v = eq ? eq + 1 : p + seg;
             const char *vend = p + seg;
             size_t o = 0;
+            rc = 1;
             while (v < vend) {
                 int c = (unsigned char)*v;
                 if (c == '%') {
                     int h, l;
-                    if (vend - v < 3 || (h = gw_hex_digit(v[1])) < 0 || (l = gw_hex_digit(v[2])) < 0) {
-                        gw_call_fail(call, 400, "invalid_parameter",
-                                     "query parameter %s: bad percent-encoding", name);
-                        return -1;
+                    if (vend - v < 3 || (h = gw_hex_digit(v[1])) < 0 ||
+                        (l = gw_hex_digit(v[2])) < 0) {
+                        rc = -1;
+                        break;
                     }
                     c = h * 16 + l;
                     v += 3;
@@ -109,23 +112,47 @@ int gw_call_query(gw_call *call, const char *name, char *buf, size_t len)
                         c = ' ';
                     v++;
                 }
-                if (c == 0 || o + 1 >= len) {
-                    gw_call_fail(call, 400, "invalid_parameter",
-                                 c == 0 ? "query parameter %s: contains NUL"
-                                        : "query parameter %s: too long",
-                                 name);
-                    return -1;
+                if (c == 0) {
+                    rc = -3;
+                    break;
+                }
+                if (o + 1 >= len) {
+                    rc = -2;
+                    break;
                 }
                 buf[o++] = (char)c;
             }
             buf[o] = '\0';
-            return 1;
+            if (rc < 0)
+                break;
         }
         if (end == NULL)
             break;
         p = end + 1;
     }
-    return 0;
+    if (count != NULL)
+        *count = found;
+    return rc;
+}
+
+int gw_call_query(gw_call *call, const char *name, char *buf, size_t len)
+{
+    int rc = call->query != NULL ? gw_query_param(call->query, name, buf, len, NULL) : 0;
+    if (rc == -1)
+        gw_call_fail(call, 400, "invalid_parameter", "query parameter %s: bad percent-encoding",
+                     name);
+    else if (rc == -3)
+        gw_call_fail(call, 400, "invalid_parameter", "query parameter %s: contains NUL", name);
+    else if (rc == -2)
+        gw_call_fail(call, 400, "invalid_parameter", "query parameter %s: too long", name);
+    return rc < 0 ? -1 : rc;
+}
+
+int64_t gw_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 uint64_t gw_mono_ms(void)

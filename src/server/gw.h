@@ -203,6 +203,16 @@ int gw_hex_digit(int c);
  * the gateway uses (the admin API's peeks must use the same one). */
 uint64_t gw_mono_ms(void);
 
+/* Unix time in milliseconds (CLOCK_REALTIME): what records and webhook
+ * timestamps are compared with. */
+int64_t gw_wall_ms(void);
+
+/* One parameter of a raw query string (may be NULL), percent-decoded ('+' is
+ * a space) into buf (len bytes, NUL-terminated): 1 found, 0 absent, -1 a bad
+ * escape, -2 longer than buf, -3 a NUL. *count (may be NULL) gets how many
+ * times the parameter appears; the first one is the one decoded. */
+int gw_query_param(const char *q, const char *name, char *buf, size_t len, int *count);
+
 /* The value of one query parameter, percent-decoded, into buf; 1 found,
  * 0 absent, -1 malformed or too long (after gw_call_fail with 400). */
 int gw_call_query(gw_call *call, const char *name, char *buf, size_t len);

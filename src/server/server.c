@@ -1396,12 +1396,6 @@ static void ready_work(gw_req *r)
 
 /* ---- webhooks -------------------------------------------------------------------------------------------- */
 
-static int64_t wall_ms_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* The audit record of a webhook request. Its resource is "webhook:<source>",
  * never the path: an unsigned source's path holds its secret token. */
@@ -1730,7 +1724,7 @@ static void wh_decide(gw_req *r)
         hs[n].value_len = strlen(kv->value);
         n++;
     }
-    r->wh_now_ms = wall_ms_now();
+    r->wh_now_ms = gw_wall_ms();
     gw_webhooks_decide(g_srv->wh, r->method, r->path, r->query, hs, n, body, blen, r->wh_now_ms,
                        &r->wh);
     if (r->wh.kind == GW_WH_REFRESH) {

@@ -53,11 +53,16 @@
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-static int64_t wall_ms(void)
+
+/* Wait on cv (mu held) at most ms milliseconds. */
+static void wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, long ms)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    ts.tv_nsec += ms * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(cv, mu, &ts);
 }
 
 static void log_json(phg_log_level lvl, const char *msg, json_t *fields)
@@ -441,7 +446,7 @@ static int reload(gw_webhooks *w, const gw_config *cfg, char *err, size_t err_le
     }
     free(prev);
     if (fresh != NULL) {
-        w->last_build_s = wall_ms() / 1000;
+        w->last_build_s = gw_wall_ms() / 1000;
         pthread_mutex_lock(&w->reg_mu);
         old = w->reg;
         w->reg = fresh;
@@ -584,7 +589,7 @@ void gw_webhooks_refresh_keyset(gw_webhooks *w)
 {
     phg_webhook_keyset *ks = NULL, *old;
     char err[256], where[GW_PATH_MAX], ca[GW_PATH_MAX];
-    int64_t now = wall_ms();
+    int64_t now = gw_wall_ms();
     registry *r;
     size_t i;
     if (w == NULL)
@@ -701,7 +706,7 @@ static void replay_local_put(gw_webhooks *w, const char *key, size_t klen, const
     memcpy(e->key, key, klen);
     e->qnext = NULL;
     pthread_mutex_lock(&sh->mu);
-    replay_expire(sh, wall_ms(), 4);
+    replay_expire(sh, gw_wall_ms(), 4);
     e->hnext = sh->table[e->hash % sh->buckets];
     sh->table[e->hash % sh->buckets] = e;
     if (sh->qtail)
@@ -749,7 +754,7 @@ static atomic_llong redis_down_until_ms;
 static void redis_failed(void)
 {
     tl_redis_set(NULL);
-    atomic_store(&redis_down_until_ms, wall_ms() + 1000);
+    atomic_store(&redis_down_until_ms, gw_wall_ms() + 1000);
 }
 
 static redisContext *redis_connect(const char *host, int port)
@@ -777,7 +782,7 @@ static redisContext *redis_conn(gw_webhooks *w)
         return NULL;
     if (tl_redis != NULL && tl_redis->err == 0)
         return tl_redis;
-    if (wall_ms() < atomic_load(&redis_down_until_ms))
+    if (gw_wall_ms() < atomic_load(&redis_down_until_ms))
         return NULL;
     tl_redis_set(redis_connect(host, port));
     if (tl_redis == NULL)
@@ -837,7 +842,7 @@ int gw_webhooks_seen(gw_webhooks *w, const char *source, const char *msg_id,
 {
     char key[PHG_WH_SOURCE_MAX + PHG_WH_MSG_ID_MAX + 2], rk[300 + PHG_WH_MSG_ID_MAX];
     size_t klen = replay_key(source, msg_id, key, sizeof key);
-    int64_t now = wall_ms();
+    int64_t now = gw_wall_ms();
     redisReply *rep;
     if (w == NULL || klen == 0)
         return 0;
@@ -865,7 +870,7 @@ void gw_webhooks_remember(gw_webhooks *w, const char *source, const char *msg_id
     redisReply *rep;
     if (w == NULL || klen == 0 || ttl_ms <= 0)
         return;
-    replay_local_put(w, key, klen, event_id, wall_ms() + ttl_ms);
+    replay_local_put(w, key, klen, event_id, gw_wall_ms() + ttl_ms);
     redis_key(source, msg_id, rk, sizeof rk);
     rep = redis_run(w, "SET %s %s NX PX %lld", rk, event_id, (long long)ttl_ms);
     if (rep != NULL)
@@ -919,41 +924,21 @@ void gw_wh_decision_clear(gw_wh_decision *d)
     d->source = NULL;
 }
 
-/* The value of one query parameter, percent-decoded; 1 found, 0 absent, -1 bad. */
+/* A handshake's query parameter: 1 found once, 0 absent, -1 malformed,
+ * repeated (which one would the vendor mean?), or holding a control byte. */
 static int query_get(const char *q, const char *name, char *out, size_t cap)
 {
-    size_t nl = strlen(name);
-    int found = 0;
-    while (q != NULL && *q) {
-        const char *amp = strchr(q, '&'), *end = amp ? amp : q + strlen(q);
-        if ((size_t)(end - q) > nl && strncmp(q, name, nl) == 0 && q[nl] == '=') {
-            const char *v = q + nl + 1;
-            size_t o = 0;
-            if (found)
-                return -1; /* repeated */
-            found = 1;
-            while (v < end) {
-                int c = (unsigned char)*v;
-                if (c == '%') {
-                    int hi, lo;
-                    if (end - v < 3 || (hi = gw_hex_digit(v[1])) < 0 || (lo = gw_hex_digit(v[2])) < 0)
-                        return -1;
-                    c = hi * 16 + lo;
-                    v += 3;
-                } else {
-                    if (c == '+')
-                        c = ' ';
-                    v++;
-                }
-                if (c < 0x20 || c == 0x7f || o + 1 >= cap)
-                    return -1;
-                out[o++] = (char)c;
-            }
-            out[o] = '\0';
-        }
-        q = amp ? amp + 1 : NULL;
+    int count = 0, rc = gw_query_param(q, name, out, cap, &count);
+    size_t i;
+    if (rc <= 0)
+        return rc < 0 ? -1 : 0;
+    if (count > 1)
+        return -1;
+    for (i = 0; out[i] != '\0'; i++) {
+        if ((unsigned char)out[i] < 0x20 || out[i] == 0x7f)
+            return -1;
     }
-    return found;
+    return 1;
 }
 
 static const char *header_get(const phg_webhook_header *h, size_t n, const char *name,
@@ -989,41 +974,34 @@ static int small_json_is(const uint8_t *body, size_t len, const char *key, const
     return ok;
 }
 
+/* The answer to each refusal of the verifier (the code is the reason's name). */
+static const struct {
+    phg_webhook_reason reason;
+    int status;
+    const char *message;
+} refusals[] = {
+    {PHG_WH_TOO_LARGE, 413, "the body is over this source's limit"},
+    {PHG_WH_MALFORMED_HEADER, 400, "a signature or timestamp header is malformed"},
+    {PHG_WH_REPEATED_HEADER, 400, "a signature or timestamp header appears more than once"},
+    {PHG_WH_MISSING_HEADER, 400, "a required webhook header is missing"},
+    {PHG_WH_HEADER_TOO_LONG, 400, "a webhook header is over its length limit"},
+    {PHG_WH_TOO_MANY_SIGNATURES, 400, "the signature header lists too many signatures"},
+    {PHG_WH_TIMESTAMP_OUTSIDE, 401, "the signed timestamp is outside the tolerance window"},
+    {PHG_WH_NO_SECRET, 401, "this source has no secret valid now"},
+    {PHG_WH_NO_SIGNATURE, 401, "no signature of a version this source checks"},
+};
+
 static void refusal_of(gw_wh_decision *d, const phg_webhook_result *res)
 {
-    const char *name = phg_webhook_reason_name(res->reason);
-    switch (res->reason) {
-    case PHG_WH_TOO_LARGE:
-        refuse(d, 413, name, "the body is over this source's limit");
-        return;
-    case PHG_WH_MALFORMED_HEADER:
-        refuse(d, 400, name, "a signature or timestamp header is malformed");
-        return;
-    case PHG_WH_REPEATED_HEADER:
-        refuse(d, 400, name, "a signature or timestamp header appears more than once");
-        return;
-    case PHG_WH_MISSING_HEADER:
-        refuse(d, 400, name, "a required webhook header is missing");
-        return;
-    case PHG_WH_HEADER_TOO_LONG:
-        refuse(d, 400, name, "a webhook header is over its length limit");
-        return;
-    case PHG_WH_TOO_MANY_SIGNATURES:
-        refuse(d, 400, name, "the signature header lists too many signatures");
-        return;
-    case PHG_WH_TIMESTAMP_OUTSIDE:
-        refuse(d, 401, name, "the signed timestamp is outside the tolerance window");
-        return;
-    case PHG_WH_NO_SECRET:
-        refuse(d, 401, name, "this source has no secret valid now");
-        return;
-    case PHG_WH_NO_SIGNATURE:
-        refuse(d, 401, name, "no signature of a version this source checks");
-        return;
-    default:
-        refuse(d, 401, name, "the webhook's signature does not verify");
-        return;
+    size_t i;
+    for (i = 0; i < sizeof refusals / sizeof refusals[0]; i++) {
+        if (refusals[i].reason == res->reason) {
+            refuse(d, refusals[i].status, phg_webhook_reason_name(res->reason),
+                   refusals[i].message);
+            return;
+        }
     }
+    refuse(d, 401, phg_webhook_reason_name(res->reason), "the webhook's signature does not verify");
 }
 
 void gw_webhooks_decide(gw_webhooks *w, const char *method, const char *path, const char *query,
@@ -1232,7 +1210,7 @@ static int64_t backoff_ms(const gw_config *cfg, int64_t attempts)
     /* "equal jitter": half fixed, half random, so retries spread out but
      * never come sooner than half the step */
     if (RAND_bytes((unsigned char *)&r, sizeof r) != 1)
-        r = (uint32_t)wall_ms();
+        r = (uint32_t)gw_wall_ms();
     return d / 2 + (int64_t)(r % (uint32_t)(d / 2 + 1));
 }
 
@@ -1256,7 +1234,7 @@ static void deliver_to(const gw_wh_source *s, phg_httpc *hc, const gw_config *cf
     if (s == NULL) {
         /* the source was removed: nowhere to deliver; replayable if it returns */
         rep->state = PHG_WH_EVENT_DEAD;
-        rep->at_ms = wall_ms();
+        rep->at_ms = gw_wall_ms();
         snprintf(err, PHG_HTTPC_ERR_MAX, "the source no longer exists");
         return;
     }
@@ -1283,7 +1261,7 @@ static void deliver_to(const gw_wh_source *s, phg_httpc *hc, const gw_config *cf
     req.timeout_ms = cfg->wh_timeout_ms;
     req.max_response = 64 * 1024;
     st = phg_httpc_do(hc, &req, &resp, err, PHG_HTTPC_ERR_MAX);
-    now = wall_ms();
+    now = gw_wall_ms();
     rep->at_ms = now;
     if (st == PHG_OK) {
         status = resp.status;
@@ -1341,7 +1319,7 @@ static void hand_back(gw_webhooks *w, const char *event_id)
     memset(&rep, 0, sizeof rep);
     rep.id = event_id;
     rep.state = PHG_WH_EVENT_PENDING;
-    rep.at_ms = rep.next_ms = wall_ms();
+    rep.at_ms = rep.next_ms = gw_wall_ms();
     rep.not_attempted = 1;
     rep.error = "";
     (void)phg_wh_inbox_report_many(w->inbox, &rep, 1);
@@ -1448,7 +1426,7 @@ static void release_jobs(gw_webhooks *w)
             memset(&reps[i], 0, sizeof reps[i]);
             reps[i].id = evs[i].id;
             reps[i].state = PHG_WH_EVENT_PENDING;
-            reps[i].at_ms = wall_ms();
+            reps[i].at_ms = gw_wall_ms();
             reps[i].next_ms = reps[i].at_ms;
             reps[i].not_attempted = 1;
             reps[i].error = "";
@@ -1531,12 +1509,7 @@ static void *deliver_main(void *arg)
         if (w->jn > 0 && w->jn < BATCH_MAX && !w->stop) {
             /* a few events: wait a moment for more, so that one report
              * transaction (one fsync) covers many deliveries */
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += (long)LINGER_MS * 1000000L;
-            ts.tv_sec += ts.tv_nsec / 1000000000L;
-            ts.tv_nsec %= 1000000000L;
-            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+            wait_ms(&w->cv, &w->mu, LINGER_MS);
         }
         /* the fast path first: events handed over in memory */
         n = take_jobs(w, &evs, BATCH_MAX);
@@ -1544,7 +1517,7 @@ static void *deliver_main(void *arg)
         pthread_mutex_lock(&w->cfg_mu);
         memcpy(cfg, w->cfg, sizeof *cfg); /* SIGHUP may have changed the limits */
         pthread_mutex_unlock(&w->cfg_mu);
-        if (n == 0 && phg_wh_inbox_claim(w->inbox, wall_ms(), (int64_t)cfg->wh_timeout_ms + 5000,
+        if (n == 0 && phg_wh_inbox_claim(w->inbox, gw_wall_ms(), (int64_t)cfg->wh_timeout_ms + 5000,
                                          CLAIM_MAX, &evs, &n) != PHG_OK)
             n = 0;
         /* The attempts of a batch are reported together at its end, so the
@@ -1557,7 +1530,7 @@ static void *deliver_main(void *arg)
             pthread_mutex_lock(&w->mu);
             int stopping = w->stop;
             pthread_mutex_unlock(&w->mu);
-            if (stopping || wall_ms() + cfg->wh_timeout_ms + REPORT_SLACK_MS > limit)
+            if (stopping || gw_wall_ms() + cfg->wh_timeout_ms + REPORT_SLACK_MS > limit)
                 break;
             until = limit;
             deliver_one(w, hc, cfg, &evs[i], &reps[i], errs[i]);
@@ -1571,7 +1544,7 @@ static void *deliver_main(void *arg)
              * go back, due now (those that have not run out already: such
              * an event may be another deliverer's by now) */
             size_t k, m = 0;
-            int64_t now = wall_ms();
+            int64_t now = gw_wall_ms();
             for (k = i; k < n; k++) {
                 if (now >= evs[k].next_attempt_ms)
                     continue;
@@ -1590,12 +1563,7 @@ static void *deliver_main(void *arg)
             continue;
         pthread_mutex_lock(&w->mu);
         if (!w->stop && w->kicks == kicks && w->jn == 0) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += (long)IDLE_WAIT_MS * 1000000L;
-            ts.tv_sec += ts.tv_nsec / 1000000000L;
-            ts.tv_nsec %= 1000000000L;
-            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+            wait_ms(&w->cv, &w->mu, IDLE_WAIT_MS);
         }
         pthread_mutex_unlock(&w->mu);
     }
@@ -1610,22 +1578,17 @@ static void *deliver_main(void *arg)
 static void *house_main(void *arg)
 {
     gw_webhooks *w = arg;
-    int64_t last_poll = wall_ms(), last_purge = 0, last_stats = 0;
+    int64_t last_poll = gw_wall_ms(), last_purge = 0, last_stats = 0;
     for (;;) {
         int64_t now;
-        struct timespec ts;
         pthread_mutex_lock(&w->mu);
         if (w->stop) {
             pthread_mutex_unlock(&w->mu);
             break;
         }
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 250L * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
-        pthread_cond_timedwait(&w->house_cv, &w->mu, &ts);
+        wait_ms(&w->house_cv, &w->mu, 250);
         pthread_mutex_unlock(&w->mu);
-        now = wall_ms();
+        now = gw_wall_ms();
         if (now - last_stats >= STATS_EVERY_MS) {
             phg_wh_inbox_stats st;
             last_stats = now;
@@ -1831,7 +1794,7 @@ void gw_webhooks_metrics(gw_webhooks *w, gw_wh_metrics *m)
     m->dead_now = atomic_load(&w->st_dead);
     m->delivered_now = atomic_load(&w->st_delivered);
     oldest = atomic_load(&w->st_oldest_ms);
-    m->lag_s = (m->pending > 0 && oldest > 0) ? (double)(wall_ms() - oldest) / 1000.0 : 0.0;
+    m->lag_s = (m->pending > 0 && oldest > 0) ? (double)(gw_wall_ms() - oldest) / 1000.0 : 0.0;
     if (m->lag_s < 0)
         m->lag_s = 0;
 }
